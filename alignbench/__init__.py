@@ -1,0 +1,51 @@
+"""alignbench: compare alignment algorithms fairly — same model, data, reward and compute budget.
+
+The public API a plugin is written against: the hook markers and specs, the base classes of
+configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, the shared math in
+:mod:`alignbench.ops`, and the model helpers in :mod:`alignbench.models`.
+"""
+
+from alignbench import ops
+from alignbench.batch import Batch
+from alignbench.config import AlgorithmConfig, RewardConfig, TaskConfig
+from alignbench.errors import (
+    AlignbenchError,
+    ConfigError,
+    DataError,
+    PluginError,
+    UnknownAlgorithm,
+    UnknownReward,
+    UnknownTask,
+)
+from alignbench.hookspecs import Register, hookimpl, hookspec
+from alignbench.reward import Reward
+from alignbench.run import Run
+from alignbench.sampling import SamplingParams
+from alignbench.task import ABSTAIN, CORRECT, WRONG, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABSTAIN",
+    "CORRECT",
+    "WRONG",
+    "AlgorithmConfig",
+    "AlignbenchError",
+    "Batch",
+    "ConfigError",
+    "DataError",
+    "PluginError",
+    "Register",
+    "Reward",
+    "RewardConfig",
+    "Run",
+    "SamplingParams",
+    "Task",
+    "TaskConfig",
+    "UnknownAlgorithm",
+    "UnknownReward",
+    "UnknownTask",
+    "hookimpl",
+    "hookspec",
+    "ops",
+]

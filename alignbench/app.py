@@ -1,0 +1,239 @@
+"""The ``python -m alignbench`` command: validate the command line, then run Hydra jobs.
+
+Before Hydra composes anything, the plugins are loaded (so a plugin's ``algo=<name>`` is a
+config option), group names are checked against what the plugins registered, and each job's
+config is composed once, so that a typo is one line naming the problem instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from alignbench.budget import Budget, FlopCounter, set_threads
+from alignbench.config import CONF_PACKAGE, to_object
+from alignbench.defaults import DefaultScore
+from alignbench.errors import UNKNOWN_BY_GROUP, AlignbenchError, ConfigError, PluginError
+from alignbench.loop import run_loop
+from alignbench.models import load_pretrained
+from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
+from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
+from alignbench.run import Run
+from alignbench.stages import sft_stage
+
+log = logging.getLogger("alignbench")
+
+#: The registry of the current process, built by :func:`main` before Hydra starts its jobs.
+_REGISTRY: Registry | None = None
+#: How many sweep combinations are composed up front to catch config errors early.
+MAX_VALIDATED_COMBINATIONS = 64
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) so a job is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _check_run_hooks(run: Run, algorithm_name: str) -> None:
+    """Exactly one implementer of rollout and update (the algorithm), at most one score override."""
+    for hook in ("alignbench_rollout", "alignbench_update", "alignbench_score"):
+        names = implementers(run.pm, hook)
+        required = hook != "alignbench_score"
+        if names != [algorithm_name] and (required or names):
+            raise PluginError(
+                f"{hook} must be implemented by the algorithm alone, found: {', '.join(names) or 'none'}"
+                " — run hooks belong to the algorithm object, not to plugin modules"
+            )
+
+
+def run_job(
+    cfg: DictConfig,
+    output_dir: Path,
+    registry: Registry | None = None,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """Run one job (stage 1 if not cached, then the algorithm's loop); returns its summary."""
+    registry = registry or _REGISTRY or build_registry()
+    if cfg.plugin_dirs:
+        load_plugin_dirs(registry, list(cfg.plugin_dirs))
+    started = time.perf_counter()
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    task = registry.get("task", cfg.task.name).cls(to_object(cfg.task))
+    reward = registry.get("reward", cfg.reward.name).cls(to_object(cfg.reward), task)
+    algo_entry = registry.get("algo", cfg.algo.name)
+    budget = Budget.from_config(to_object(cfg.budget))
+    sft_path, stage_info = sft_stage(cfg, task)
+    policy, tokenizer = load_pretrained(sft_path)
+    policy.eval()
+    flops = FlopCounter()
+    flops.track(policy, "policy")
+    seed_everything(cfg.seed)
+    run = Run(
+        cfg=cfg,
+        config=to_object(cfg.algo),
+        task=task,
+        reward=reward,
+        tokenizer=tokenizer,
+        policy=policy,
+        sft_path=sft_path,
+        budget=budget,
+        flops=flops,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        output_dir=output_dir,
+        pm=registry.pm,
+    )
+    pm = registry.pm
+    algorithm = algo_entry.cls(run, run.config)
+    plugins: dict[str, Any] = {
+        f"algorithm:{cfg.algo.name}": algorithm,
+        "core:default-score": DefaultScore(),
+        "core:results": ResultsWriter(output_dir),
+    }
+    if cfg.logger.wandb.enabled:
+        plugins["core:wandb"] = WandbLogger(run, group)
+    if cfg.logger.progress_bar:
+        plugins["core:progress"] = ProgressBar(run)
+    for name, plugin in plugins.items():
+        pm.register(plugin, name=name)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "algorithm": cfg.algo.name,
+        "task": cfg.task.name,
+        "reward": cfg.reward.name,
+        "seed": cfg.seed,
+        "output_dir": str(output_dir),
+        "stage/sft": stage_info,
+    }
+    try:
+        _check_run_hooks(run, f"algorithm:{cfg.algo.name}")
+        result = run_loop(run)
+        summary.update(result["final"])
+        summary["initial"] = result["initial"]
+        summary["status"] = "finished"
+    except BaseException as exc:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary.update(run.budget.metrics())
+        summary["steps"] = run.step
+        summary["wall_time"] = time.perf_counter() - started
+        summary["flops_by_model"] = dict(run.flops.by_model)
+        try:
+            pm.hook.alignbench_on_run_end(run=run, summary=summary)
+        finally:
+            for name in plugins:
+                pm.unregister(name=name)
+            flops.close()
+    return summary
+
+
+def _job(cfg: DictConfig) -> None:
+    """The Hydra task function: run one job in Hydra's output folder and say where it went."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    try:
+        summary = run_job(cfg, output_dir, group=group)
+    except AlignbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    keys = ("eval/accuracy_known", "eval/hallucination_unknown", "eval/abstain_unknown", "eval/reward")
+    shown = ", ".join(f"{k.split('/')[1]}={summary[k]:.3f}" for k in keys if k in summary)
+    print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}: {shown} → {output_dir}", flush=True)
+
+
+def _parse_overrides(overrides: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse the command line: {str(exc).splitlines()[0]}") from None
+
+
+def _values(override: Override) -> list[str]:
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
+def _plugin_dirs(overrides: list[Override]) -> list[str]:
+    dirs = [d for d in os.environ.get("ALIGNBENCH_PLUGIN_DIRS", "").split(os.pathsep) if d]
+    for o in overrides:
+        if o.key_or_group.lstrip("+~") == "plugin_dirs" and not o.is_delete():
+            value = o.value()
+            dirs += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return dirs
+
+
+def _one_line(exc: BaseException) -> str:
+    """The innermost OmegaConf/Hydra message of a composition error, as one line."""
+    inner: BaseException | None = exc
+    while inner is not None and not isinstance(inner, OmegaConfBaseException):
+        inner = inner.__cause__ or inner.__context__
+    if isinstance(inner, ConfigKeyError):
+        key = getattr(inner, "full_key", "") or str(inner).split("'")[1]
+        return f"unknown config key '{key}' — check its spelling; `python -m alignbench --cfg job` lists every key"
+    if isinstance(inner, OmegaConfBaseException):
+        key = getattr(inner, "full_key", "")
+        message = str(inner).splitlines()[0]
+        return f"{key}: {message}" if key else message
+    return str(exc).splitlines()[0]
+
+
+def validate(registry: Registry, raw_overrides: list[str]) -> None:
+    """Check group names against the registry and compose each job's config; raise ConfigError."""
+    overrides = _parse_overrides(raw_overrides)
+    for o in overrides:
+        group = o.key_or_group.lstrip("+")
+        if group in UNKNOWN_BY_GROUP and o.package is None and not o.is_delete():
+            for name in _values(o):
+                registry.get(group, name)
+    user = [o for o in overrides if not o.key_or_group.startswith("hydra")]
+    choices = [[f"{o.get_key_element()}={v}" for v in _values(o)] for o in user]
+    with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        for combo in itertools.islice(itertools.product(*choices), MAX_VALIDATED_COMBINATIONS):
+            try:
+                cfg = hydra.compose(config_name="config", overrides=list(combo))
+                OmegaConf.to_object(cfg)  # every node typed: a wrong type fails here
+            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                raise ConfigError(_one_line(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m alignbench``; returns the process exit code."""
+    global _REGISTRY
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    try:
+        overrides = _parse_overrides(args.overrides)
+        _REGISTRY = build_registry(_plugin_dirs(overrides))
+        if not (args.help or args.hydra_help or args.info or args.shell_completion):
+            validate(_REGISTRY, args.overrides)
+    except AlignbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(_job)()
+    return 0

@@ -1,0 +1,145 @@
+"""Compute budgets: what a job has spent, in every unit, and the FLOP counter behind it.
+
+FLOPs follow the usual dense-transformer count (Kaplan et al. 2020): a forward pass costs
+``2 * N`` per token processed and a backward pass ``4 * N``, where N counts the parameters that do
+matrix multiplies (the input embedding is a lookup and is left out). The output projection is
+charged only on the positions whose logits are computed, so a prompt processed for its KV cache
+pays no vocabulary projection. Attention's own ``O(T^2)`` term is ignored, as in that count.
+Every model an algorithm runs is tracked, generation included, so PPO's four models are charged
+against RRHF's one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignbench.config import BudgetConfig, BudgetKind
+from alignbench.errors import ConfigError
+
+UNITS = tuple(kind.value for kind in BudgetKind)
+
+
+def _matmul_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(body parameters, output-head parameters), both excluding the input embedding."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = {id(p) for p in embedding.parameters()} if embedding is not None else set()
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    body = sum(p.numel() for p in model.parameters() if id(p) not in skip | head_ids)
+    # A tied head shares the embedding matrix; it still multiplies, so count it for the head.
+    head_n = sum(p.numel() for p in head.parameters()) if head is not None else 0
+    return body, head_n
+
+
+class FlopCounter:
+    """Counts forward and backward FLOPs of every model it tracks, through module hooks."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.by_model: dict[str, float] = {}
+        self._paused = 0
+        self._handles: list[Any] = []
+
+    def track(self, model: torch.nn.Module, name: str) -> torch.nn.Module:
+        """Charge every forward (and the backward through its output) of ``model`` to ``name``."""
+        body, head = _matmul_parameters(model)
+        self.by_model.setdefault(name, 0.0)
+
+        def on_forward(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if self._paused:
+                return
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            tokens = int(input_ids.numel()) if input_ids is not None else 0
+            logits = getattr(output, "logits", None)
+            projected = int(logits.shape[0] * logits.shape[1]) if logits is not None else tokens
+            forward = 2.0 * (body * tokens + head * projected)
+            self._charge(name, forward)
+            if logits is not None and logits.requires_grad:
+                # Charged when the gradient reaches the logits: only backward passes that happen.
+                logits.register_hook(lambda grad: self._charge(name, 2.0 * forward) or grad)
+
+        self._handles.append(model.register_forward_hook(on_forward, with_kwargs=True))
+        return model
+
+    def _charge(self, name: str, flops: float) -> None:
+        self.total += flops
+        self.by_model[name] = self.by_model.get(name, 0.0) + flops
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Do not charge what runs inside (evaluation is not part of the training budget)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def close(self) -> None:
+        """Remove the hooks from every tracked model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@dataclass
+class Budget:
+    """What a job may spend (``kind``, ``amount``) and what it has spent so far, in every unit."""
+
+    kind: str
+    amount: float
+    spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(UNITS, 0.0))
+
+    @classmethod
+    def from_config(cls, cfg: BudgetConfig) -> Budget:
+        """A budget from ``budget.kind`` / ``budget.amount``, refusing a non-positive amount."""
+        kind = cfg.kind.value if isinstance(cfg.kind, BudgetKind) else str(cfg.kind)
+        if kind not in UNITS:
+            raise ConfigError(f"budget.kind={kind!r} — use one of {', '.join(UNITS)}")
+        if not cfg.amount > 0:
+            raise ConfigError(f"budget.amount={cfg.amount} — a budget must be positive")
+        return cls(kind=kind, amount=float(cfg.amount))
+
+    def charge(self, **units: float) -> None:
+        """Add what a step spent (``steps=1, samples=..., tokens=..., flops=..., seconds=...``)."""
+        for unit, value in units.items():
+            self.spent[unit] += float(value)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the budget's own unit has reached its amount."""
+        return self.spent[self.kind] >= self.amount
+
+    @property
+    def fraction(self) -> float:
+        """Share of the budget spent, in [0, 1]."""
+        return min(1.0, self.spent[self.kind] / self.amount)
+
+    def metrics(self) -> dict[str, float]:
+        """The ``budget/<unit>`` counters every logged record carries."""
+        return {f"budget/{unit}": value for unit, value in self.spent.items()}
+
+
+class StepTimer:
+    """Wall-clock seconds of the training work only (evaluation and logging excluded)."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+
+    def __enter__(self) -> StepTimer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's intra-op threads when asked (0 keeps torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -1,0 +1,185 @@
+"""Structured-config schema: one dataclass per config group, stored in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` hold values; these dataclasses hold the keys and their types, so a
+typo or a wrong type is an error naming the key at start-up. Plugins subclass
+:class:`AlgorithmConfig`, :class:`RewardConfig` or :class:`TaskConfig`; the registry stores each
+subclass under ``<group>/base_<name>`` (and under ``<group>/<name>`` when no YAML of that name
+ships), which is what makes ``algo=<name>`` work for a plugin that ships no YAML at all.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_PACKAGE = "alignbench_conf"
+
+
+class BudgetKind(str, enum.Enum):
+    """The unit a compute budget is counted in."""
+
+    steps = "steps"
+    samples = "samples"
+    tokens = "tokens"
+    flops = "flops"
+    seconds = "seconds"
+
+
+@dataclass
+class AlgorithmConfig:
+    """Keys every algorithm has; an algorithm's own config dataclass subclasses this."""
+
+    name: str = MISSING
+    # Prompts drawn from the task per step; the same for every algorithm of a comparison.
+    prompts_per_step: int = 16
+    # Which task split the prompts come from (`rl` prompts, or `sft` demonstrations).
+    prompt_split: str = "rl"
+
+
+@dataclass
+class RewardConfig:
+    """Keys every reward has; a reward's config dataclass subclasses this."""
+
+    name: str = MISSING
+
+
+@dataclass
+class TaskConfig:
+    """Keys every task has; a task's config dataclass subclasses this."""
+
+    name: str = MISSING
+    # Seed of the task's data generation: fixed across job seeds so every job sees one world.
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The base language model: built from these numbers, or loaded from ``name_or_path``."""
+
+    # A Hugging Face model id or local folder; empty builds a small Llama from the keys below.
+    name_or_path: str = ""
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 64
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class BudgetConfig:
+    """How much compute each job may spend, in one unit shared by every algorithm."""
+
+    kind: BudgetKind = BudgetKind.steps
+    amount: float = 100.0
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases settings; offline unless the user asks for online."""
+
+    enabled: bool = True
+    mode: str = "offline"
+    project: str = "alignbench"
+    entity: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    """Where a job reports besides ``metrics.jsonl`` and ``summary.json``."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    progress_bar: bool = True
+
+
+@dataclass
+class SFTStageConfig:
+    """Stage 1: supervised fine-tuning of the base model on the task's demonstrations."""
+
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    # Kept apart from the job seed: every job of a comparison starts from the same SFT model.
+    seed: int = 0
+
+
+@dataclass
+class StageConfig:
+    """Settings of the stages that run before RL (cached by a hash of what determines them)."""
+
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation on the task's held-out sets."""
+
+    max_new_tokens: int = 8
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    """The whole job: the schema of ``conf/config.yaml``."""
+
+    algo: Any = MISSING
+    task: Any = MISSING
+    reward: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    # Evaluate every this many steps (and always at the start and the end); 0 = start and end.
+    eval_every: int = 25
+    # Folders whose *.py files are loaded as plugins (read from the command line before Hydra).
+    plugin_dirs: list[str] = field(default_factory=list)
+    # Where stage artefacts (the SFT model, ...) are cached, shared by every job and sweep.
+    cache_dir: str = "results/cache"
+    # torch intra-op threads; 0 leaves torch's default.
+    threads: int = 0
+
+
+_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig,
+    "budget": BudgetConfig,
+    "logger": LoggerConfig,
+}
+
+
+def store_core_schemas() -> None:
+    """Put the core dataclasses into Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, schema in _SCHEMAS.items():
+        cs.store(group=group, name=f"base_{group}", node=schema)
+
+
+def ships_yaml(group: str, name: str) -> bool:
+    """Whether ``conf/<group>/<name>.yaml`` exists in the packaged config folder."""
+    try:
+        return resources.files(CONF_PACKAGE).joinpath(group, f"{name}.yaml").is_file()
+    except ModuleNotFoundError:
+        return False
+
+
+def store_plugin_schema(group: str, name: str, schema: type) -> None:
+    """Store a plugin's config dataclass as ``<group>/base_<name>`` and, lacking YAML, ``<group>/<name>``."""
+    node = OmegaConf.structured(schema)
+    node.name = name
+    cs = ConfigStore.instance()
+    cs.store(group=group, name=f"base_{name}", node=node)
+    if not ships_yaml(group, name):
+        cs.store(group=group, name=name, node=node)
+
+
+def to_object(node: DictConfig) -> Any:
+    """Turn a structured config node back into its dataclass instance (typed, attribute access)."""
+    return OmegaConf.to_object(node)

@@ -1,0 +1,45 @@
+"""Greedy evaluation of a model on the task's held-out sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench.config import EvalConfig
+from alignbench.reward import Reward
+from alignbench.sampling import SamplingParams, sample
+from alignbench.task import Task
+
+
+def generate_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """Greedy responses to every row, in batches."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    responses: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        responses += sample(model, tokenizer, rows[start : start + batch_size], 1, params).responses
+    return responses
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    reward: Reward,
+    cfg: EvalConfig,
+) -> dict[str, float]:
+    """``{<prefix>/<metric>: value}`` for every eval set of the task, plus ``<prefix>/reward``."""
+    metrics: dict[str, float] = {}
+    for prefix, split in task.eval_sets.items():
+        rows = task.splits[split].to_list()
+        responses = generate_greedy(model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
+        values = task.metrics(rows, responses)
+        values["reward"] = float(reward(rows, responses).mean())
+        metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
+    return metrics

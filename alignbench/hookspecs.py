@@ -1,0 +1,138 @@
+"""The hooks of alignbench: the whole plugin API in one module.
+
+Three kinds of hooks, in the order a run calls them:
+
+* **Registration** (once, at start-up; every plugin may answer): hand the core a class and its
+  config dataclass through the ``register`` callback. The hook itself does no work.
+* **Per step** (``firstresult``): ``rollout`` → ``score`` → ``update``, answered by the one
+  algorithm instance registered for the run (the core asserts there is exactly one).
+* **Observers** (every implementer is called): step ends, evaluations, the end of the run.
+
+Implement a hook with ``@alignbench.hookimpl`` on a function of a module or a method of an
+object, with the same name and any subset of the arguments. ``docs/plugins.md`` is the guide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from alignbench.batch import Batch
+    from alignbench.run import Run
+
+PROJECT = "alignbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: ``register(name, cls, config_cls)``: ``name`` is what the user types (``algo=<name>``), ``cls``
+#: the class the core instantiates, ``config_cls`` a dataclass subclassing the group's base config.
+Register = Callable[[str, type, type], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration hooks: called once when the plugin manager is built, before Hydra composes the
+# config, so that every registered name is a selectable config group option.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def alignbench_register_algorithms(register: Register) -> None:
+    """Register algorithms: call ``register(name, AlgorithmClass, AlgorithmConfigSubclass)``.
+
+    Called once at start-up. The core stores the config dataclass as ``algo/<name>`` so
+    ``algo=<name>`` works without YAML, and for a run instantiates
+    ``AlgorithmClass(run, config)``; that instance answers the per-step hooks. Returns nothing.
+    """
+
+
+@hookspec
+def alignbench_register_rewards(register: Register) -> None:
+    """Register rewards: call ``register(name, RewardClass, RewardConfigSubclass)``.
+
+    Called once at start-up. For a run the core instantiates ``RewardClass(config, task)``, a
+    callable ``(rows, responses) -> Tensor[N]`` giving one scalar reward per response. Returns
+    nothing.
+    """
+
+
+@hookspec
+def alignbench_register_tasks(register: Register) -> None:
+    """Register tasks: call ``register(name, TaskClass, TaskConfigSubclass)``.
+
+    Called once at start-up. For a run the core instantiates ``TaskClass(config)``, an
+    :class:`alignbench.Task` (data splits, vocabulary, gold judge, evaluation metrics). Returns
+    nothing.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-step hooks: firstresult, answered by the run's algorithm instance. The core registers one
+# instance of the chosen algorithm for the run and refuses to start if another plugin also
+# implements rollout or update (or a second plugin overrides score).
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def alignbench_rollout(run: Run, prompts: list[dict[str, Any]]) -> Batch:
+    """Produce the step's sequences: called once per step with the prompts drawn for it.
+
+    ``prompts`` are rows of the task split named by ``algo.prompt_split``
+    (``algo.prompts_per_step`` of them). Return a :class:`alignbench.Batch` of K sequences per
+    prompt (sampled with ``run.sample``, or demonstrations and other sources via
+    ``run.collate``). Sampling happens under ``torch.no_grad``.
+    """
+
+
+@hookspec(firstresult=True)
+def alignbench_score(run: Run, batch: Batch) -> Batch:
+    """Attach rewards to the step's batch: called once per step, after rollout.
+
+    Returns the batch with ``batch.rewards`` (one scalar per sequence) and any per-token shaping
+    the algorithm needs in ``batch.extras``. The core's default (``trylast``) calls the configured
+    reward; an algorithm overrides it when it needs more (for example PPO's KL shaping).
+    """
+
+
+@hookspec(firstresult=True)
+def alignbench_update(run: Run, batch: Batch) -> dict[str, float]:
+    """Optimise: called once per step with the scored batch; returns the step's statistics.
+
+    Runs the algorithm's optimisation step(s) on ``run.policy`` (and any other trained model).
+    Return a flat ``{metric name: float}`` dict named the TRL way (``loss/…``, ``objective/…``,
+    ``policy/…``); the core adds the ``budget/…`` keys and hands it to the observers.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Observer hooks: every implementer is called (results writer, W&B, progress bar, user plugins).
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def alignbench_on_step_end(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """Observe a finished step: called after every update with the step's metrics.
+
+    ``step`` counts from 1; ``metrics`` holds the update's statistics, the reward statistics and
+    every ``budget/…`` counter spent so far. Return value ignored.
+    """
+
+
+@hookspec
+def alignbench_on_eval(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """Observe an evaluation: called at step 0, every ``eval_every`` steps and at the end.
+
+    ``metrics`` are keyed ``eval/…`` (held-out sets) and ``eval_rl/…`` (the RL-prompt set) plus the
+    ``budget/…`` counters. Return value ignored.
+    """
+
+
+@hookspec
+def alignbench_on_run_end(run: Run, summary: dict[str, Any]) -> None:
+    """Observe the end of a run: called once with the summary written to ``summary.json``.
+
+    Called also when the run fails (``summary["status"] == "failed"``), so observers can close
+    their files and W&B runs. Return value ignored.
+    """

@@ -1,0 +1,148 @@
+"""Model helpers: the built-in tokenizer and small Llama, loading, freezing, per-token log-probs.
+
+Sequences everywhere share one layout: the prompt left-padded to ``P`` tokens, then the response
+right-padded to ``R`` tokens (``input_ids`` is ``[N, P + R]``). Position ids come from the
+attention mask, so padding never shifts a token's position and the sampler, the training
+forward and evaluation all see identical logits for the same tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from alignbench.config import ModelConfig
+from alignbench.errors import ConfigError
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+
+def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``words`` (whitespace-split), with pad, eos and unk tokens."""
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+    )
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized by ``cfg``, with dropout off and the tokenizer's ids."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load a causal LM and its tokenizer from a Hugging Face id or a local folder."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except OSError as exc:
+        raise ConfigError(
+            f"model.name_or_path={str(path)!r} cannot be loaded ({str(exc).splitlines()[0]}) — "
+            "give a local folder saved with save_pretrained, or leave it empty for the built-in model"
+        ) from None
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # A pad equal to eos would mask the eos out of the response and lose where rewards sit.
+        tokenizer.add_special_tokens({"pad_token": PAD})
+        model.resize_token_embeddings(len(tokenizer))
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """Save a model and its tokenizer into ``path`` in the Hugging Face format (safetensors)."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """Put ``model`` in eval mode with no trainable parameters (a reference or reward model)."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A frozen deep copy of ``model`` (for example the reference of a KL penalty)."""
+    return freeze(copy.deepcopy(model))
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+) -> torch.Tensor:
+    """Logits ``[N, R, V]`` predicting each response token (prompt positions are not projected)."""
+    response_length = input_ids.shape[1] - prompt_length
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=response_length + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log softmax(logits / temperature)`` at ``tokens``: ``[N, R, V]`` and ``[N, R]`` to ``[N, R]``.
+
+    Equivalent to ``torch.log_softmax(logits / t, -1).gather(-1, tokens[..., None])[..., 0]``,
+    computed as ``logit - logsumexp`` to avoid materialising the whole log-softmax twice.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def response_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token log-probabilities ``[N, R]`` of the response tokens under ``model``."""
+    logits = response_logits(model, input_ids, attention_mask, prompt_length)
+    return token_logprobs(logits, input_ids[:, prompt_length:], temperature)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` if asked)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

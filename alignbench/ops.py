@@ -1,0 +1,203 @@
+"""The math every alignment algorithm shares, as pure tensor functions.
+
+Conventions (part of the public API):
+
+* ``[B, T]`` per-token tensors come with a right-padded 0/1 ``mask`` of the same shape
+  (1 = a real response token, 0 = padding after the response ended).
+* ``[B, K]`` tensors hold one value per response for K responses to each of B prompts.
+* Every function is dtype-agnostic: it computes in the dtype of its inputs and returns that dtype
+  (booleans and counts aside).
+
+Nothing here touches a model; the plugins compose these functions, and ``tests/test_ops.py``
+pins each of them against values worked out by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "gae",
+    "kl_penalty",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "policy_loss",
+    "rank_loss",
+    "ranking_rm_loss",
+    "sequence_scores",
+    "value_loss",
+]
+
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1.
+
+    ``sum(x * mask) / sum(mask)``; over all elements when ``dim`` is None, else along ``dim``.
+    An all-zero mask gives 0 rather than NaN, so an empty batch cannot poison a loss.
+    """
+    valid = mask.bool()
+    # Select rather than multiply, so inf or NaN in padding cannot leak into the mean.
+    kept = torch.where(valid, x, torch.zeros_like(x))
+    count = valid.to(x.dtype)
+    total = kept.sum() if dim is None else kept.sum(dim)
+    count = count.sum() if dim is None else count.sum(dim)
+    return total / count.clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``x`` over the positions where ``mask`` is 1 (Bessel-corrected by default)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum().to(x.dtype)
+        # With a single valid element the unbiased variance is undefined; 0 keeps whitening finite.
+        var = var * n / (n - 1) if n > 1 else torch.zeros_like(var)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over the masked positions.
+
+    ``(x - mean) / sqrt(var + 1e-8)`` with mean and unbiased variance taken over ``mask == 1``;
+    with ``shift_mean=False`` the mean is added back, so only the scale changes (used for
+    rewards, whose sign carries meaning). Padded positions are returned as 0.
+    Source: the advantage whitening of Ziegler et al. 2019 / TRL ``masked_whiten``.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded token sequences.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where
+    rewards and values count as 0 wherever ``mask`` is 0 and the value after the last valid
+    token is 0 (the response has ended). Returns ``(advantages, returns)`` with
+    ``returns = advantages + values``, both ``[B, T]`` and 0 on padding.
+    Source: Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE", eq. 16.
+    """
+    valid = mask.bool()
+    rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
+    values = torch.where(valid, values, torch.zeros_like(values))
+    mask = valid.to(values.dtype)
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    length = values.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        # Padding has delta 0 and resets the recursion, so each row stops at its own end.
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate loss and the share of tokens where clipping was active.
+
+    ``ratio = exp(logp - old_logp)``; per token ``max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c))``;
+    the loss is its token mean over all valid tokens of the batch. ``clipfrac`` is the token mean
+    of ``[clipped term > unclipped term]``. Source: Schulman et al. 2017, eq. 7.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
+    return loss, clipfrac
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> torch.Tensor:
+    """Clipped value-function loss: ``0.5 * mean(max((V - R)^2, (V_clip - R)^2))`` over valid tokens.
+
+    ``V_clip = old_V + clip(V - old_V, -c, c)`` keeps the critic from moving far in one update.
+    Source: the OpenAI baselines PPO2 value clipping, as used by Ziegler et al. 2019.
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    per_token = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(per_token, mask)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from log-probabilities of sampled tokens.
+
+    With ``d = logp - ref_logp``: ``k1 = d`` (unbiased, can be negative), ``k2 = d^2 / 2``,
+    ``k3 = exp(-d) - 1 + d`` (unbiased and never negative). Elementwise; mask it yourself.
+    Source: J. Schulman, "Approximating KL divergence" (2020).
+    """
+    delta = logprobs - ref_logprobs
+    if kind == "k1":
+        return delta
+    if kind == "k2":
+        return 0.5 * delta**2
+    if kind == "k3":
+        return torch.exp(-delta) - 1.0 + delta
+    raise ValueError(f"unknown KL estimator {kind!r}: use one of {', '.join(KL_KINDS)}")
+
+
+def sequence_scores(
+    logprobs: torch.Tensor, mask: torch.Tensor, length_penalty: float = 1.0
+) -> torch.Tensor:
+    """Length-normalised log-probability of each sequence: ``sum(logp) / length ** length_penalty``.
+
+    ``logprobs`` and ``mask`` are ``[B, T]``; returns ``[B]``. ``length_penalty=0`` gives the
+    plain sum, ``1`` the mean log-probability per token (RRHF's ``p_i``, Yuan et al. 2023, eq. 1).
+    """
+    valid = mask.bool()
+    lengths = valid.to(logprobs.dtype).sum(-1).clamp(min=1)
+    total = torch.where(valid, logprobs, torch.zeros_like(logprobs)).sum(-1)
+    return total / lengths**length_penalty
+
+
+def rank_loss(scores: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """RRHF ranking loss: make the model's scores follow the order of the rewards.
+
+    For each prompt b, ``sum over (i, j) with rewards[b, i] < rewards[b, j] of
+    relu(scores[b, i] - scores[b, j])``; the result is the mean over prompts. Ties add nothing,
+    and a NaN reward marks an absent candidate (it takes part in no pair).
+    Source: Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models", eq. 2.
+    """
+    worse = rewards.unsqueeze(2) < rewards.unsqueeze(1)  # [B, K, K]: i ranked below j
+    gaps = torch.relu(scores.unsqueeze(2) - scores.unsqueeze(1))
+    per_prompt = torch.where(worse, gaps, torch.zeros_like(gaps)).sum(dim=(1, 2))
+    return per_prompt.mean()
+
+
+def ranking_rm_loss(rewards: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+    """Reward-model loss for K ranked responses per prompt (pairwise Bradley-Terry).
+
+    ``rewards`` are the model's scalar scores ``[B, K]``; ``preference`` is ``[B, K]`` with a higher
+    value for a better-ranked response. The loss is the mean, over every strictly ordered pair
+    (i better than j) of every prompt in the batch, of ``-logsigmoid(rewards_i - rewards_j)``;
+    0 when no pair is ordered. Source: Ouyang et al. 2022, eq. 1 (all C(K, 2) pairs of a group).
+    """
+    better = preference.unsqueeze(2) > preference.unsqueeze(1)  # [B, K, K]: i preferred to j
+    margins = rewards.unsqueeze(2) - rewards.unsqueeze(1)
+    losses = -F.logsigmoid(margins)
+    return masked_mean(losses, better)

@@ -1,0 +1,184 @@
+"""The plugin manager: loads plugins and keeps the names they register.
+
+Plugins come from one entry-point group, ``alignbench`` (the built-ins too, through this
+project's own ``pyproject.toml``), and from every ``*.py`` file in the folders given as
+``plugin_dirs``. Environment variables restrict what loads, for reproducible test suites:
+
+* ``ALIGNBENCH_DISABLE_EXTERNAL_PLUGINS=1``: load only the built-in plugins;
+* ``ALIGNBENCH_PLUGINS=a,b``: load only the named entry points (built-ins always load).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from alignbench import hookspecs
+from alignbench.config import (
+    AlgorithmConfig,
+    RewardConfig,
+    TaskConfig,
+    store_core_schemas,
+    store_plugin_schema,
+)
+from alignbench.errors import UNKNOWN_BY_GROUP, PluginError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "alignbench"
+BUILTIN_DISTRIBUTION = "alignbench"
+
+#: config group -> (registration hook, base config class every registered config must subclass)
+GROUPS: dict[str, tuple[str, type]] = {
+    "algo": ("alignbench_register_algorithms", AlgorithmConfig),
+    "reward": ("alignbench_register_rewards", RewardConfig),
+    "task": ("alignbench_register_tasks", TaskConfig),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: the class the core instantiates, its config dataclass, its plugin."""
+
+    name: str
+    cls: type
+    config_cls: type
+    plugin: str
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by config group, plus where each plugin came from."""
+
+    pm: pluggy.PluginManager
+    entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    loaded_dirs: list[str] = field(default_factory=list)
+
+    def get(self, group: str, name: str) -> Entry:
+        """The entry registered as ``name`` in ``group``; an UnknownAlgorithm/Reward/Task otherwise."""
+        try:
+            return self.entries[group][name]
+        except KeyError:
+            raise UNKNOWN_BY_GROUP[group](name, self.entries.get(group, {})) from None
+
+    def names(self, group: str) -> list[str]:
+        """The sorted names registered in ``group``."""
+        return sorted(self.entries.get(group, {}))
+
+
+def _plugin_filter() -> tuple[bool, set[str] | None]:
+    external = os.environ.get("ALIGNBENCH_DISABLE_EXTERNAL_PLUGINS", "") not in ("1", "true", "yes")
+    only = os.environ.get("ALIGNBENCH_PLUGINS")
+    allowed = {n.strip() for n in only.split(",") if n.strip()} if only is not None else None
+    return external, allowed
+
+
+def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
+    external, allowed = _plugin_filter()
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        builtin = dist == BUILTIN_DISTRIBUTION
+        if not builtin and (not external or (allowed is not None and ep.name not in allowed)):
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not take the others down
+            registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("plugin %r (%s) failed to load and is skipped: %s", ep.name, dist, exc)
+            continue
+        pm.register(plugin, name=ep.name)
+        registry.origins[ep.name] = f"{dist} (entry point {ep.value})"
+
+
+def _import_file(path: Path) -> ModuleType:
+    module_name = f"alignbench_local_plugins.{path.stem}_{abs(hash(str(path))) % 10**8}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot import plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_plugin_dirs(registry: Registry, plugin_dirs: list[str]) -> None:
+    """Import every ``*.py`` file of each folder as a plugin and register what it provides."""
+    for folder in plugin_dirs:
+        path = Path(folder).expanduser().resolve()
+        if str(path) in registry.loaded_dirs:
+            continue
+        if not path.is_dir():
+            raise PluginError(f"plugin_dirs: {folder!r} is not a folder — fix the path or drop it")
+        for file in sorted(path.glob("*.py")):
+            name = f"file:{file}"
+            if registry.pm.has_plugin(name):
+                continue
+            try:
+                module = _import_file(file)
+            except Exception as exc:
+                registry.failed[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("plugin file %s failed to import and is skipped: %s", file, exc)
+                continue
+            registry.pm.register(module, name=name)
+            registry.origins[name] = str(file)
+        registry.loaded_dirs.append(str(path))
+    _collect(registry)
+
+
+def _collect(registry: Registry) -> None:
+    """Call every registration hook implementation and store what it registers."""
+    for group, (hook_name, base) in GROUPS.items():
+        entries = registry.entries.setdefault(group, {})
+        hook = getattr(registry.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+
+            def register(name: str, cls: type, config_cls: type, _plugin: str = impl.plugin_name):
+                if not (isinstance(config_cls, type) and issubclass(config_cls, base)):
+                    raise PluginError(
+                        f"plugin {_plugin!r} registers {group} {name!r} with config "
+                        f"{config_cls!r}: it must be a dataclass subclassing {base.__name__}"
+                    )
+                known = entries.get(name)
+                if known is not None and known.plugin != _plugin:
+                    raise PluginError(
+                        f"{group} {name!r} is registered twice, by {known.plugin!r} and "
+                        f"{_plugin!r} — rename one, or disable a plugin with ALIGNBENCH_PLUGINS"
+                    )
+                entries[name] = Entry(name, cls, config_cls, _plugin)
+                store_plugin_schema(group, name, config_cls)
+
+            impl.function(**{arg: register for arg in impl.argnames})
+
+
+def build_registry(plugin_dirs: list[str] | None = None) -> Registry:
+    """Build the plugin manager, load every plugin, and collect what they register."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry(pm=pm)
+    store_core_schemas()
+    _load_entry_points(pm, registry)
+    pm.check_pending()
+    _collect(registry)
+    if plugin_dirs:
+        load_plugin_dirs(registry, list(plugin_dirs))
+    pm.check_pending()
+    return registry
+
+
+def implementers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
+    """The plugin names implementing ``hook_name``, excluding ``trylast`` defaults."""
+    hook = getattr(pm.hook, hook_name)
+    return [impl.plugin_name for impl in hook.get_hookimpls() if not impl.trylast]

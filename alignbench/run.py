@@ -1,0 +1,75 @@
+"""The :class:`Run`: everything a plugin's hooks receive about the job in progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+from omegaconf import DictConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench.batch import Batch, collate
+from alignbench.budget import Budget, FlopCounter
+from alignbench.models import freeze, load_pretrained
+from alignbench.reward import Reward
+from alignbench.sampling import SamplingParams, sample
+from alignbench.task import Task
+
+
+@dataclass
+class Run:
+    """One job: its config, data, models, reward, budget and random state.
+
+    ``policy`` is the model being trained (initialised from the stage-1 SFT model at
+    ``sft_path``); ``config`` is the algorithm's own config dataclass instance; ``generator``
+    drives all sampling, so the same seed gives the same rollouts.
+    """
+
+    cfg: DictConfig
+    config: Any
+    task: Task
+    reward: Reward
+    tokenizer: PreTrainedTokenizerBase
+    policy: PreTrainedModel
+    sft_path: Path
+    budget: Budget
+    flops: FlopCounter
+    generator: torch.Generator
+    output_dir: Path
+    pm: pluggy.PluginManager
+    step: int = 0
+
+    def track(self, model: PreTrainedModel, name: str) -> PreTrainedModel:
+        """Charge ``model``'s forward and backward passes to the budget under ``name``."""
+        return self.flops.track(model, name)
+
+    def load_sft_model(self, name: str = "reference") -> PreTrainedModel:
+        """A fresh frozen copy of the stage-1 SFT model, tracked for FLOPs (a reference, a sampler)."""
+        model, _ = load_pretrained(self.sft_path)
+        return self.track(freeze(model), name)
+
+    def sample(
+        self,
+        model: PreTrainedModel,
+        prompts: list[dict[str, Any]],
+        num_samples: int,
+        params: SamplingParams,
+        source: str = "policy",
+    ) -> Batch:
+        """Sample ``num_samples`` responses per prompt from ``model`` with the run's generator."""
+        return sample(
+            model, self.tokenizer, prompts, num_samples, params, self.generator, source=source
+        )
+
+    def collate(
+        self,
+        prompts: list[dict[str, Any]],
+        response_ids: list[list[int]],
+        group_size: int,
+        sources: list[str],
+    ) -> Batch:
+        """A Batch from prompt rows and K response-token lists per prompt (prompt-major)."""
+        return collate(self.tokenizer, prompts, response_ids, group_size, sources)

@@ -1,0 +1,113 @@
+"""The one sampling routine every algorithm and the evaluation use.
+
+K responses per prompt with temperature / top-k / top-p (or greedy), stopping at eos, through the
+model's KV cache. It returns a :class:`~alignbench.batch.Batch` in the shared layout with the
+sampler's per-token log-probabilities, computed as ``log_softmax(logits / temperature)`` of the
+*unfiltered* distribution, which is exactly what a training forward recomputes; top-k / top-p
+only decide which token is drawn. Deterministic under a ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench.batch import Batch, decode_responses, encode_prompts, pad_prompts
+from alignbench.models import position_ids
+
+
+@dataclass
+class SamplingParams:
+    """How to decode: ``greedy`` ignores temperature, top_k and top_p."""
+
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask to -inf every token outside the top-k and outside the top-p nucleus."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[dict[str, Any]],
+    num_samples: int = 1,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    prompt_key: str = "prompt",
+    source: str = "policy",
+) -> Batch:
+    """Generate ``num_samples`` responses for every prompt row; returns them as a Batch (prompt-major)."""
+    params = params or SamplingParams()
+    was_training = model.training
+    model.eval()  # dropout off: the sampler's log-probs must match the training forward's
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
+    ids, mask = pad_prompts([p for p in prompt_ids for _ in range(num_samples)], pad)
+    n, prompt_mask = ids.shape[0], mask
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1].float()
+    next_position = position_ids(mask)[:, -1:] + 1
+    tokens, logprobs = [], []
+    finished = torch.zeros(n, dtype=torch.bool)
+    alive = torch.ones(n, dtype=torch.long)
+    response_mask = []
+    for t in range(params.max_new_tokens):
+        if params.greedy:
+            token = logits.argmax(-1)
+            logp = torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+        else:
+            scaled = logits / params.temperature
+            filtered = _filter_logits(scaled, params.top_k, params.top_p)
+            token = torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator)[:, 0]
+            logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None])[:, 0]
+        token = torch.where(finished, torch.full_like(token, pad), token)
+        response_mask.append((~finished).long())
+        logprobs.append(torch.where(finished, torch.zeros_like(logp), logp))
+        tokens.append(token)
+        finished = finished | (token == eos)
+        if bool(finished.all()) or t == params.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, alive[:, None]], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_position,
+            cache=cache,
+            use_cache=True,
+        )
+        cache, logits = out.cache, out.logits[:, -1].float()
+        next_position = next_position + 1
+    model.train(was_training)
+    r_ids = torch.stack(tokens, 1)
+    r_mask = torch.stack(response_mask, 1)
+    return Batch(
+        prompts=list(prompts),
+        group_size=num_samples,
+        input_ids=torch.cat([ids, r_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, r_mask], dim=1),
+        prompt_length=ids.shape[1],
+        response_mask=r_mask,
+        responses=decode_responses(tokenizer, r_ids, r_mask),
+        sources=[source] * n,
+        logprobs=torch.stack(logprobs, 1),
+    )

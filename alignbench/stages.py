@@ -1,0 +1,142 @@
+"""Stage 1 (SFT) of the pipeline, cached on disk by a hash of everything that determines it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench import ops
+from alignbench.batch import collate, encode_responses
+from alignbench.budget import FlopCounter
+from alignbench.config import SFTStageConfig, to_object
+from alignbench.errors import ConfigError, DataError
+from alignbench.models import build_model, build_tokenizer, load_pretrained, response_logprobs, save_pretrained
+from alignbench.task import Task
+
+log = logging.getLogger(__name__)
+
+#: Bump when the stage's training code changes what it produces, so old caches are not reused.
+SFT_STAGE_VERSION = 1
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of config nodes / plain values (what a cached artefact depends on)."""
+    plain = [OmegaConf.to_container(p, resolve=True, enum_to_str=True) if isinstance(p, DictConfig) else p for p in parts]
+    blob = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (parallel jobs of a sweep train a stage only once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sft_loss(model: PreTrainedModel, batch: Any) -> torch.Tensor:
+    """Token-mean negative log-likelihood of the batch's responses (the SFT objective)."""
+    logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
+    return -ops.masked_mean(logprobs, batch.response_mask)
+
+
+def base_model(cfg: DictConfig, task: Task) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The untrained model of stage 1: built from ``cfg.model`` or loaded from ``model.name_or_path``."""
+    if cfg.model.name_or_path:
+        return load_pretrained(cfg.model.name_or_path)
+    tokenizer = build_tokenizer(task.vocabulary())
+    return build_model(to_object(cfg.model), tokenizer), tokenizer
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    cfg: SFTStageConfig,
+    flops: FlopCounter | None = None,
+) -> dict[str, float]:
+    """Fine-tune ``model`` on demonstration rows (``prompt``, ``response``); returns training stats."""
+    if not rows:
+        raise DataError("the task's sft split is empty — nothing to fine-tune on")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, total // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    model.train()
+    losses: list[float] = []
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(rows))
+        for start in range(0, len(rows), cfg.batch_size):
+            chunk = [rows[i] for i in order[start : start + cfg.batch_size]]
+            batch = collate(tokenizer, chunk, encode_responses(tokenizer, [r["response"] for r in chunk]), 1, ["demonstration"] * len(chunk))
+            loss = sft_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss))
+    model.eval()
+    tail = losses[-steps_per_epoch:]
+    return {"final_loss": sum(tail) / len(tail), "steps": float(total)}
+
+
+def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
+    """Return the folder of the stage-1 SFT model, training it unless the cache already holds it."""
+    key = config_hash(cfg.model, cfg.task, cfg.stage.sft, SFT_STAGE_VERSION)
+    root = Path(cfg.cache_dir) / "sft"
+    path = root / key
+    if (path / "stage.json").exists():
+        log.info("SFT stage: cache hit %s", path)
+        return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cache_dir={cfg.cache_dir!r} is not writable ({exc.strerror}) — choose another cache_dir") from None
+    with file_lock(root / f"{key}.lock"):
+        if (path / "stage.json").exists():  # another job trained it while we waited for the lock
+            return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
+        log.info("SFT stage: training into %s", path)
+        start = time.perf_counter()
+        model, tokenizer = base_model(cfg, task)
+        flops = FlopCounter()
+        flops.track(model, "sft")
+        stats = train_sft(model, tokenizer, task.splits["sft"].to_list(), to_object(cfg.stage.sft), flops)
+        flops.close()
+        info = {
+            "key": key,
+            "seconds": time.perf_counter() - start,
+            "flops": flops.total,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **stats,
+        }
+        tmp = root / f".{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_pretrained(model, tokenizer, tmp)
+        (tmp / "stage.json").write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
+    return path, {**info, "cache_hit": False}

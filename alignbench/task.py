@@ -1,0 +1,53 @@
+"""The base class of tasks: data splits, vocabulary, gold judge and evaluation metrics."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from datasets import Dataset
+
+from alignbench.config import TaskConfig
+
+#: Outcomes of the gold judge.
+CORRECT, ABSTAIN, WRONG = "correct", "abstain", "wrong"
+
+
+class Task:
+    """A task: what to train on, what to ask, and how to tell a good answer from a bad one.
+
+    Subclasses implement :meth:`build_splits` and :meth:`judge`. Splits are Hugging Face
+    ``datasets.Dataset`` objects with at least a ``prompt`` column; ``sft`` rows also carry the
+    demonstration in ``response``. ``eval_sets`` maps a metric prefix (``eval``, ``eval_rl``) to
+    the split evaluated under it.
+    """
+
+    #: The phrase that means "I do not know" for this task, or None if it has none.
+    abstention: str | None = None
+    #: metric prefix -> split name, evaluated greedily every ``eval_every`` steps.
+    eval_sets: dict[str, str] = {}
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    @cached_property
+    def splits(self) -> dict[str, Dataset]:
+        """The task's data, built once: ``{"sft": ..., "rl": ..., <eval splits>...}``."""
+        return self.build_splits()
+
+    def build_splits(self) -> dict[str, Dataset]:
+        """Generate or load the task's splits."""
+        raise NotImplementedError
+
+    def vocabulary(self) -> list[str]:
+        """Every word the built-in tokenizer needs for this task's prompts and responses."""
+        raise NotImplementedError
+
+    def judge(self, row: dict[str, Any], response: str) -> str:
+        """Gold label of ``response`` to ``row``: ``correct``, ``abstain`` or ``wrong``."""
+        raise NotImplementedError
+
+    def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
+        """Evaluation metrics (without prefix) of greedy ``responses`` to ``rows``."""
+        labels = [self.judge(row, r) for row, r in zip(rows, responses, strict=True)]
+        return {"accuracy": sum(lab == CORRECT for lab in labels) / max(1, len(labels))}

@@ -1,0 +1,148 @@
+"""RRHF (Yuan et al. 2023), and SFT as its special case.
+
+Per prompt, K candidate responses come from several sources (the task's demonstration, the
+abstention phrase, samples of the frozen SFT model, samples of the policy). The reward ranks
+them; the policy is trained so that its length-normalised log-probabilities follow that ranking
+(``ops.rank_loss``), plus cross-entropy on the best-rewarded candidate. SFT is the same code with
+the demonstration as the only candidate and no ranking term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import alignbench
+from alignbench import AlgorithmConfig, Batch, Run, SamplingParams, ops
+from alignbench.batch import encode_responses
+from alignbench.models import response_logprobs
+
+ABSENT = "absent"
+
+
+@dataclass
+class RRHFConfig(AlgorithmConfig):
+    """RRHF: ranking loss over K candidates from several sources plus SFT on the best."""
+
+    # Candidate sources, in this order per prompt (ties in reward go to the earlier source).
+    use_demonstration: bool = True
+    use_abstention: bool = True
+    sft_model_samples: int = 0
+    policy_samples: int = 4
+    # Loss = rank_weight * rank_loss + sft_weight * NLL(best candidate).
+    rank_weight: float = 1.0
+    sft_weight: float = 1.0
+    # Scores are sum(logp) / length ** length_penalty (1 = RRHF's mean log-prob per token).
+    length_penalty: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # Optimisation passes over each step's batch.
+    epochs: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 8
+
+
+@dataclass
+class SFTConfig(RRHFConfig):
+    """SFT: RRHF with the demonstration as the only candidate and no ranking term."""
+
+    prompt_split: str = "sft"
+    use_demonstration: bool = True
+    use_abstention: bool = False
+    sft_model_samples: int = 0
+    policy_samples: int = 0
+    rank_weight: float = 0.0
+
+
+class RRHF:
+    """The RRHF algorithm (and SFT, through :class:`SFTConfig`) as a run-hook implementer."""
+
+    def __init__(self, run: Run, config: RRHFConfig) -> None:
+        self.config = config
+        if self.group_size(run) < 1:
+            raise alignbench.ConfigError(f"algo={config.name}: no candidate source is enabled")
+        if config.rank_weight > 0 and self.group_size(run) < 2:
+            raise alignbench.ConfigError(
+                f"algo={config.name}: a ranking loss needs K >= 2 candidates per prompt, got "
+                f"{self.group_size(run)} — add policy_samples or another source"
+            )
+        self.sft_model = run.load_sft_model("sft_sampler") if config.sft_model_samples else None
+        self.optimizer = torch.optim.AdamW(
+            run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.params = SamplingParams(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
+
+    def group_size(self, run: Run) -> int:
+        """K: candidates per prompt."""
+        c = self.config
+        fixed = int(c.use_demonstration) + int(c.use_abstention and run.task.abstention is not None)
+        return fixed + c.sft_model_samples + c.policy_samples
+
+    @alignbench.hookimpl
+    def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
+        """Gather K candidates per prompt from every enabled source."""
+        c, eos = self.config, run.tokenizer.eos_token_id
+        candidates: list[list[tuple[str, list[int]]]] = [[] for _ in prompts]
+        if c.use_demonstration:
+            demos = [row.get("response") or "" for row in prompts]
+            for group, demo, ids in zip(candidates, demos, encode_responses(run.tokenizer, demos), strict=True):
+                # A prompt without a demonstration keeps its slot (K stays fixed) but ranks nowhere.
+                group.append(("demonstration", ids) if demo else (ABSENT, [eos]))
+        if c.use_abstention and run.task.abstention is not None:
+            [ids] = encode_responses(run.tokenizer, [run.task.abstention])
+            for group in candidates:
+                group.append(("abstention", ids))
+        for source, model, count in (("sft_model", self.sft_model, c.sft_model_samples), ("policy", run.policy, c.policy_samples)):
+            if count:
+                sampled = run.sample(model, prompts, count, self.params, source=source)
+                for i, (ids, mask) in enumerate(zip(sampled.response_ids, sampled.response_mask, strict=True)):
+                    candidates[i // count].append((source, ids[mask.bool()].tolist()))
+        flat = [cand for group in candidates for cand in group]
+        return run.collate(prompts, [ids for _, ids in flat], len(candidates[0]), [s for s, _ in flat])
+
+    @alignbench.hookimpl
+    def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
+        """Ranking loss on length-normalised log-probs plus NLL of the best-rewarded candidate."""
+        c = self.config
+        absent = batch.grouped(torch.tensor([s == ABSENT for s in batch.sources]))
+        rewards = batch.grouped(batch.rewards.float()).masked_fill(absent, float("nan"))
+        best = rewards.nan_to_num(nan=float("-inf")).argmax(dim=1)  # [B]
+        best_rows = best + torch.arange(len(batch.prompts)) * batch.group_size
+        run.policy.train()
+        for _ in range(c.epochs):
+            logprobs = response_logprobs(run.policy, batch.input_ids, batch.attention_mask, batch.prompt_length)
+            scores = ops.sequence_scores(logprobs, batch.response_mask, c.length_penalty)
+            rank = ops.rank_loss(batch.grouped(scores), rewards) if c.rank_weight else scores.new_zeros(())
+            nll = -ops.masked_mean(logprobs[best_rows], batch.response_mask[best_rows])
+            loss = c.rank_weight * rank + c.sft_weight * nll
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
+            self.optimizer.step()
+        run.policy.eval()
+        best_sources = [batch.sources[i] for i in best_rows.tolist()]
+        return {
+            "loss/rank": float(rank),
+            "loss/sft": float(nll),
+            "loss/total": float(loss),
+            "policy/grad_norm": float(grad_norm),
+            "objective/reward_best": float(rewards.gather(1, best[:, None]).mean()),
+            "rrhf/best_is_abstention": best_sources.count("abstention") / len(best_sources),
+        }
+
+
+@alignbench.hookimpl
+def alignbench_register_algorithms(register: alignbench.Register) -> None:
+    """Register ``rrhf`` and its special case ``sft``."""
+    register("rrhf", RRHF, RRHFConfig)
+    register("sft", RRHF, SFTConfig)
