@@ -25,7 +25,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.config import CONF_PACKAGE, to_object
@@ -190,9 +190,12 @@ def _one_line(exc: BaseException) -> str:
     inner: BaseException | None = exc
     while inner is not None and not isinstance(inner, OmegaConfBaseException):
         inner = inner.__cause__ or inner.__context__
-    if isinstance(inner, ConfigKeyError):
+    if isinstance(inner, ConfigKeyError | ConfigAttributeError):
         key = getattr(inner, "full_key", "") or str(inner).split("'")[1]
-        return f"unknown config key '{key}' — check its spelling; `python -m alignbench --cfg job` lists every key"
+        return (
+            f"unknown config key '{key}' — check its spelling; "
+            "`python -m alignbench --cfg job` lists every key"
+        )
     if isinstance(inner, OmegaConfBaseException):
         key = getattr(inner, "full_key", "")
         message = str(inner).splitlines()[0]
@@ -217,6 +220,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
                 OmegaConf.to_object(cfg)  # every node typed: a wrong type fails here
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
                 raise ConfigError(_one_line(exc)) from None
+            Budget.from_config(to_object(cfg.budget))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from hydra._internal.utils import get_args_parser
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    # argparse stops taking overrides after a flag (`algo=a --multirun seed=1`): put flags first.
+    is_override = [not a.startswith("-") and ("=" in a or a.startswith("~")) for a in argv]
+    argv = [a for a, o in zip(argv, is_override) if not o] + [a for a, o in zip(argv, is_override) if o]
+    args = get_args_parser().parse_args(argv)
     try:
         overrides = _parse_overrides(args.overrides)
         _REGISTRY = build_registry(_plugin_dirs(overrides))
@@ -235,5 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sys.argv = [sys.argv[0], *argv]
-    hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(_job)()
+    try:
+        hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(
+            _job
+        )()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     return 0

@@ -121,7 +121,9 @@ class ProgressBar:
         from tqdm import tqdm
 
         self.run = run
-        self.bar = tqdm(total=100, desc=f"{run.config.name}", unit="%", file=sys.stderr, leave=False)
+        self.bar = tqdm(
+            total=100, desc=run.config.name, unit="%", file=sys.stderr, leave=False, disable=None
+        )
 
     @hookimpl
     def alignbench_on_step_end(self, metrics: dict[str, float]) -> None:

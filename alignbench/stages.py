@@ -99,7 +99,7 @@ def train_sft(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     model.eval()
     tail = losses[-steps_per_epoch:]
     return {"final_loss": sum(tail) / len(tail), "steps": float(total)}

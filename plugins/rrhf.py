@@ -132,10 +132,10 @@ class RRHF:
         run.policy.eval()
         best_sources = [batch.sources[i] for i in best_rows.tolist()]
         return {
-            "loss/rank": float(rank),
-            "loss/sft": float(nll),
-            "loss/total": float(loss),
-            "policy/grad_norm": float(grad_norm),
+            "loss/rank": rank.item(),
+            "loss/sft": nll.item(),
+            "loss/total": loss.item(),
+            "policy/grad_norm": grad_norm.item(),
             "objective/reward_best": float(rewards.gather(1, best[:, None]).mean()),
             "rrhf/best_is_abstention": best_sources.count("abstention") / len(best_sources),
         }

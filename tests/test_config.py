@@ -1,0 +1,78 @@
+"""Config composition and the one-line errors of the command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignbench import ConfigError, UnknownAlgorithm, UnknownReward, UnknownTask
+from alignbench.app import main, validate
+from alignbench.config import to_object
+from tests.conftest import compose
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo=rrhf"],
+        ["algo=sft"],
+        ["reward=exact_match"],
+        ["reward=abstention", "reward.wrong=-4"],
+        ["task=facts"],
+        ["logger=none"],
+        ["logger=wandb", "logger.wandb.mode=online"],
+        ["budget.kind=flops", "budget.amount=1e12"],
+    ],
+)
+def test_every_group_choice_composes(registry, overrides: list[str]) -> None:
+    """Every group option composes into a fully typed config."""
+    cfg = compose(overrides, registry)
+    to_object(cfg)
+    assert cfg.algo.name in registry.names("algo")
+
+
+def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
+    """`algo=sft` is the RRHF class with demonstrations only and no ranking term."""
+    sft, rrhf = compose(["algo=sft"], registry), compose(["algo=rrhf"], registry)
+    assert registry.get("algo", "sft").cls is registry.get("algo", "rrhf").cls
+    assert sft.algo.rank_weight == 0 and sft.algo.policy_samples == 0
+    assert rrhf.algo.rank_weight > 0 and rrhf.algo.policy_samples > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "fragment"),
+    [
+        (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: rrhf, sft"),
+        (["algo=sft,pp0"], UnknownAlgorithm, "known: rrhf, sft"),
+        (["reward=nope"], UnknownReward, "known: abstention, exact_match"),
+        (["task=nope"], UnknownTask, "known: facts"),
+        (["algo.lrr=0.1"], ConfigError, "unknown config key 'algo.lrr'"),
+        (["seeed=1"], ConfigError, "unknown config key 'seeed'"),
+        (["algo.lr=fast"], ConfigError, "algo.lr"),
+        (["budget.kind=hours"], ConfigError, "budget.kind"),
+        (["algo=rrhf,sft", "algo.policy_samples=two"], ConfigError, "algo.policy_samples"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(registry, overrides, error, fragment) -> None:
+    """Unknown names, keys and wrong types fail before any job starts, naming the problem."""
+    with pytest.raises(error) as info:
+        validate(registry, overrides)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_cli_prints_one_line_and_exits_nonzero(capsys, tmp_path, monkeypatch) -> None:
+    """`python -m alignbench algo=pp0` prints one line naming the known algorithms and exits 2."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["algo=pp0", "--multirun"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: UnknownAlgorithm: 'pp0' — known: rrhf, sft"
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_cli_rejects_non_positive_budget(capsys, tmp_path, monkeypatch) -> None:
+    """A zero budget is refused with one line, before anything is trained."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["budget.amount=0", "logger=none"]) == 2
+    assert "budget.amount" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
