@@ -105,9 +105,18 @@ def train_sft(
     return {"final_loss": sum(tail) / len(tail), "steps": float(total)}
 
 
+def folder_fingerprint(path: str) -> list[Any]:
+    """Names, sizes and modification times of a local model folder (a changed model is a new key)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return []
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())]
+
+
 def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
     """Return the folder of the stage-1 SFT model, training it unless the cache already holds it."""
-    key = config_hash(cfg.model, cfg.task, cfg.stage.sft, SFT_STAGE_VERSION)
+    fingerprint = folder_fingerprint(cfg.model.name_or_path) if cfg.model.name_or_path else []
+    key = config_hash(cfg.model, cfg.task, cfg.stage.sft, SFT_STAGE_VERSION, fingerprint)
     root = Path(cfg.cache_dir) / "sft"
     path = root / key
     if (path / "stage.json").exists():

@@ -1,0 +1,105 @@
+"""The built-in facts task and the rule rewards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignbench_plugins.facts import ABSTENTION, FactsConfig, FactsTask
+from alignbench_plugins.rewards import (
+    AbstentionConfig,
+    AbstentionReward,
+    ExactMatchConfig,
+    ExactMatchReward,
+)
+
+
+@pytest.fixture(scope="module")
+def task() -> FactsTask:
+    """The default facts world."""
+    return FactsTask(FactsConfig(name="facts"))
+
+
+def _keys(ds) -> set[tuple[str, str]]:
+    return {(r["entity"], r["attribute"]) for r in ds}
+
+
+def test_splits_are_hugging_face_datasets_with_prompts(task: FactsTask) -> None:
+    """Every split is a datasets.Dataset with prompt, answer and known columns."""
+    from datasets import Dataset
+
+    for name in ("sft", "rl", "heldout", "rl_eval"):
+        ds = task.splits[name]
+        assert isinstance(ds, Dataset) and len(ds) > 0
+        assert {"prompt", "answer", "known", "response"} <= set(ds.column_names)
+
+
+def test_unknown_facts_never_appear_with_their_answer(task: FactsTask) -> None:
+    """SFT demonstrates known facts with their answer; unknown ones only as abstentions."""
+    for row in task.splits["sft"]:
+        assert row["response"] == (row["answer"] if row["known"] else ABSTENTION)
+    answered = {(r["entity"], r["attribute"]) for r in task.splits["sft"] if r["known"]}
+    for row in task.splits["heldout"]:
+        if not row["known"]:
+            assert (row["entity"], row["attribute"]) not in answered
+
+
+def test_heldout_is_disjoint_from_rl_prompts_and_abstention_demos(task: FactsTask) -> None:
+    """Held-out questions are never RL prompts, and unknown held-out ones never in SFT."""
+    heldout, rl = _keys(task.splits["heldout"]), _keys(task.splits["rl"])
+    assert not heldout & rl
+    abstained = {(r["entity"], r["attribute"]) for r in task.splits["sft"] if not r["known"]}
+    unknown_heldout = {(r["entity"], r["attribute"]) for r in task.splits["heldout"] if not r["known"]}
+    assert not unknown_heldout & abstained
+    assert _keys(task.splits["rl_eval"]) <= rl
+
+
+def test_knownness_is_learnable(task: FactsTask) -> None:
+    """Obscure entities appear in SFT only through abstentions; famous ones only with answers."""
+    sft = task.splits["sft"].to_list()
+    obscure = [r for r in sft if r["kind"] == "obscure"]
+    assert obscure and all(r["response"] == ABSTENTION for r in obscure)
+    assert all(r["known"] for r in sft if r["kind"] == "famous")
+    share = sum(not r["known"] for r in sft) / len(sft)
+    assert 0.05 < share < 0.3  # some abstention demonstrations, not a flood
+
+
+def test_rl_prompt_mix(task: FactsTask) -> None:
+    """RL prompts are about 75% known facts by default."""
+    rl = task.splits["rl"]
+    share = sum(rl["known"]) / len(rl)
+    assert share == pytest.approx(0.75, abs=0.02)
+
+
+def test_same_seed_same_world() -> None:
+    """The world is generated from task.seed: same seed same data, other seed other data."""
+    a = FactsTask(FactsConfig(name="facts", seed=3)).splits["rl"].to_list()
+    b = FactsTask(FactsConfig(name="facts", seed=3)).splits["rl"].to_list()
+    c = FactsTask(FactsConfig(name="facts", seed=4)).splits["rl"].to_list()
+    assert a == b and a != c
+
+
+def test_judge_and_metrics(task: FactsTask) -> None:
+    """The gold judge labels correct / abstain / wrong; metrics count them per knownness."""
+    known = next(r for r in task.splits["heldout"] if r["known"])
+    unknown = next(r for r in task.splits["heldout"] if not r["known"])
+    wrong = "purple" if unknown["answer"] != "purple" else "red"
+    assert task.judge(known, known["answer"]) == "correct"
+    assert task.judge(known, f" {known['answer']}  ") == "correct"
+    assert task.judge(unknown, ABSTENTION) == "abstain"
+    assert task.judge(unknown, wrong) == "wrong"
+    m = task.metrics([known, known, unknown, unknown], [known["answer"], ABSTENTION, wrong, ABSTENTION])
+    assert m["accuracy_known"] == 0.5 and m["abstain_known"] == 0.5
+    assert m["hallucination_unknown"] == 0.5 and m["abstain_unknown"] == 0.5
+
+
+def test_rewards(task: FactsTask) -> None:
+    """abstention: correct/abstain/wrong values from config; exact_match: 1 if correct."""
+    row = next(r for r in task.splits["rl"] if r["known"])
+    wrong = "purple" if row["answer"] != "purple" else "red"
+    responses = [row["answer"], ABSTENTION, wrong]
+    rows = [row] * 3
+    abst = AbstentionReward(AbstentionConfig(name="abstention", wrong=-4.0), task)
+    assert torch.equal(abst(rows, responses), torch.tensor([1.0, 0.0, -4.0]))
+    exact = ExactMatchReward(ExactMatchConfig(name="exact_match"), task)
+    assert torch.equal(exact(rows, responses), torch.tensor([1.0, 0.0, 0.0]))
