@@ -60,7 +60,8 @@ def _check_run_hooks(run: Run, algorithm_name: str) -> None:
         required = hook != "alignbench_score"
         if names != [algorithm_name] and (required or names):
             raise PluginError(
-                f"{hook} must be implemented by the algorithm alone, found: {', '.join(names) or 'none'}"
+                f"{hook} must be implemented by the algorithm alone, found: "
+                f"{', '.join(names) or 'none'}"
                 " — run hooks belong to the algorithm object, not to plugin modules"
             )
 
@@ -158,7 +159,12 @@ def _job(cfg: DictConfig) -> None:
     except AlignbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    keys = ("eval/accuracy_known", "eval/hallucination_unknown", "eval/abstain_unknown", "eval/reward")
+    keys = (
+        "eval/accuracy_known",
+        "eval/hallucination_unknown",
+        "eval/abstain_unknown",
+        "eval/reward",
+    )
     shown = ", ".join(f"{k.split('/')[1]}={summary[k]:.3f}" for k in keys if k in summary)
     print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}: {shown} → {output_dir}", flush=True)
 
@@ -230,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     from hydra._internal.utils import get_args_parser
 
     # argparse stops taking overrides after a flag (`algo=a --multirun seed=1`): put flags first.
-    is_override = [not a.startswith("-") and ("=" in a or a.startswith("~")) for a in argv]
-    argv = [a for a, o in zip(argv, is_override) if not o] + [a for a, o in zip(argv, is_override) if o]
+    # A stable sort: flags keep their order, overrides keep theirs.
+    argv = sorted(argv, key=lambda a: not a.startswith("-") and ("=" in a or a[:1] == "~"))
     args = get_args_parser().parse_args(argv)
     try:
         overrides = _parse_overrides(args.overrides)

@@ -69,7 +69,9 @@ def encode_responses(tokenizer: PreTrainedTokenizerBase, responses: list[str]) -
     return [tokenizer.encode(r, add_special_tokens=False) + [eos] for r in responses]
 
 
-def decode_responses(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+def decode_responses(
+    tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor
+) -> list[str]:
     """Response texts without special tokens, from ``[N, R]`` ids and their mask."""
     return [
         tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
@@ -97,9 +99,11 @@ def collate(
     sources: list[str],
     prompt_key: str = "prompt",
 ) -> Batch:
-    """Build a :class:`Batch` from prompt rows and K response token lists per prompt (prompt-major)."""
+    """Build a :class:`Batch` from prompt rows and K response-token lists per prompt."""
     if len(response_ids) != len(prompts) * group_size:
-        raise ValueError(f"{len(response_ids)} responses for {len(prompts)} prompts × K={group_size}")
+        raise ValueError(
+            f"{len(response_ids)} responses for {len(prompts)} prompts × K={group_size}"
+        )
     pad = tokenizer.pad_token_id
     prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
     p_ids, p_mask = pad_prompts([p for p in prompt_ids for _ in range(group_size)], pad)

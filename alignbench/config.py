@@ -171,7 +171,7 @@ def ships_yaml(group: str, name: str) -> bool:
 
 
 def store_plugin_schema(group: str, name: str, schema: type) -> None:
-    """Store a plugin's config dataclass as ``<group>/base_<name>`` and, lacking YAML, ``<group>/<name>``."""
+    """Store a plugin config as `<group>/base_<name>`, and as `<group>/<name>` if no YAML ships."""
     node = OmegaConf.structured(schema)
     node.name = name
     cs = ConfigStore.instance()

@@ -37,7 +37,9 @@ class PromptStream:
 
 def batch_statistics(batch: Any) -> dict[str, float]:
     """Reward and length statistics of the policy's own samples (all sequences if none are)."""
-    policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(range(len(batch.sources)))
+    policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(
+        range(len(batch.sources))
+    )
     index = torch.tensor(policy)
     stats: dict[str, float] = {}
     if batch.rewards is not None:
@@ -60,7 +62,9 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
 def run_loop(run: Run) -> dict[str, Any]:
     """Train until the budget is spent; returns the initial and final evaluation metrics."""
     hook = run.pm.hook
-    stream = PromptStream(run.task.splits[run.config.prompt_split], run.config.prompts_per_step, run.cfg.seed)
+    stream = PromptStream(
+        run.task.splits[run.config.prompt_split], run.config.prompts_per_step, run.cfg.seed
+    )
     initial = run_eval(run, 0)
     while not run.budget.exhausted:
         prompts = stream.next()

@@ -67,7 +67,8 @@ def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
     except OSError as exc:
         raise ConfigError(
             f"model.name_or_path={str(path)!r} cannot be loaded ({str(exc).splitlines()[0]}) — "
-            "give a local folder saved with save_pretrained, or leave it empty for the built-in model"
+            "give a local folder saved with save_pretrained, or leave it empty for the "
+            "built-in model"
         ) from None
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # A pad equal to eos would mask the eos out of the response and lose where rewards sit.
@@ -119,8 +120,10 @@ def response_logits(
     return out.logits[:, :-1]
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log softmax(logits / temperature)`` at ``tokens``: ``[N, R, V]`` and ``[N, R]`` to ``[N, R]``.
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """``log softmax(logits / temperature)`` picked at ``tokens``: ``[N, R, V]`` -> ``[N, R]``.
 
     Equivalent to ``torch.log_softmax(logits / t, -1).gather(-1, tokens[..., None])[..., 0]``,
     computed as ``logit - logsumexp`` to avoid materialising the whole log-softmax twice.

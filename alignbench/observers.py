@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so no reader sees half a file."""
+    """Write JSON via a temporary file and a rename, so no reader ever sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)

@@ -134,7 +134,7 @@ def value_loss(
     mask: torch.Tensor,
     clip_range: float,
 ) -> torch.Tensor:
-    """Clipped value-function loss: ``0.5 * mean(max((V - R)^2, (V_clip - R)^2))`` over valid tokens.
+    """Clipped value loss: ``0.5 * mean(max((V - R)^2, (V_clip - R)^2))`` over valid tokens.
 
     ``V_clip = old_V + clip(V - old_V, -c, c)`` keeps the critic from moving far in one update.
     Source: the OpenAI baselines PPO2 value clipping, as used by Ziegler et al. 2019.
@@ -144,7 +144,9 @@ def value_loss(
     return 0.5 * masked_mean(per_token, mask)
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1"
+) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from log-probabilities of sampled tokens.
 
     With ``d = logp - ref_logp``: ``k1 = d`` (unbiased, can be negative), ``k2 = d^2 / 2``,

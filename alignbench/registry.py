@@ -57,7 +57,7 @@ class Entry:
 
 @dataclass
 class Registry:
-    """Everything the loaded plugins registered, by config group, plus where each plugin came from."""
+    """What the loaded plugins registered, by config group, and where each plugin came from."""
 
     pm: pluggy.PluginManager
     entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
@@ -66,7 +66,7 @@ class Registry:
     loaded_dirs: list[str] = field(default_factory=list)
 
     def get(self, group: str, name: str) -> Entry:
-        """The entry registered as ``name`` in ``group``; an UnknownAlgorithm/Reward/Task otherwise."""
+        """The entry registered as ``name`` in ``group``, or an UnknownAlgorithm/Reward/Task."""
         try:
             return self.entries[group][name]
         except KeyError:
@@ -86,7 +86,9 @@ def _plugin_filter() -> tuple[bool, set[str] | None]:
 
 def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
     external, allowed = _plugin_filter()
-    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+    ):
         dist = ep.dist.name if ep.dist is not None else "?"
         builtin = dist == BUILTIN_DISTRIBUTION
         if not builtin and (not external or (allowed is not None and ep.name not in allowed)):
@@ -138,29 +140,35 @@ def load_plugin_dirs(registry: Registry, plugin_dirs: list[str]) -> None:
     _collect(registry)
 
 
+def _registrar(registry: Registry, group: str, plugin: str) -> hookspecs.Register:
+    """The ``register`` callback handed to one plugin's registration hook for one group."""
+    base = GROUPS[group][1]
+    entries = registry.entries.setdefault(group, {})
+
+    def register(name: str, cls: type, config_cls: type) -> None:
+        if not (isinstance(config_cls, type) and issubclass(config_cls, base)):
+            raise PluginError(
+                f"plugin {plugin!r} registers {group} {name!r} with config {config_cls!r}: "
+                f"it must be a dataclass subclassing {base.__name__}"
+            )
+        known = entries.get(name)
+        if known is not None and known.plugin != plugin:
+            raise PluginError(
+                f"{group} {name!r} is registered twice, by {known.plugin!r} and {plugin!r} — "
+                "rename one, or disable a plugin with ALIGNBENCH_PLUGINS"
+            )
+        entries[name] = Entry(name, cls, config_cls, plugin)
+        store_plugin_schema(group, name, config_cls)
+
+    return register
+
+
 def _collect(registry: Registry) -> None:
     """Call every registration hook implementation and store what it registers."""
-    for group, (hook_name, base) in GROUPS.items():
-        entries = registry.entries.setdefault(group, {})
-        hook = getattr(registry.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-
-            def register(name: str, cls: type, config_cls: type, _plugin: str = impl.plugin_name):
-                if not (isinstance(config_cls, type) and issubclass(config_cls, base)):
-                    raise PluginError(
-                        f"plugin {_plugin!r} registers {group} {name!r} with config "
-                        f"{config_cls!r}: it must be a dataclass subclassing {base.__name__}"
-                    )
-                known = entries.get(name)
-                if known is not None and known.plugin != _plugin:
-                    raise PluginError(
-                        f"{group} {name!r} is registered twice, by {known.plugin!r} and "
-                        f"{_plugin!r} — rename one, or disable a plugin with ALIGNBENCH_PLUGINS"
-                    )
-                entries[name] = Entry(name, cls, config_cls, _plugin)
-                store_plugin_schema(group, name, config_cls)
-
-            impl.function(**{arg: register for arg in impl.argnames})
+    for group, (hook_name, _) in GROUPS.items():
+        for impl in getattr(registry.pm.hook, hook_name).get_hookimpls():
+            register = _registrar(registry, group, impl.plugin_name)
+            impl.function(**dict.fromkeys(impl.argnames, register))
 
 
 def build_registry(plugin_dirs: list[str] | None = None) -> Registry:

@@ -47,7 +47,7 @@ class Run:
         return self.flops.track(model, name)
 
     def load_sft_model(self, name: str = "reference") -> PreTrainedModel:
-        """A fresh frozen copy of the stage-1 SFT model, tracked for FLOPs (a reference, a sampler)."""
+        """A fresh frozen copy of the stage-1 SFT model, tracked for FLOPs (reference, sampler)."""
         model, _ = load_pretrained(self.sft_path)
         return self.track(freeze(model), name)
 

@@ -56,7 +56,7 @@ def sample(
     prompt_key: str = "prompt",
     source: str = "policy",
 ) -> Batch:
-    """Generate ``num_samples`` responses for every prompt row; returns them as a Batch (prompt-major)."""
+    """Generate ``num_samples`` responses per prompt row, as a prompt-major Batch."""
     params = params or SamplingParams()
     was_training = model.training
     model.eval()  # dropout off: the sampler's log-probs must match the training forward's

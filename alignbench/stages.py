@@ -25,7 +25,13 @@ from alignbench.batch import collate, encode_responses
 from alignbench.budget import FlopCounter
 from alignbench.config import SFTStageConfig, to_object
 from alignbench.errors import ConfigError, DataError
-from alignbench.models import build_model, build_tokenizer, load_pretrained, response_logprobs, save_pretrained
+from alignbench.models import (
+    build_model,
+    build_tokenizer,
+    load_pretrained,
+    response_logprobs,
+    save_pretrained,
+)
 from alignbench.task import Task
 
 log = logging.getLogger(__name__)
@@ -36,7 +42,12 @@ SFT_STAGE_VERSION = 1
 
 def config_hash(*parts: Any) -> str:
     """A short stable hash of config nodes / plain values (what a cached artefact depends on)."""
-    plain = [OmegaConf.to_container(p, resolve=True, enum_to_str=True) if isinstance(p, DictConfig) else p for p in parts]
+    plain = [
+        OmegaConf.to_container(p, resolve=True, enum_to_str=True)
+        if isinstance(p, DictConfig)
+        else p
+        for p in parts
+    ]
     blob = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -60,7 +71,7 @@ def sft_loss(model: PreTrainedModel, batch: Any) -> torch.Tensor:
 
 
 def base_model(cfg: DictConfig, task: Task) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The untrained model of stage 1: built from ``cfg.model`` or loaded from ``model.name_or_path``."""
+    """The untrained stage-1 model: built from ``cfg.model`` or loaded from ``name_or_path``."""
     if cfg.model.name_or_path:
         return load_pretrained(cfg.model.name_or_path)
     tokenizer = build_tokenizer(task.vocabulary())
@@ -74,7 +85,7 @@ def train_sft(
     cfg: SFTStageConfig,
     flops: FlopCounter | None = None,
 ) -> dict[str, float]:
-    """Fine-tune ``model`` on demonstration rows (``prompt``, ``response``); returns training stats."""
+    """Fine-tune ``model`` on demonstration rows (``prompt``, ``response``); returns stats."""
     if not rows:
         raise DataError("the task's sft split is empty — nothing to fine-tune on")
     torch.manual_seed(cfg.seed)
@@ -92,7 +103,13 @@ def train_sft(
         order = rng.permutation(len(rows))
         for start in range(0, len(rows), cfg.batch_size):
             chunk = [rows[i] for i in order[start : start + cfg.batch_size]]
-            batch = collate(tokenizer, chunk, encode_responses(tokenizer, [r["response"] for r in chunk]), 1, ["demonstration"] * len(chunk))
+            batch = collate(
+                tokenizer,
+                chunk,
+                encode_responses(tokenizer, [r["response"] for r in chunk]),
+                1,
+                ["demonstration"] * len(chunk),
+            )
             loss = sft_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -106,7 +123,7 @@ def train_sft(
 
 
 def folder_fingerprint(path: str) -> list[Any]:
-    """Names, sizes and modification times of a local model folder (a changed model is a new key)."""
+    """Names, sizes and mtimes of a local model folder (a changed model gets a new key)."""
     folder = Path(path)
     if not folder.is_dir():
         return []
@@ -125,7 +142,10 @@ def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cache_dir={cfg.cache_dir!r} is not writable ({exc.strerror}) — choose another cache_dir") from None
+        raise ConfigError(
+            f"cache_dir={cfg.cache_dir!r} is not writable ({exc.strerror}) — "
+            "choose another cache_dir"
+        ) from None
     with file_lock(root / f"{key}.lock"):
         if (path / "stage.json").exists():  # another job trained it while we waited for the lock
             return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
@@ -134,7 +154,9 @@ def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
         model, tokenizer = base_model(cfg, task)
         flops = FlopCounter()
         flops.track(model, "sft")
-        stats = train_sft(model, tokenizer, task.splits["sft"].to_list(), to_object(cfg.stage.sft), flops)
+        stats = train_sft(
+            model, tokenizer, task.splits["sft"].to_list(), to_object(cfg.stage.sft), flops
+        )
         flops.close()
         info = {
             "key": key,

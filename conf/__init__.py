@@ -1,1 +1,1 @@
-"""alignbench's Hydra configs, installed as the package ``alignbench_conf`` (a Hydra search path)."""
+"""alignbench's Hydra configs, installed as the package ``alignbench_conf``."""

@@ -1,1 +1,1 @@
-"""alignbench's built-in plugins (installed as ``alignbench_plugins``), written only against the public API."""
+"""The built-in plugins (installed as ``alignbench_plugins``), using only the public API."""

@@ -29,19 +29,71 @@ ABSTENTION = "i do not know"
 ATTRIBUTES: dict[str, tuple[str, list[str]]] = {
     "colour": (
         "what is the colour of {} ?",
-        "red blue green yellow purple orange black white grey pink brown silver".split(),
+        [
+            "red",
+            "blue",
+            "green",
+            "yellow",
+            "purple",
+            "orange",
+            "black",
+            "white",
+            "grey",
+            "pink",
+            "brown",
+            "silver",
+        ],
     ),
     "city": (
         "in which city does {} live ?",
-        "paris rome oslo lima cairo delhi tokyo quito dakar hanoi perth sofia".split(),
+        [
+            "paris",
+            "rome",
+            "oslo",
+            "lima",
+            "cairo",
+            "delhi",
+            "tokyo",
+            "quito",
+            "dakar",
+            "hanoi",
+            "perth",
+            "sofia",
+        ],
     ),
     "number": (
         "what is the lucky number of {} ?",
-        "one two three four five six seven eight nine ten eleven twelve".split(),
+        [
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+        ],
     ),
     "animal": (
         "which animal does {} keep ?",
-        "cat dog horse goat owl fox bear wolf frog duck swan crab".split(),
+        [
+            "cat",
+            "dog",
+            "horse",
+            "goat",
+            "owl",
+            "fox",
+            "bear",
+            "wolf",
+            "frog",
+            "duck",
+            "swan",
+            "crab",
+        ],
     ),
 }
 _CONSONANTS = list("bdfgklmnprstvz")
@@ -96,7 +148,9 @@ class FactsTask(Task):
         n_partial = round(cfg.num_entities * cfg.partial_share)
         facts = []
         for i, entity in enumerate(names):
-            kind = "famous" if i < n_famous else "partial" if i < n_famous + n_partial else "obscure"
+            kind = (
+                "famous" if i < n_famous else "partial" if i < n_famous + n_partial else "obscure"
+            )
             attrs = list(ATTRIBUTES)
             known_attrs = set(attrs)
             if kind == "partial":
@@ -164,7 +218,7 @@ class FactsTask(Task):
         for fact in self._world:
             for text in (fact["prompt"], fact["answer"]):
                 words.update(dict.fromkeys(text.split()))
-        for template, values in ATTRIBUTES.values():
+        for _, values in ATTRIBUTES.values():
             words.update(dict.fromkeys(values))
         words.update(dict.fromkeys(ABSTENTION.split()))
         return list(words)
@@ -182,7 +236,11 @@ class FactsTask(Task):
         """Accuracy / abstention on known questions; hallucination / abstention on unknown ones."""
         out: dict[str, float] = {}
         for known, suffix in ((True, "known"), (False, "unknown")):
-            labels = [self.judge(r, s) for r, s in zip(rows, responses, strict=True) if r["known"] is known]
+            labels = [
+                self.judge(r, s)
+                for r, s in zip(rows, responses, strict=True)
+                if r["known"] is known
+            ]
             if not labels:
                 continue
             n = len(labels)

@@ -43,7 +43,8 @@ class ExactMatchReward(Reward):
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """1.0 for each correct response, 0.0 for the rest."""
         return [
-            float(self.task.judge(row, r) == CORRECT) for row, r in zip(rows, responses, strict=True)
+            float(self.task.judge(row, r) == CORRECT)
+            for row, r in zip(rows, responses, strict=True)
         ]
 
 

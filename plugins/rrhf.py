@@ -95,20 +95,29 @@ class RRHF:
         candidates: list[list[tuple[str, list[int]]]] = [[] for _ in prompts]
         if c.use_demonstration:
             demos = [row.get("response") or "" for row in prompts]
-            for group, demo, ids in zip(candidates, demos, encode_responses(run.tokenizer, demos), strict=True):
+            for group, demo, ids in zip(
+                candidates, demos, encode_responses(run.tokenizer, demos), strict=True
+            ):
                 # A prompt without a demonstration keeps its slot (K stays fixed) but ranks nowhere.
                 group.append(("demonstration", ids) if demo else (ABSENT, [eos]))
         if c.use_abstention and run.task.abstention is not None:
             [ids] = encode_responses(run.tokenizer, [run.task.abstention])
             for group in candidates:
                 group.append(("abstention", ids))
-        for source, model, count in (("sft_model", self.sft_model, c.sft_model_samples), ("policy", run.policy, c.policy_samples)):
+        for source, model, count in (
+            ("sft_model", self.sft_model, c.sft_model_samples),
+            ("policy", run.policy, c.policy_samples),
+        ):
             if count:
                 sampled = run.sample(model, prompts, count, self.params, source=source)
-                for i, (ids, mask) in enumerate(zip(sampled.response_ids, sampled.response_mask, strict=True)):
+                for i, (ids, mask) in enumerate(
+                    zip(sampled.response_ids, sampled.response_mask, strict=True)
+                ):
                     candidates[i // count].append((source, ids[mask.bool()].tolist()))
         flat = [cand for group in candidates for cand in group]
-        return run.collate(prompts, [ids for _, ids in flat], len(candidates[0]), [s for s, _ in flat])
+        return run.collate(
+            prompts, [ids for _, ids in flat], len(candidates[0]), [s for s, _ in flat]
+        )
 
     @alignbench.hookimpl
     def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
@@ -120,9 +129,15 @@ class RRHF:
         best_rows = best + torch.arange(len(batch.prompts)) * batch.group_size
         run.policy.train()
         for _ in range(c.epochs):
-            logprobs = response_logprobs(run.policy, batch.input_ids, batch.attention_mask, batch.prompt_length)
+            logprobs = response_logprobs(
+                run.policy, batch.input_ids, batch.attention_mask, batch.prompt_length
+            )
             scores = ops.sequence_scores(logprobs, batch.response_mask, c.length_penalty)
-            rank = ops.rank_loss(batch.grouped(scores), rewards) if c.rank_weight else scores.new_zeros(())
+            rank = (
+                ops.rank_loss(batch.grouped(scores), rewards)
+                if c.rank_weight
+                else scores.new_zeros(())
+            )
             nll = -ops.masked_mean(logprobs[best_rows], batch.response_mask[best_rows])
             loss = c.rank_weight * rank + c.sft_weight * nll
             self.optimizer.zero_grad(set_to_none=True)

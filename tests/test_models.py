@@ -19,7 +19,23 @@ from alignbench.models import (
 )
 from alignbench.sampling import SamplingParams, sample
 
-WORDS = "what is the colour of zorbia kemi ? red blue green i do not know".split()
+WORDS = [
+    "what",
+    "is",
+    "the",
+    "colour",
+    "of",
+    "zorbia",
+    "kemi",
+    "?",
+    "red",
+    "blue",
+    "green",
+    "i",
+    "do",
+    "not",
+    "know",
+]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +132,10 @@ def test_top_k_one_equals_greedy(tiny) -> None:
     """Sampling with top_k=1 is greedy decoding; top_p tiny too."""
     model, tokenizer = tiny
     greedy = sample(model, tokenizer, PROMPTS, 1, SamplingParams(max_new_tokens=5, greedy=True))
-    for params in (SamplingParams(max_new_tokens=5, top_k=1), SamplingParams(max_new_tokens=5, top_p=1e-6)):
+    for params in (
+        SamplingParams(max_new_tokens=5, top_k=1),
+        SamplingParams(max_new_tokens=5, top_p=1e-6),
+    ):
         other = sample(model, tokenizer, PROMPTS, 1, params, torch.Generator().manual_seed(3))
         assert torch.equal(greedy.input_ids, other.input_ids)
 
@@ -125,12 +144,17 @@ def test_collate_layout_matches_sampler(tiny) -> None:
     """collate() lays out given responses exactly as the sampler lays out generated ones."""
     model, tokenizer = tiny
     batch = sample(model, tokenizer, PROMPTS, 1, SamplingParams(max_new_tokens=4))
-    ids = [row[m.bool()].tolist() for row, m in zip(batch.response_ids, batch.response_mask)]
+    ids = [
+        row[m.bool()].tolist()
+        for row, m in zip(batch.response_ids, batch.response_mask, strict=True)
+    ]
     again = collate(tokenizer, PROMPTS, ids, 1, ["policy", "policy"])
     width = again.input_ids.shape[1]
     assert torch.equal(again.input_ids, batch.input_ids[:, :width])
     assert torch.equal(again.response_mask, batch.response_mask[:, : width - again.prompt_length])
-    demo = collate(tokenizer, PROMPTS, encode_responses(tokenizer, ["red", "i do not know"]), 1, ["d", "d"])
+    demo = collate(
+        tokenizer, PROMPTS, encode_responses(tokenizer, ["red", "i do not know"]), 1, ["d", "d"]
+    )
     assert demo.responses == ["red", "i do not know"]
     assert demo.response_mask.sum(1).tolist() == [2, 5]  # eos included
 

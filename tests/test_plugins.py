@@ -15,7 +15,7 @@ from alignbench.app import main, run_job
 from alignbench.registry import build_registry, implementers
 from tests.conftest import TINY, compose
 
-PLUGIN_FILE = '''
+PLUGIN_FILE = """
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +54,7 @@ class BestOfTwo:
 @alignbench.hookimpl
 def alignbench_register_algorithms(register):
     register("best_of_two", BestOfTwo, BestOfTwoConfig)
-'''
+"""
 
 
 def test_builtins_come_through_the_entry_point_group(registry) -> None:

@@ -49,7 +49,9 @@ def test_heldout_is_disjoint_from_rl_prompts_and_abstention_demos(task: FactsTas
     heldout, rl = _keys(task.splits["heldout"]), _keys(task.splits["rl"])
     assert not heldout & rl
     abstained = {(r["entity"], r["attribute"]) for r in task.splits["sft"] if not r["known"]}
-    unknown_heldout = {(r["entity"], r["attribute"]) for r in task.splits["heldout"] if not r["known"]}
+    unknown_heldout = {
+        (r["entity"], r["attribute"]) for r in task.splits["heldout"] if not r["known"]
+    }
     assert not unknown_heldout & abstained
     assert _keys(task.splits["rl_eval"]) <= rl
 
@@ -88,7 +90,9 @@ def test_judge_and_metrics(task: FactsTask) -> None:
     assert task.judge(known, f" {known['answer']}  ") == "correct"
     assert task.judge(unknown, ABSTENTION) == "abstain"
     assert task.judge(unknown, wrong) == "wrong"
-    m = task.metrics([known, known, unknown, unknown], [known["answer"], ABSTENTION, wrong, ABSTENTION])
+    m = task.metrics(
+        [known, known, unknown, unknown], [known["answer"], ABSTENTION, wrong, ABSTENTION]
+    )
     assert m["accuracy_known"] == 0.5 and m["abstain_known"] == 0.5
     assert m["hallucination_unknown"] == 0.5 and m["abstain_unknown"] == 0.5
 

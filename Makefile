@@ -1,0 +1,39 @@
+# `make run` and `make test` set everything up on a fresh machine: a virtual environment in
+# .venv, the CPU build of torch first (so no multi-GB CUDA build is pulled), then the project.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-fast lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: every algorithm on the built-in facts task, results under results/sweeps/.
+run: $(STAMP)
+	$(PY) -m alignbench algo=sft,rrhf --multirun
+
+## Lint, format check, and the whole test suite (slow end-to-end tests included).
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+## The suite without the slow end-to-end tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
