@@ -80,7 +80,10 @@ class WandbLogger:
             self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
-        print(f"warning: W&B disabled for this job ({type(exc).__name__}: {exc})", file=sys.stderr)
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"warning: W&B disabled for this job ({type(exc).__name__}: {reason})", file=sys.stderr
+        )
         self.wandb = None
 
     def _log(self, metrics: dict[str, float]) -> None:
