@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 import sys
 import time
@@ -53,10 +52,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_run_hooks(run: Run, algorithm_name: str) -> None:
-    """Exactly one implementer of rollout and update (the algorithm), at most one score override."""
-    for hook in ("alignbench_rollout", "alignbench_update", "alignbench_score"):
-        names = implementers(run.pm, hook)
+RUN_HOOKS = ("alignbench_rollout", "alignbench_update", "alignbench_score")
+
+
+def _check_run_hooks(pm: Any, algorithm_name: str | None) -> None:
+    """Exactly one implementer of rollout and update (the algorithm), at most one score override.
+
+    With ``algorithm_name=None`` (before the algorithm is registered) no plugin may implement them.
+    """
+    for hook in RUN_HOOKS:
+        names = implementers(pm, hook)
+        if algorithm_name is None:
+            if names:
+                raise PluginError(
+                    f"{hook} is implemented by {', '.join(names)} — run hooks belong to the "
+                    "algorithm object, not to plugin modules"
+                )
+            continue
         required = hook != "alignbench_score"
         if names != [algorithm_name] and (required or names):
             raise PluginError(
@@ -83,6 +95,7 @@ def run_job(
     reward = registry.get("reward", cfg.reward.name).cls(to_object(cfg.reward), task)
     algo_entry = registry.get("algo", cfg.algo.name)
     budget = Budget.from_config(to_object(cfg.budget))
+    _check_run_hooks(registry.pm, None)  # before any training, not after stage 1
     sft_path, stage_info = sft_stage(cfg, task)
     policy, tokenizer = load_pretrained(sft_path)
     policy.eval()
@@ -126,7 +139,7 @@ def run_job(
         "stage/sft": stage_info,
     }
     try:
-        _check_run_hooks(run, f"algorithm:{cfg.algo.name}")
+        _check_run_hooks(pm, f"algorithm:{cfg.algo.name}")
         result = run_loop(run)
         summary.update(result["final"])
         summary["initial"] = result["initial"]
@@ -183,7 +196,7 @@ def _values(override: Override) -> list[str]:
 
 
 def _plugin_dirs(overrides: list[Override]) -> list[str]:
-    dirs = [d for d in os.environ.get("ALIGNBENCH_PLUGIN_DIRS", "").split(os.pathsep) if d]
+    dirs: list[str] = []
     for o in overrides:
         if o.key_or_group.lstrip("+~") == "plugin_dirs" and not o.is_delete():
             value = o.value()

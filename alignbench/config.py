@@ -101,7 +101,7 @@ class LoggerConfig:
 class SFTStageConfig:
     """Stage 1: supervised fine-tuning of the base model on the task's demonstrations."""
 
-    epochs: int = 30
+    epochs: int = 60
     lr: float = 3e-3
     batch_size: int = 32
     weight_decay: float = 0.0

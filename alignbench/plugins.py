@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from alignbench.errors import AlignbenchError
 from alignbench.registry import GROUPS, Registry, build_registry
 
 
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugin-dir", action="append", default=[], help="also load this folder")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    info = describe(build_registry(args.plugin_dir))
+    try:
+        info = describe(build_registry(args.plugin_dir))
+    except AlignbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -52,4 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `python -m alignbench.plugins | head`
+        sys.exit(0)

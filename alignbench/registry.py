@@ -10,6 +10,7 @@ project's own ``pyproject.toml``), and from every ``*.py`` file in the folders g
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -94,6 +95,12 @@ def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
         if not builtin and (not external or (allowed is not None and ep.name not in allowed)):
             continue
         if pm.has_plugin(ep.name):
+            # Never let a third-party entry point silently shadow (or be shadowed by) another.
+            first = registry.origins.get(ep.name, "?")
+            registry.failed[f"{dist}:{ep.name}"] = (
+                f"entry point name {ep.name!r} is already taken by {first} — rename the entry point"
+            )
+            log.warning("plugin %r of %s skipped: the name is taken by %s", ep.name, dist, first)
             continue
         try:
             plugin = ep.load()
@@ -106,7 +113,10 @@ def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
 
 
 def _import_file(path: Path) -> ModuleType:
-    module_name = f"alignbench_local_plugins.{path.stem}_{abs(hash(str(path))) % 10**8}"
+    # A name stable across processes, so launcher workers can unpickle a plugin file's classes.
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    module_name = f"alignbench_local_plugins.{path.stem}_{digest}"
+    sys.modules.setdefault("alignbench_local_plugins", ModuleType("alignbench_local_plugins"))
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"cannot import plugin file {path}")
@@ -171,8 +181,16 @@ def _collect(registry: Registry) -> None:
             impl.function(**dict.fromkeys(impl.argnames, register))
 
 
+def env_plugin_dirs() -> list[str]:
+    """The folders listed in ``ALIGNBENCH_PLUGIN_DIRS`` (separated like ``PATH``)."""
+    return [d for d in os.environ.get("ALIGNBENCH_PLUGIN_DIRS", "").split(os.pathsep) if d]
+
+
 def build_registry(plugin_dirs: list[str] | None = None) -> Registry:
-    """Build the plugin manager, load every plugin, and collect what they register."""
+    """Build the plugin manager, load every plugin, and collect what they register.
+
+    Loads the entry points, then the folders of ``ALIGNBENCH_PLUGIN_DIRS``, then ``plugin_dirs``.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm=pm)
@@ -180,13 +198,18 @@ def build_registry(plugin_dirs: list[str] | None = None) -> Registry:
     _load_entry_points(pm, registry)
     pm.check_pending()
     _collect(registry)
-    if plugin_dirs:
-        load_plugin_dirs(registry, list(plugin_dirs))
+    folders = env_plugin_dirs() + list(plugin_dirs or [])
+    if folders:
+        load_plugin_dirs(registry, folders)
     pm.check_pending()
     return registry
 
 
 def implementers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
-    """The plugin names implementing ``hook_name``, excluding ``trylast`` defaults."""
+    """The plugins answering ``hook_name``, leaving out wrappers and ``trylast`` defaults."""
     hook = getattr(pm.hook, hook_name)
-    return [impl.plugin_name for impl in hook.get_hookimpls() if not impl.trylast]
+    return [
+        impl.plugin_name
+        for impl in hook.get_hookimpls()
+        if not (impl.trylast or impl.wrapper or impl.hookwrapper)
+    ]

@@ -154,7 +154,7 @@ def test_example_algorithm_takes_a_step(tmp_path: Path, isolated_plugins: None) 
     for name, plugin in plugins.items():
         registry.pm.register(plugin, name=name)
     try:
-        _check_run_hooks(run, "algorithm:best_of_k")
+        _check_run_hooks(run.pm, "algorithm:best_of_k")
         prompts = task.splits["rl"].to_list()[:3]
         batch = registry.pm.hook.alignbench_rollout(run=run, prompts=prompts)
         batch = registry.pm.hook.alignbench_score(run=run, batch=batch)
