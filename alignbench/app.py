@@ -172,13 +172,9 @@ def _job(cfg: DictConfig) -> None:
     except AlignbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    keys = (
-        "eval/accuracy_known",
-        "eval/hallucination_unknown",
-        "eval/abstain_unknown",
-        "eval/reward",
+    shown = ", ".join(
+        f"{k.split('/', 1)[1]}={v:.3f}" for k, v in sorted(summary.items()) if k.startswith("eval/")
     )
-    shown = ", ".join(f"{k.split('/')[1]}={summary[k]:.3f}" for k in keys if k in summary)
     print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}: {shown} → {output_dir}", flush=True)
 
 

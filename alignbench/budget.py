@@ -56,13 +56,14 @@ class FlopCounter:
                 return
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             tokens = int(input_ids.numel()) if input_ids is not None else 0
-            logits = getattr(output, "logits", None)
-            projected = int(logits.shape[0] * logits.shape[1]) if logits is not None else tokens
+            # The head runs on the positions whose output exists: LM logits or a scalar head's.
+            out = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+            projected = int(out.shape[0] * out.shape[1]) if out is not None else tokens
             forward = 2.0 * (body * tokens + head * projected)
             self._charge(name, forward)
-            if logits is not None and logits.requires_grad:
-                # Charged when the gradient reaches the logits: only backward passes that happen.
-                logits.register_hook(lambda grad: self._charge(name, 2.0 * forward) or grad)
+            if out is not None and out.requires_grad:
+                # Charged when the gradient reaches the output: only backward passes that happen.
+                out.register_hook(lambda grad: self._charge(name, 2.0 * forward) or grad)
 
         self._handles.append(model.register_forward_hook(on_forward, with_kwargs=True))
         return model

@@ -138,7 +138,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     # Evaluate every this many steps (and always at the start and the end); 0 = start and end.
-    eval_every: int = 25
+    eval_every: int = 50
     # Folders whose *.py files are loaded as plugins (read from the command line before Hydra).
     plugin_dirs: list[str] = field(default_factory=list)
     # Where stage artefacts (the SFT model, ...) are cached, shared by every job and sweep.

@@ -149,3 +149,57 @@ def response_logprobs(
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``model`` (only those with ``requires_grad`` if asked)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class ScalarHeadModel(torch.nn.Module):
+    """A transformer trunk with a linear head giving one scalar per position (critic, reward model).
+
+    ``backbone`` is a causal LM whose ``base_model`` is the trunk (its LM head is dropped).
+    ``forward`` returns ``[N, keep]`` scalars for the last ``positions_to_keep`` positions (all
+    when 0), so a critic can score exactly the positions that predict response tokens.
+    """
+
+    def __init__(self, backbone: PreTrainedModel) -> None:
+        super().__init__()
+        self.trunk = backbone.base_model
+        self.config = backbone.config
+        self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
+        # A zero head starts every value at 0: no arbitrary initial estimates to unlearn.
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        """The trunk's token embedding (a lookup: no FLOPs)."""
+        return self.trunk.get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        """The scalar head (charged only on the positions it scores)."""
+        return self.head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Scalars ``[N, keep]`` at the last ``positions_to_keep`` positions."""
+        hidden = self.trunk(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        if positions_to_keep:
+            hidden = hidden[:, -positions_to_keep:]
+        return self.head(hidden).squeeze(-1)
+
+
+def response_values(
+    model: ScalarHeadModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+) -> torch.Tensor:
+    """Scalars ``[N, R]`` at the positions that predict each response token (states before it)."""
+    response_length = input_ids.shape[1] - prompt_length
+    return model(input_ids, attention_mask, positions_to_keep=response_length + 1)[:, :-1]

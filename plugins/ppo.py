@@ -1,0 +1,326 @@
+"""PPO for language models (Ziegler et al. 2019; Ouyang et al. 2022; Huang et al. 2024).
+
+Four models: the policy (trained, from the SFT model), the reference (frozen SFT copy, the KL
+anchor), the critic (trained: its own network, or a value head on the policy's trunk) and the
+reward (whatever ``reward=`` names). One iteration, through the hooks:
+
+* rollout: sample responses; keep the sampler's log-probs, the reference's and the critic's values;
+* score: the sequence reward sits on the last response token, and every token pays ``-beta * KL``;
+* update: GAE advantages (whitened), then ``ppo_epochs`` passes of clipped policy and value losses
+  over shuffled mini-batches.
+
+Every switch is documented in ``conf/algo/ppo.yaml``, the recipe card.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import alignbench
+from alignbench import AlgorithmConfig, Batch, ConfigError, Run, SamplingParams, ops
+from alignbench.models import (
+    ScalarHeadModel,
+    load_pretrained,
+    response_logits,
+    response_logprobs,
+    response_values,
+    token_logprobs,
+)
+
+
+@dataclass
+class PPOConfig(AlgorithmConfig):
+    """PPO settings; ``conf/algo/ppo.yaml`` says what each does and where its default comes from."""
+
+    samples_per_prompt: int = 4
+    critic: str = "separate"
+    lr: float = 3e-5
+    critic_lr: float = 1e-4
+    ppo_epochs: int = 4
+    num_minibatches: int = 4
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+    adaptive_kl: bool = False
+    target_kl: float = 0.5
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False
+    reward_clip: float = 0.0
+    missing_eos_penalty: float = 0.0
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    early_stop_kl: float = 0.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 8
+
+
+class KLController:
+    """The KL coefficient beta: fixed, or adapted towards a target KL (Ziegler et al. 2019, sec. 2.2).
+
+    Adaptive: ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta *= 1 + e * n / horizon`` after each
+    step of ``n`` sequences, so beta rises when the policy drifts past the target and falls below.
+    """
+
+    def __init__(self, config: PPOConfig) -> None:
+        self.value = config.kl_coef
+        self.adaptive = config.adaptive_kl
+        self.target = config.target_kl
+        self.horizon = config.kl_horizon
+
+    def update(self, kl: float, n: int) -> None:
+        """Adapt beta after a step whose mean sequence KL was ``kl`` over ``n`` sequences."""
+        if self.adaptive:
+            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n / self.horizon
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the categorical distribution given by ``logits`` ``[N, R, V]``."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over valid tokens (1 = a perfect critic, 0 if flat)."""
+    var_returns = ops.masked_var(returns, mask)
+    if var_returns <= 0:
+        return 0.0
+    return float(1.0 - ops.masked_var(returns - values, mask) / var_returns)
+
+
+class PPO:
+    """The PPO algorithm as a run-hook implementer (rollout, score with KL shaping, update)."""
+
+    def __init__(self, run: Run, config: PPOConfig) -> None:
+        if config.critic not in ("separate", "shared"):
+            raise ConfigError(f"algo.critic={config.critic!r} — use separate or shared")
+        if config.kl_estimator not in ops.KL_KINDS:
+            raise ConfigError(
+                f"algo.kl_estimator={config.kl_estimator!r} — use one of {', '.join(ops.KL_KINDS)}"
+            )
+        self.config = config
+        self.reference = run.load_sft_model("reference")
+        if config.critic == "separate":
+            backbone, _ = load_pretrained(run.sft_path)
+            self.critic = run.track(ScalarHeadModel(backbone), "critic")
+            self.value_head = None
+        else:
+            self.critic = None
+            self.value_head = torch.nn.Linear(run.policy.config.hidden_size, 1)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+        self.kl = KLController(config)
+        self.params = SamplingParams(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
+        policy_params = list(run.policy.parameters())
+        if self.value_head is not None:
+            policy_params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(policy_params, lr=config.lr, eps=1e-5)
+        self.critic_optimizer = (
+            torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr, eps=1e-5)
+            if self.critic is not None
+            else None
+        )
+
+    # -- forward passes ---------------------------------------------------------------------------
+
+    def _policy_forward(self, run: Run, batch: Batch, rows: Any) -> tuple[torch.Tensor, ...]:
+        """Policy logits ``[n, R, V]`` (and shared-head values ``[n, R]``, else None) for ``rows``."""
+        ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+        if self.value_head is None:
+            return response_logits(run.policy, ids, mask, batch.prompt_length), None
+        r = ids.shape[1] - batch.prompt_length
+        out = run.policy(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=r + 1,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        hidden = out.hidden_states[-1][:, -(r + 1) : -1]
+        return out.logits[:, :-1], self.value_head(hidden).squeeze(-1)
+
+    def _values(self, run: Run, batch: Batch, rows: Any) -> torch.Tensor:
+        """Critic values ``[n, R]`` of the separate critic."""
+        ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+        return response_values(self.critic, ids, mask, batch.prompt_length)
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    @alignbench.hookimpl
+    def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
+        """Sample; keep sampler log-probs, reference log-probs and values (all without gradient)."""
+        c = self.config
+        batch = run.sample(run.policy, prompts, c.samples_per_prompt, self.params)
+        everything = slice(None)
+        with torch.no_grad():
+            batch.extras["ref_logprobs"] = response_logprobs(
+                self.reference,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.prompt_length,
+                c.temperature,
+            )
+            if self.critic is not None:
+                batch.extras["values"] = self._values(run, batch, everything)
+            else:
+                logits, values = self._policy_forward(run, batch, everything)
+                batch.extras["values"] = values
+        return batch
+
+    @alignbench.hookimpl
+    def alignbench_score(self, run: Run, batch: Batch) -> Batch:
+        """Sequence reward on the last response token, ``-beta * KL`` on every token."""
+        c = self.config
+        mask = batch.response_mask.float()
+        scores = run.reward(batch.rows, batch.responses).float()
+        batch.rewards = scores.clone()
+        eos = run.tokenizer.eos_token_id
+        lengths = batch.response_mask.sum(-1)
+        last = (lengths - 1).clamp(min=0)
+        ended = batch.response_ids.gather(1, last[:, None]).squeeze(1) == eos
+        if c.missing_eos_penalty:
+            scores = torch.where(ended, scores, scores - c.missing_eos_penalty)
+        if c.reward_clip:
+            scores = scores.clamp(-c.reward_clip, c.reward_clip)
+        if c.whiten_rewards:
+            scores = ops.masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+        # The KL that is logged is exactly the KL in the reward: one function, one set of tensors.
+        kl = ops.kl_penalty(batch.logprobs, batch.extras["ref_logprobs"], c.kl_estimator) * mask
+        token_rewards = -self.kl.value * kl
+        token_rewards[torch.arange(len(last)), last] += scores
+        batch.extras.update(
+            kl=kl,
+            scores=scores,
+            token_rewards=token_rewards * mask,
+            ended=ended,
+            beta=self.kl.value,
+        )
+        return batch
+
+    @alignbench.hookimpl
+    def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
+        """GAE, then PPO epochs of clipped policy/value losses over shuffled mini-batches."""
+        c, x = self.config, batch.extras
+        mask = batch.response_mask
+        old_logprobs, old_values = batch.logprobs, x["values"]
+        advantages, returns = ops.gae(x["token_rewards"], old_values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = ops.masked_whiten(advantages, mask)
+        n = batch.num_sequences
+        size = max(1, math.ceil(n / c.num_minibatches))
+        tokens = batch.response_ids
+        stats: dict[str, list[float]] = {}
+
+        def record(**values: float) -> None:
+            for key, value in values.items():
+                stats.setdefault(key, []).append(float(value))
+
+        run.policy.train()
+        stop = False
+        for epoch in range(c.ppo_epochs):
+            order = torch.randperm(n, generator=run.generator)
+            for start in range(0, n, size):
+                rows = order[start : start + size]
+                m = mask[rows]
+                logits, shared_values = self._policy_forward(run, batch, rows)
+                logprobs = token_logprobs(logits, tokens[rows], c.temperature)
+                if epoch == 0 and start == 0:
+                    gap = ops.masked_mean((logprobs - old_logprobs[rows]).abs(), m)
+                    record(logprob_gap=gap.item())
+                pg_loss, clipfrac = ops.policy_loss(
+                    logprobs, old_logprobs[rows], advantages[rows], m, c.clip_range
+                )
+                values = (
+                    shared_values if shared_values is not None else self._values(run, batch, rows)
+                )
+                vf_loss = ops.value_loss(
+                    values, old_values[rows], returns[rows], m, c.clip_range_value
+                )
+                entropy = ops.masked_mean(_entropy(logits.detach() / c.temperature), m)
+                loss = pg_loss + c.vf_coef * vf_loss
+                if c.entropy_coef:
+                    entropy_term = ops.masked_mean(_entropy(logits / c.temperature), m)
+                    loss = loss - c.entropy_coef * entropy_term
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.critic_optimizer is not None:
+                    self.critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+                grad_norm = torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
+                self.optimizer.step()
+                if self.critic_optimizer is not None:
+                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+                    self.critic_optimizer.step()
+                with torch.no_grad():
+                    approxkl = 0.5 * ops.masked_mean((logprobs - old_logprobs[rows]) ** 2, m)
+                ratio = ops.masked_mean(torch.exp(logprobs.detach() - old_logprobs[rows]), m)
+                record(
+                    pg=pg_loss.item(),
+                    vf=vf_loss.item(),
+                    clipfrac=clipfrac.item(),
+                    approxkl=approxkl.item(),
+                    entropy=entropy.item(),
+                    ratio=ratio.item(),
+                    grad_norm=grad_norm.item(),
+                )
+                if epoch == 0 and start == 0:
+                    record(first_ratio=ratio.item(), first_clipfrac=clipfrac.item())
+                if c.early_stop_kl and approxkl.item() > c.early_stop_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        run.policy.eval()
+        kl_k1 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k1") * mask
+        kl_k3 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k3") * mask
+        sequence_kl = x["kl"].sum(-1).mean().item()
+        self.kl.update(sequence_kl, n)
+
+        def mean(key: str) -> float:
+            return sum(stats[key]) / len(stats[key])
+
+        return {
+            "objective/kl": sequence_kl,
+            "objective/kl_k1": kl_k1.sum(-1).mean().item(),
+            "objective/kl_k3": kl_k3.sum(-1).mean().item(),
+            "objective/kl_coef": x["beta"],
+            "objective/scores": x["scores"].mean().item(),
+            "objective/non_score_reward": (-x["beta"] * x["kl"]).sum(-1).mean().item(),
+            "objective/entropy": mean("entropy"),
+            "policy/approxkl": mean("approxkl"),
+            "policy/clipfrac": mean("clipfrac"),
+            "policy/ratio": mean("ratio"),
+            "policy/grad_norm": mean("grad_norm"),
+            "policy/truncated_share": 1.0 - x["ended"].float().mean().item(),
+            "loss/policy": mean("pg"),
+            "loss/value": mean("vf"),
+            "val/mean": ops.masked_mean(old_values, mask).item(),
+            "val/explained_variance": _explained_variance(old_values, returns, mask),
+            "ppo/logprob_gap": stats["logprob_gap"][0],
+            "ppo/first_ratio": stats["first_ratio"][0],
+            "ppo/first_clipfrac": stats["first_clipfrac"][0],
+            "ppo/epochs_run": float(epoch + 1),
+        }
+
+
+@alignbench.hookimpl
+def alignbench_register_algorithms(register: alignbench.Register) -> None:
+    """Register ``ppo``."""
+    register("ppo", PPO, PPOConfig)
