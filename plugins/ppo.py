@@ -66,7 +66,7 @@ class PPOConfig(AlgorithmConfig):
 
 
 class KLController:
-    """The KL coefficient beta: fixed, or adapted towards a target KL (Ziegler et al. 2019, sec. 2.2).
+    """The KL coefficient beta: fixed, or adapted to a target KL (Ziegler et al. 2019, sec. 2.2).
 
     Adaptive: ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta *= 1 + e * n / horizon`` after each
     step of ``n`` sequences, so beta rises when the policy drifts past the target and falls below.
@@ -92,7 +92,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(returns - values) / Var(returns) over valid tokens (1 = a perfect critic, 0 if flat)."""
+    """1 - Var(returns - values) / Var(returns) over valid tokens (1 = perfect, 0 if flat)."""
     var_returns = ops.masked_var(returns, mask)
     if var_returns <= 0:
         return 0.0
@@ -140,7 +140,7 @@ class PPO:
     # -- forward passes ---------------------------------------------------------------------------
 
     def _policy_forward(self, run: Run, batch: Batch, rows: Any) -> tuple[torch.Tensor, ...]:
-        """Policy logits ``[n, R, V]`` (and shared-head values ``[n, R]``, else None) for ``rows``."""
+        """Policy logits ``[n, R, V]`` and shared-head values ``[n, R]`` (None if separate)."""
         ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
         if self.value_head is None:
             return response_logits(run.policy, ids, mask, batch.prompt_length), None
