@@ -13,5 +13,5 @@ class DefaultScore:
     @hookimpl(trylast=True)
     def alignbench_score(self, run: Run, batch: Batch) -> Batch:
         """Set ``batch.rewards`` from ``run.reward``."""
-        batch.rewards = run.reward(batch.rows, batch.responses)
+        batch.rewards = run.reward.score_batch(batch)
         return batch

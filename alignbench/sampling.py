@@ -21,9 +21,13 @@ from alignbench.models import position_ids
 
 @dataclass
 class SamplingParams:
-    """How to decode: ``greedy`` ignores temperature, top_k and top_p."""
+    """How to decode: ``greedy`` ignores temperature, top_k and top_p.
+
+    ``min_new_tokens`` forbids eos before that many tokens (benchmarks use it for fixed lengths).
+    """
 
     max_new_tokens: int = 8
+    min_new_tokens: int = 0
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -72,6 +76,9 @@ def sample(
     alive = torch.ones(n, dtype=torch.long)
     response_mask = []
     for t in range(params.max_new_tokens):
+        if t < params.min_new_tokens:
+            logits = logits.clone()
+            logits[:, eos] = float("-inf")
         if params.greedy:
             token = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]

@@ -189,7 +189,7 @@ class PPO:
         """Sequence reward on the last response token, ``-beta * KL`` on every token."""
         c = self.config
         mask = batch.response_mask.float()
-        scores = run.reward(batch.rows, batch.responses).float()
+        scores = run.reward.score_batch(batch).float()
         batch.rewards = scores.clone()
         eos = run.tokenizer.eos_token_id
         lengths = batch.response_mask.sum(-1)
