@@ -104,23 +104,25 @@ def comparison_table(jobs: list[dict[str, Any]], metrics: tuple[str, ...]) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the comparison table of a sweep and write it to ``comparison.md``."""
+    """Print the comparison table of one or more sweeps and write it to ``comparison.md``."""
     parser = argparse.ArgumentParser(prog="python -m alignbench.compare", description=__doc__)
-    parser.add_argument("sweep", type=Path, help="a sweep folder (results/sweeps/<date>)")
+    parser.add_argument("sweep", type=Path, nargs="+", help="sweep folders (results/sweeps/<date>)")
+    parser.add_argument("--out", type=Path, help="where to write the table (default: first sweep)")
     parser.add_argument("--metric", action="append", help="a summary key to show (repeatable)")
     args = parser.parse_args(argv)
-    if not args.sweep.is_dir():
-        print(
-            f"error: {args.sweep} is not a folder — give a sweep folder under results/sweeps/",
-            file=sys.stderr,
-        )
-        return 2
-    jobs = load_jobs(args.sweep)
-    if not jobs:
-        print(f"error: no jobs in {args.sweep} (no */.hydra folders)", file=sys.stderr)
-        return 2
+    jobs = []
+    for sweep in args.sweep:
+        found = load_jobs(sweep) if sweep.is_dir() else []
+        if not found:
+            print(
+                f"error: {sweep} holds no jobs (no */.hydra folders) — give sweep folders "
+                "under results/sweeps/",
+                file=sys.stderr,
+            )
+            return 2
+        jobs += found
     table = comparison_table(jobs, tuple(args.metric or DEFAULT_METRICS))
-    (args.sweep / "comparison.md").write_text(table + "\n")
+    (args.out or args.sweep[0] / "comparison.md").write_text(table + "\n")
     print(table)
     return 0
 

@@ -22,6 +22,8 @@ import torch
 
 import alignbench
 from alignbench import AlgorithmConfig, Batch, ConfigError, Run, SamplingParams, ops
+from alignbench.batch import encode_responses
+from alignbench.loop import PromptStream
 from alignbench.models import (
     ScalarHeadModel,
     load_pretrained,
@@ -38,9 +40,9 @@ class PPOConfig(AlgorithmConfig):
 
     samples_per_prompt: int = 4
     critic: str = "separate"
-    lr: float = 3e-5
+    lr: float = 3e-4
     critic_lr: float = 1e-4
-    ppo_epochs: int = 4
+    ppo_epochs: int = 2
     num_minibatches: int = 4
     clip_range: float = 0.2
     clip_range_value: float = 0.2
@@ -59,6 +61,8 @@ class PPOConfig(AlgorithmConfig):
     entropy_coef: float = 0.0
     max_grad_norm: float = 1.0
     early_stop_kl: float = 0.0
+    ptx_coef: float = 0.5
+    ptx_batch_size: int = 16
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -121,6 +125,12 @@ class PPO:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         self.kl = KLController(config)
+        # PPO-ptx (Ouyang et al. 2022): demonstrations mixed into every update against forgetting.
+        self.demos = (
+            PromptStream(run.task.splits["sft"], config.ptx_batch_size, run.cfg.seed + 1)
+            if config.ptx_coef
+            else None
+        )
         self.params = SamplingParams(
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
@@ -160,6 +170,16 @@ class PPO:
         """Critic values ``[n, R]`` of the separate critic."""
         ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
         return response_values(self.critic, ids, mask, batch.prompt_length)
+
+    def _ptx_loss(self, run: Run) -> torch.Tensor:
+        """NLL of a batch of the task's SFT demonstrations under the policy (PPO-ptx)."""
+        rows = self.demos.next()
+        ids = encode_responses(run.tokenizer, [r["response"] for r in rows])
+        demos = run.collate(rows, ids, 1, ["demonstration"] * len(rows))
+        logprobs = response_logprobs(
+            run.policy, demos.input_ids, demos.attention_mask, demos.prompt_length
+        )
+        return -ops.masked_mean(logprobs, demos.response_mask)
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -255,6 +275,10 @@ class PPO:
                 )
                 entropy = ops.masked_mean(_entropy(logits.detach() / c.temperature), m)
                 loss = pg_loss + c.vf_coef * vf_loss
+                if self.demos is not None:
+                    ptx = self._ptx_loss(run)
+                    record(ptx=ptx.item())
+                    loss = loss + c.ptx_coef * ptx
                 if c.entropy_coef:
                     entropy_term = ops.masked_mean(_entropy(logits / c.temperature), m)
                     loss = loss - c.entropy_coef * entropy_term
@@ -296,7 +320,9 @@ class PPO:
         def mean(key: str) -> float:
             return sum(stats[key]) / len(stats[key])
 
+        extra = {"loss/ptx": mean("ptx")} if "ptx" in stats else {}
         return {
+            **extra,
             "objective/kl": sequence_kl,
             "objective/kl_k1": kl_k1.sum(-1).mean().item(),
             "objective/kl_k3": kl_k3.sum(-1).mean().item(),

@@ -41,8 +41,8 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
 @pytest.mark.parametrize(
     ("overrides", "error", "fragment"),
     [
-        (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: rrhf, sft"),
-        (["algo=sft,pp0"], UnknownAlgorithm, "known: rrhf, sft"),
+        (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: ppo, rrhf, sft"),
+        (["algo=sft,pp0"], UnknownAlgorithm, "known: ppo, rrhf, sft"),
         (["reward=nope"], UnknownReward, "known: abstention, exact_match"),
         (["task=nope"], UnknownTask, "known: facts"),
         (["algo.lrr=0.1"], ConfigError, "unknown config key 'algo.lrr'"),
@@ -66,7 +66,7 @@ def test_cli_prints_one_line_and_exits_nonzero(capsys, tmp_path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     assert main(["algo=pp0", "--multirun"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: UnknownAlgorithm: 'pp0' — known: rrhf, sft"
+    assert err == "error: UnknownAlgorithm: 'pp0' — known: ppo, rrhf, sft"
     assert not (tmp_path / "results").exists()  # nothing written
 
 

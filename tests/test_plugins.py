@@ -59,10 +59,10 @@ def alignbench_register_algorithms(register):
 
 def test_builtins_come_through_the_entry_point_group(registry) -> None:
     """The built-in algorithms, rewards and task are registered by entry-point plugins."""
-    assert registry.names("algo") == ["rrhf", "sft"]
+    assert registry.names("algo") == ["ppo", "rrhf", "sft"]
     assert registry.names("reward") == ["abstention", "exact_match"]
     assert registry.names("task") == ["facts"]
-    for name in ("rrhf", "rewards", "facts"):
+    for name in ("ppo", "rrhf", "rewards", "facts"):
         assert "entry point alignbench_plugins." in registry.origins[name]
 
 
@@ -187,6 +187,6 @@ def test_listing_command(tmp_path: Path) -> None:
     ).stdout
     info = json.loads(out)
     algos = {e["name"]: e for e in info["groups"]["algo"]}
-    assert set(algos) == {"rrhf", "sft", "best_of_two"}
+    assert set(algos) == {"ppo", "rrhf", "sft", "best_of_two"}
     assert algos["best_of_two"]["origin"].endswith("best_of_two.py")
     assert algos["rrhf"]["plugin"] == "rrhf"

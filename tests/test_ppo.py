@@ -121,6 +121,14 @@ def test_health_checks(toy) -> None:
         )
 
 
+def test_ptx_mixes_demonstrations_into_the_update(toy) -> None:
+    """PPO-ptx adds an SFT loss on demonstrations to every update, and pays its FLOPs."""
+    plain, _ = toy("budget.amount=2", out="plain")
+    summary, steps = toy("algo.ptx_coef=1.0", "algo.ptx_batch_size=4", "budget.amount=2", out="ptx")
+    assert all(0 < s["loss/ptx"] < 20 for s in steps)
+    assert summary["flops_by_model"]["policy"] > plain["flops_by_model"]["policy"]
+
+
 def test_truncation_is_visible_and_penalised(toy) -> None:
     """Responses cut at max_new_tokens show in the logs and pay the missing-eos penalty."""
     _, steps = toy("algo.max_new_tokens=1", "algo.missing_eos_penalty=3", "budget.amount=1")
