@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## The main job: every algorithm on the built-in facts task, results under results/sweeps/.
 run: $(STAMP)
-	$(PY) -m alignbench algo=sft,rrhf --multirun
+	$(PY) -m alignbench algo=ppo,rrhf --multirun
 
 ## Lint, format check, and the whole test suite (slow end-to-end tests included).
 test: $(STAMP)

@@ -18,6 +18,7 @@ from alignbench.errors import (
     UnknownTask,
 )
 from alignbench.hookspecs import Register, hookimpl, hookspec
+from alignbench.loop import PromptStream
 from alignbench.reward import Reward
 from alignbench.run import Run
 from alignbench.sampling import SamplingParams
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "PluginError",
+    "PromptStream",
     "Register",
     "Reward",
     "RewardConfig",

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 import alignbench
-from alignbench import AlgorithmConfig, Batch, ConfigError, Run, SamplingParams, ops
+from alignbench import AlgorithmConfig, Batch, ConfigError, PromptStream, Run, SamplingParams, ops
 from alignbench.batch import encode_responses
-from alignbench.loop import PromptStream
 from alignbench.models import (
     ScalarHeadModel,
     load_pretrained,

@@ -32,6 +32,7 @@ TINY = [
     "model.num_heads=2",
     "stage.sft.epochs=4",
     "algo.prompts_per_step=4",
+    "budget.kind=steps",
     "budget.amount=2",
     "eval_every=0",
     "logger=none",

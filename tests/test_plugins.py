@@ -190,3 +190,46 @@ def test_listing_command(tmp_path: Path) -> None:
     assert set(algos) == {"ppo", "rrhf", "sft", "best_of_two"}
     assert algos["best_of_two"]["origin"].endswith("best_of_two.py")
     assert algos["rrhf"]["plugin"] == "rrhf"
+
+
+def test_a_wrapper_around_update_is_allowed(tiny_job) -> None:
+    """A timing wrapper surrounds the algorithm's update without counting as a second owner."""
+    seen: list[float] = []
+
+    class Timer:
+        @hookimpl(wrapper=True)
+        def alignbench_update(self):
+            stats = yield
+            seen.append(stats["loss/total"])
+            return stats
+
+    registry = build_registry()
+    registry.pm.register(Timer(), name="timer")
+    summary = tiny_job("budget.amount=2", registry=registry)
+    assert summary["status"] == "finished"
+    assert len(seen) == 2
+
+
+def test_third_party_entry_point_cannot_shadow_a_builtin(monkeypatch) -> None:
+    """An installed plugin whose entry point reuses a built-in's name is reported, not loaded."""
+    import importlib.metadata as metadata
+
+    real = metadata.entry_points
+
+    class FakeDist:
+        name = "someone-elses-package"
+
+    fake = metadata.EntryPoint(name="facts", value="json", group="alignbench")
+    fake = fake._for(FakeDist()) if hasattr(fake, "_for") else fake
+
+    def entry_points(**kwargs):
+        found = list(real(**kwargs))
+        return [*found, fake] if kwargs.get("group") == "alignbench" else found
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    monkeypatch.delenv("ALIGNBENCH_DISABLE_EXTERNAL_PLUGINS")
+    registry = build_registry()
+    assert registry.names("task") == ["facts"]
+    assert registry.origins["facts"].startswith("alignbench ")
+    [(name, error)] = registry.failed.items()
+    assert name == "someone-elses-package:facts" and "already taken" in error

@@ -45,6 +45,7 @@ PPO_TINY = [
     "algo.num_minibatches=2",
     "algo.ppo_epochs=2",
     "algo.prompts_per_step=8",
+    "algo.ptx_coef=0",  # the PPO core alone; PPO-ptx has its own test
     "budget.kind=steps",
 ]
 
