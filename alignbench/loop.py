@@ -82,6 +82,8 @@ def run_loop(run: Run) -> dict[str, Any]:
             seconds=timer.seconds,
         )
         metrics = {**batch_statistics(batch), **(stats or {}), **run.budget.metrics()}
+        # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
+        metrics.update({f"flops/{name}": value for name, value in run.flops.by_model.items()})
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"step {run.step}: non-finite {', '.join(bad)}")

@@ -104,6 +104,7 @@ def test_both_critics_train(toy, critic: str) -> None:
     assert all(torch.isfinite(torch.tensor(s["loss/value"])) for s in steps)
     assert steps[-1]["val/mean"] != 0.0  # the zero-initialised head has moved
     models = set(summary["flops_by_model"])
+    assert {f"flops/{m}" for m in models} <= set(steps[-1])  # charged per model, every step
     assert models == (
         {"policy", "reference", "critic"} if critic == "separate" else {"policy", "reference"}
     )
