@@ -7,16 +7,18 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, the
 
 from alignbench import ops
 from alignbench.batch import Batch
-from alignbench.config import AlgorithmConfig, RewardConfig, TaskConfig
+from alignbench.config import AlgorithmConfig, FeedbackConfig, RewardConfig, TaskConfig
 from alignbench.errors import (
     AlignbenchError,
     ConfigError,
     DataError,
     PluginError,
     UnknownAlgorithm,
+    UnknownFeedback,
     UnknownReward,
     UnknownTask,
 )
+from alignbench.feedback import FeedbackSource, Group
 from alignbench.hookspecs import Register, hookimpl, hookspec
 from alignbench.loop import PromptStream
 from alignbench.reward import Reward
@@ -35,6 +37,9 @@ __all__ = [
     "Batch",
     "ConfigError",
     "DataError",
+    "FeedbackConfig",
+    "FeedbackSource",
+    "Group",
     "PluginError",
     "PromptStream",
     "Register",
@@ -45,6 +50,7 @@ __all__ = [
     "Task",
     "TaskConfig",
     "UnknownAlgorithm",
+    "UnknownFeedback",
     "UnknownReward",
     "UnknownTask",
     "hookimpl",

@@ -31,9 +31,15 @@ from alignbench.config import CONF_PACKAGE, to_object
 from alignbench.defaults import DefaultScore
 from alignbench.errors import UNKNOWN_BY_GROUP, AlignbenchError, ConfigError, PluginError
 from alignbench.loop import run_loop
-from alignbench.models import load_pretrained
+from alignbench.models import load_pretrained, response_logprobs
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
 from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
+from alignbench.reward_model import (
+    load_groups,
+    load_reward_model,
+    ranking_accuracy,
+    reward_model_stage,
+)
 from alignbench.run import Run
 from alignbench.stages import sft_stage
 
@@ -78,6 +84,33 @@ def _check_run_hooks(pm: Any, algorithm_name: str | None) -> None:
             )
 
 
+@torch.no_grad()
+def policy_as_reward_model(run: Run, rm_path: Path) -> dict[str, float]:
+    """Held-out ranking accuracy of the trained policy used as a reward model (RRHF's view).
+
+    Its score of a response is the length-normalised log-probability; the learned reward model's
+    accuracy on the same held-out groups is reported beside it.
+    """
+    from alignbench import ops
+    from alignbench.reward_model import group_batch
+
+    groups = [g for g in load_groups(rm_path / "heldout.jsonl") if g.gold is not None]
+    if not groups:
+        return {}
+    scores = []
+    with run.flops.paused():
+        for start in range(0, len(groups), 64):
+            chunk = groups[start : start + 64]
+            batch, _ = group_batch(run.tokenizer, chunk)
+            logprobs = response_logprobs(
+                run.policy, batch.input_ids, batch.attention_mask, batch.prompt_length
+            )
+            per = batch.grouped(ops.sequence_scores(logprobs, batch.response_mask))
+            scores += [row[: len(g.responses)].tolist() for row, g in zip(per, chunk, strict=True)]
+    accuracy = ranking_accuracy(scores, groups)
+    return {f"rm/policy_as_rm_{k}": v for k, v in accuracy.items()}
+
+
 def run_job(
     cfg: DictConfig,
     output_dir: Path,
@@ -98,6 +131,15 @@ def run_job(
     _check_run_hooks(registry.pm, None)  # before any training, not after stage 1
     sft_path, stage_info = sft_stage(cfg, task)
     policy, tokenizer = load_pretrained(sft_path)
+    stages: dict[str, Any] = {"stage/sft": stage_info}
+    rm_path = None
+    if reward.needs_reward_model:
+        source = registry.get("feedback", cfg.feedback.name).cls(to_object(cfg.feedback), task)
+        rm_path, stages["stage/rm"] = reward_model_stage(
+            cfg, task, source, sft_path, stage_info["key"]
+        )
+        model = load_reward_model(rm_path, sft_path)
+        reward.use_reward_model(model, tokenizer, source, cfg, rm_path)
     policy.eval()
     flops = FlopCounter()
     flops.track(policy, "policy")
@@ -117,6 +159,7 @@ def run_job(
         pm=registry.pm,
     )
     pm = registry.pm
+    reward.setup(run)
     algorithm = algo_entry.cls(run, run.config)
     plugins: dict[str, Any] = {
         f"algorithm:{cfg.algo.name}": algorithm,
@@ -136,12 +179,14 @@ def run_job(
         "reward": cfg.reward.name,
         "seed": cfg.seed,
         "output_dir": str(output_dir),
-        "stage/sft": stage_info,
+        **stages,
     }
     try:
         _check_run_hooks(pm, f"algorithm:{cfg.algo.name}")
         result = run_loop(run)
         summary.update(result["final"])
+        if rm_path is not None:
+            summary.update(policy_as_reward_model(run, rm_path))
         summary["initial"] = result["initial"]
         summary["status"] = "finished"
     except BaseException as exc:

@@ -1,16 +1,23 @@
-"""``python -m alignbench.compare <sweep dir>``: turn a sweep into one honest table.
+"""``python -m alignbench.compare <sweep dir>...``: turn sweeps into one honest table and curves.
 
-Jobs are grouped by their command-line overrides minus the seed; each cell is the mean over
-seeds with a 95% percentile-bootstrap interval. Failed or unfinished jobs are counted and shown,
-never silently dropped. The table is printed and written to ``<sweep dir>/comparison.md``.
+Jobs are grouped by their command-line overrides minus the seed (or by ``--group-by`` keys);
+each cell is the mean over seeds with a 95% percentile-bootstrap interval, and groups with at
+least five seeds get an interquartile-mean row too. Every group is tested against a baseline
+group, metric by metric (two-sided permutation test over seeds), and the markers are explained
+under the table. Failed or unfinished jobs are counted and listed, never silently dropped.
+Curves of each eval metric against the compute spent and the abstention trade-off are drawn
+as PNGs. Everything is printed and written to ``<first sweep dir>/comparison.md`` (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import sys
-from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,102 +35,596 @@ DEFAULT_METRICS = (
     "budget/flops",
     "wall_time",
 )
-IGNORED_KEYS = ("seed", "hydra.", "logger", "cache_dir")
+IGNORED_KEYS = ("seed", "hydra.", "hydra/", "logger", "cache_dir")
+X_AXES = ("flops", "steps", "samples", "tokens", "seconds")
+#: The abstention trade-off plot: x (lower is better), y (higher is better).
+TRADEOFF = ("eval/hallucination_unknown", "eval/accuracy_known")
+ALPHA = 0.05
+#: Seeds a group needs before its interquartile mean is reported (rliable's IQM).
+IQM_MIN_SEEDS = 5
+#: Seeds each side needs before non-overlapping intervals are worth a "†".
+DAGGER_MIN_SEEDS = 3
+#: Relabellings of the seeds enumerated exactly; beyond this, a Monte Carlo permutation test.
+EXACT_PERMUTATIONS = 20_000
+#: Summary keys with the algorithm/task/reward name (for ``--group-by algo`` without an override).
+NAME_KEYS = {"algo": "algorithm", "task": "task", "reward": "reward"}
 
 
-def bootstrap_ci(values: list[float], samples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of ``values`` (a point for one value)."""
+class BadInput(Exception):
+    """A command-line mistake, reported as one line and exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics over seeds
+# --------------------------------------------------------------------------------------------
+
+
+def _mean_rows(rows: np.ndarray) -> np.ndarray:
+    return rows.mean(axis=1)
+
+
+def _iqm_rows(rows: np.ndarray) -> np.ndarray:
+    # scipy.stats.trim_mean(x, 0.25), which rliable uses: cut int(0.25 n) values at each end.
+    n = rows.shape[1]
+    cut = int(0.25 * n)
+    return np.sort(rows, axis=1)[:, cut : n - cut].mean(axis=1)
+
+
+def interquartile_mean(values: list[float]) -> float:
+    """Mean of the middle 50% of ``values`` (int(n/4) cut at each end, like rliable's IQM)."""
+    return float(_iqm_rows(np.asarray(values, dtype=float)[None, :])[0])
+
+
+def bootstrap_ci(
+    values: list[float],
+    samples: int = 10_000,
+    seed: int = 0,
+    statistic: Callable[[np.ndarray], np.ndarray] = _mean_rows,
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean (or ``statistic``) of ``values``."""
     data = np.asarray(values, dtype=float)
     if len(data) < 2:
-        return float(data.mean()), float(data.mean())
+        point = float(statistic(data[None, :])[0])
+        return point, point
     rng = np.random.default_rng(seed)
-    means = rng.choice(data, size=(samples, len(data)), replace=True).mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    stats = statistic(rng.choice(data, size=(samples, len(data)), replace=True))
+    low, high = np.percentile(stats, [2.5, 97.5])
     return float(low), float(high)
+
+
+def smallest_permutation_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p-value a permutation test of ``n_a`` vs ``n_b`` seeds can give."""
+    # The most extreme split (and, with equal sizes, its mirror image) is always counted.
+    return min(1.0, (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a))
+
+
+def permutation_test(
+    a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided permutation test of mean(a) − mean(b) over seeds; returns the p-value.
+
+    Exact (every relabelling of the pooled seeds) up to ``EXACT_PERMUTATIONS`` relabellings,
+    Monte Carlo with ``resamples`` shuffles beyond. With 3 vs 3 seeds there are only 20
+    relabellings, so p is at least 0.1: no difference can be significant at 0.05.
+    """
+    pooled = np.asarray([*a, *b], dtype=float)
+    n, n_a = len(pooled), len(a)
+    observed = abs(float(np.mean(a)) - float(np.mean(b)))
+    total = pooled.sum()
+    if math.comb(n, n_a) <= EXACT_PERMUTATIONS:
+        chosen = np.asarray(list(itertools.combinations(range(n), n_a)), dtype=int)
+        sums = pooled[chosen].sum(axis=1)
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        shuffled = rng.permuted(np.tile(pooled, (resamples, 1)), axis=1)
+        sums = shuffled[:, :n_a].sum(axis=1)
+        exact = False
+    diffs = np.abs(sums / n_a - (total - sums) / (n - n_a))
+    # A relative tolerance so that float noise does not split ties with the observed split.
+    extreme = int(np.sum(diffs >= observed - 1e-9 * max(1.0, observed)))
+    return extreme / len(diffs) if exact else (extreme + 1) / (len(diffs) + 1)
+
+
+@dataclass
+class Comparison:
+    """One metric of one group against the baseline: p-value and the marker it earns."""
+
+    p: float
+    smallest_p: float
+    marker: str
+
+
+def compare_to_baseline(values: list[float], baseline: list[float]) -> Comparison | None:
+    """``*`` if p < 0.05; ``†`` if the test cannot reach 0.05 but the 95% intervals are apart."""
+    if len(values) < 2 or len(baseline) < 2:
+        return None
+    p = permutation_test(values, baseline)
+    smallest = smallest_permutation_p(len(values), len(baseline))
+    marker = ""
+    if p < ALPHA:
+        marker = "*"
+    elif smallest >= ALPHA and min(len(values), len(baseline)) >= DAGGER_MIN_SEEDS:
+        low, high = bootstrap_ci(values)
+        base_low, base_high = bootstrap_ci(baseline)
+        if high < base_low or low > base_high:
+            marker = "†"
+    return Comparison(p=p, smallest_p=smallest, marker=marker)
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs and groups
+# --------------------------------------------------------------------------------------------
 
 
 def load_jobs(sweep: Path) -> list[dict[str, Any]]:
     """Every job folder of a sweep: its overrides, and its summary (None if it never finished)."""
     jobs = []
     for folder in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
-        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides_path = folder / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
         summary_path = folder / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        jobs.append({"folder": folder.name, "overrides": overrides, "summary": summary})
+        try:
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        except json.JSONDecodeError:
+            summary = None
+        jobs.append(
+            {
+                "folder": folder.name,
+                "path": folder,
+                "sweep": sweep.name,
+                "overrides": overrides or [],
+                "summary": summary,
+            }
+        )
     return jobs
 
 
-def group_name(overrides: list[str], summary: dict[str, Any] | None) -> str:
-    """A job's group: its overrides without the seed (at least the algorithm)."""
-    kept = [o for o in overrides if not o.lstrip("+~").startswith(IGNORED_KEYS)]
-    if not any(o.startswith("algo=") for o in kept) and summary:
-        kept.insert(0, f"algo={summary['algorithm']}")
-    return " ".join(kept) or "default"
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
 
 
-def _cell(values: list[float], metric: str) -> str:
-    mean = float(np.mean(values))
-    low, high = bootstrap_ci(values)
-    if metric == "budget/flops":
-        return f"{mean:.3g}"
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    if metric == "wall_time":
-        return f"{mean:.0f} s"
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+def _config_value(folder: Path, key: str) -> Any:
+    """A dotted key's value in the job's composed config (``.hydra/config.yaml``), or None."""
+    path = folder / ".hydra" / "config.yaml"
+    node: Any = yaml.safe_load(path.read_text()) if path.exists() else None
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):  # a config group: show the choice by its name
+        node = node.get("name")
+    return node
+
+
+def group_name(
+    overrides: list[str],
+    summary: dict[str, Any] | None,
+    group_by: list[str] | None = None,
+    folder: Path | None = None,
+) -> str:
+    """A job's group: its overrides without the seed, or just the ``group_by`` keys' values."""
+    if not group_by:
+        kept = [o for o in overrides if not o.lstrip("+~").startswith(IGNORED_KEYS)]
+        if not any(o.startswith("algo=") for o in kept) and summary:
+            kept.insert(0, f"algo={summary['algorithm']}")
+        return " ".join(kept) or "default"
+    by_key = {_key(o): o.lstrip("+~") for o in overrides}
+    parts = []
+    for key in group_by:
+        if key in by_key:
+            parts.append(by_key[key])
+            continue
+        value = summary.get(NAME_KEYS[key]) if summary and key in NAME_KEYS else None
+        if value is None and folder is not None:
+            value = _config_value(folder, key)
+        parts.append(f"{key}={'?' if value is None else value}")
+    return " ".join(parts)
 
 
 def _finished(summary: dict[str, Any] | None) -> bool:
     return bool(summary) and summary.get("status") == "finished"
 
 
-def comparison_table(jobs: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
-    """A Markdown table: one row per group, mean [95% CI] over seeds per metric."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+@dataclass
+class Group:
+    """The jobs that differ only in their seed."""
+
+    name: str
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[dict[str, Any]]:
+        """The summaries of the jobs that finished."""
+        return [j["summary"] for j in self.jobs if _finished(j["summary"])]
+
+    def values(self, metric: str) -> list[float]:
+        """The metric of every finished seed (empty if any finished seed lacks it)."""
+        done = self.finished
+        return [float(s[metric]) for s in done] if all(metric in s for s in done) else []
+
+
+def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) -> list[Group]:
+    """Jobs grouped by :func:`group_name`, in the order they first appear."""
+    groups: dict[str, Group] = {}
+    for job in jobs:
+        name = group_name(job["overrides"], job["summary"], group_by, job.get("path"))
+        groups.setdefault(name, Group(name)).jobs.append(job)
+    return list(groups.values())
+
+
+def stage1_starts(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The initial evaluation of each stage-1 SFT model the jobs started from, by cache key."""
     starts: dict[str, dict[str, Any]] = {}
     for job in jobs:
-        groups[group_name(job["overrides"], job["summary"])].append(job)
         summary = job["summary"]
         if summary and "initial" in summary:
             # Every job starting from one stage-1 model has the same initial evaluation.
-            starts.setdefault(summary["stage/sft"]["key"], summary["initial"])
+            starts.setdefault(summary.get("stage/sft", {}).get("key", "?"), summary["initial"])
+    return starts
+
+
+# --------------------------------------------------------------------------------------------
+# The Markdown report
+# --------------------------------------------------------------------------------------------
+
+
+def is_outcome(metric: str) -> bool:
+    """Whether a metric measures the result (tested, IQM) rather than the cost of a job."""
+    return not metric.startswith("budget/") and metric not in ("wall_time", "steps")
+
+
+def _cell(values: list[float], metric: str, statistic: str = "mean") -> str:
+    if not values:
+        return "—"
+    if statistic == "iqm":
+        centre = interquartile_mean(values)
+        low, high = bootstrap_ci(values, statistic=_iqm_rows)
+    else:
+        centre = float(np.mean(values))
+        low, high = bootstrap_ci(values)
+    if metric.startswith("budget/"):
+        return f"{centre:.3g}"
+    if metric == "wall_time":
+        return f"{centre:.0f} s"
+    if len(values) == 1:
+        return f"{centre:.3f}"
+    return f"{centre:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def pick_baseline(groups: list[Group], wanted: str | None) -> Group | None:
+    """The ``--baseline`` group (backticks optional), else the first group with a finished job."""
+    if wanted is not None:
+        name = wanted.strip().strip("`")
+        for group in groups:
+            if group.name == name:
+                return group
+        known = ", ".join(f"'{g.name}'" for g in groups)
+        raise BadInput(f"--baseline {wanted!r} is not a group of these sweeps — groups: {known}")
+    return next((g for g in groups if g.finished), None)
+
+
+def comparison_report(
+    jobs: list[dict[str, Any]],
+    metrics: tuple[str, ...],
+    group_by: list[str] | None = None,
+    baseline: str | None = None,
+) -> str:
+    """The Markdown table (mean [95% CI], IQM rows, markers) and the notes under it."""
+    groups = group_jobs(jobs, group_by)
+    base = pick_baseline(groups, baseline)
+    tested = [m for m in metrics if is_outcome(m)]
     header = ["group", "seeds", *metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key, initial in starts.items():
+    lines = [_row(header), "|" + "---|" * len(header)]
+    for key, initial in stage1_starts(jobs).items():
         cells = [_cell([initial[m]], m) if m in initial else "—" for m in metrics]
-        lines.append("| " + " | ".join([f"stage-1 SFT model `{key[:8]}`", "—", *cells]) + " |")
-    for name, members in groups.items():
-        done = [j["summary"] for j in members if _finished(j["summary"])]
-        seeds = f"{len(done)}/{len(members)}"
-        cells = [
-            _cell([s[m] for s in done], m) if done and all(m in s for s in done) else "—"
-            for m in metrics
-        ]
-        lines.append("| " + " | ".join([f"`{name}`", seeds, *cells]) + " |")
-    return "\n".join(lines)
+        lines.append(_row([f"stage-1 SFT model `{key[:8]}`", "—", *cells]))
+    results: dict[str, dict[str, Comparison]] = {}
+    for group in groups:
+        seeds = f"{len(group.finished)}/{len(group.jobs)}"
+        label = f"`{group.name}`" + (" (baseline)" if group is base else "")
+        results[group.name] = {}
+        cells = []
+        for metric in metrics:
+            cell = _cell(group.values(metric), metric)
+            if base is not None and group is not base and metric in tested:
+                found = compare_to_baseline(group.values(metric), base.values(metric))
+                if found is not None:
+                    results[group.name][metric] = found
+                    cell += f" {found.marker}" if found.marker else ""
+            cells.append(cell)
+        lines.append(_row([label, seeds, *cells]))
+        if len(group.finished) >= IQM_MIN_SEEDS:
+            iqm = [_cell(group.values(m), m, "iqm") if m in tested else "—" for m in metrics]
+            lines.append(_row(["↳ IQM", "—", *iqm]))
+    notes = _significance_notes(groups, base, tested, results)
+    if any(len(g.finished) >= IQM_MIN_SEEDS for g in groups):
+        notes.append(
+            "`↳ IQM`: interquartile mean over seeds (the mean of the middle 50 %, as rliable "
+            f"recommends) with its 95 % bootstrap interval, for groups with ≥ {IQM_MIN_SEEDS} "
+            "finished seeds."
+        )
+    notes += _failure_notes(jobs)
+    return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the comparison table of one or more sweeps and write it to ``comparison.md``."""
-    parser = argparse.ArgumentParser(prog="python -m alignbench.compare", description=__doc__)
+def _significance_notes(
+    groups: list[Group],
+    base: Group | None,
+    tested: list[str],
+    results: dict[str, dict[str, Comparison]],
+) -> list[str]:
+    compared = [g for g in groups if results.get(g.name)]
+    if base is None or not compared:
+        return []
+    found = [c for g in compared for c in results[g.name].values()]
+    notes = [
+        f"Markers compare each group with the baseline `{base.name}`, metric by metric, over "
+        "seeds: `*` p < 0.05 in a two-sided permutation test of the difference in means (exact "
+        "over every relabelling of the seeds when there are few; no correction for multiple "
+        "comparisons)."
+    ]
+    weak = sorted({c.smallest_p for c in found if c.smallest_p >= ALPHA}, reverse=True)
+    if weak:
+        sizes = sorted(
+            {
+                f"{len(g.finished)} vs {len(base.finished)}"
+                for g in compared
+                if smallest_permutation_p(len(g.finished), len(base.finished)) >= ALPHA
+            }
+        )
+        notes.append(
+            f"With {', '.join(sizes)} seeds no permutation test can reach p < 0.05 (the smallest "
+            f"possible p is {weak[-1]:.2f}), so `*` cannot appear there. `†` marks the weaker "
+            "evidence instead: the 95 % bootstrap intervals do not overlap (with 3 seeds: every "
+            f"seed of one group beats every seed of the other; needs ≥ {DAGGER_MIN_SEEDS} seeds "
+            "per group). Run at least 4 seeds per group for a real test."
+        )
+    p_header = [
+        "p-value vs baseline",
+        *[m for m in tested if any(m in results[g.name] for g in compared)],
+    ]
+    p_lines = [_row(p_header), "|" + "---|" * len(p_header)]
+    for group in compared:
+        cells = []
+        for metric in p_header[1:]:
+            c = results[group.name].get(metric)
+            cells.append("—" if c is None else f"{c.p:.3f}{(' ' + c.marker) if c.marker else ''}")
+        p_lines.append(_row([f"`{group.name}`", *cells]))
+    notes.append("\n".join(p_lines))
+    return notes
+
+
+def _failure_notes(jobs: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for job in jobs:
+        summary = job["summary"]
+        if _finished(summary):
+            continue
+        if summary is None:
+            why = "unfinished: no summary.json (still running, or killed before it ended)"
+        elif summary.get("status") == "failed":
+            why = f"failed: {summary.get('error', 'no error recorded')}"
+        else:
+            why = f"unfinished: status {summary.get('status', '?')!r}"
+        lines.append(f"- `{job['sweep']}/{job['folder']}` — {why}")
+    if not lines:
+        return []
+    return [
+        "Failed or unfinished jobs (counted in `seeds`, left out of the numbers):\n"
+        + "\n".join(lines)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def load_curve(folder: Path, metric: str, x_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``"kind": "eval"`` points of one job's ``metrics.jsonl``: x and metric, sorted by x."""
+    points: dict[float, float] = {}
+    path = folder / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a job killed mid-line
+                continue
+            if record.get("kind") == "eval" and metric in record and x_key in record:
+                points[float(record[x_key])] = float(record[metric])
+    xs = np.asarray(sorted(points), dtype=float)
+    return xs, np.asarray([points[x] for x in xs], dtype=float)
+
+
+def seed_band(
+    curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds interpolated onto the x range they share: grid, mean, min and max."""
+    low = max(float(x[0]) for x, _ in curves)
+    high = min(float(x[-1]) for x, _ in curves)
+    grid = np.linspace(low, high, points) if high > low else np.asarray([low])
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
+
+
+def _slug(metric: str) -> str:
+    return metric.replace("/", "_")
+
+
+def write_plots(
+    jobs: list[dict[str, Any]],
+    metrics: list[str],
+    x_axis: str,
+    out_dir: Path,
+    stem: str,
+    group_by: list[str] | None = None,
+) -> list[tuple[str, Path]]:
+    """Curves of each metric against ``budget/<x_axis>`` and the abstention trade-off, as PNGs.
+
+    Returns (description, path) of every plot written; a metric without data is skipped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in group_jobs(jobs, group_by) if g.finished]
+    colours = {g.name: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    x_key = f"budget/{x_axis}"
+    written: list[tuple[str, Path]] = []
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        drawn = False
+        for group in groups:
+            curves = [
+                load_curve(j["path"], metric, x_key) for j in group.jobs if _finished(j["summary"])
+            ]
+            curves = [c for c in curves if len(c[0])]
+            if not curves:
+                continue
+            grid, mean, low, high = seed_band(curves)
+            colour = colours[group.name]
+            ax.plot(grid, mean, color=colour, lw=2, label=f"{group.name} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                ax.fill_between(grid, low, high, color=colour, alpha=0.2, lw=0)
+            drawn = True
+        if drawn:
+            ax.set_xlabel(f"{x_key} (compute spent)")
+            ax.set_ylabel(metric)
+            ax.set_title(
+                f"{metric} against {x_key}\n"
+                "line: mean over seeds (linear between evaluations); band: min–max over seeds"
+            )
+            ax.grid(alpha=0.3)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
+            path = out_dir / f"{stem}_{_slug(metric)}.png"
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            written.append((f"{metric} against {x_key}", path))
+        plt.close(fig)
+    tradeoff = _tradeoff_plot(plt, groups, stage1_starts(jobs), colours, out_dir, stem)
+    if tradeoff is not None:
+        written.append(tradeoff)
+    return written
+
+
+def _tradeoff_plot(
+    plt: Any,
+    groups: list[Group],
+    starts: dict[str, dict[str, Any]],
+    colours: dict[str, Any],
+    out_dir: Path,
+    stem: str,
+) -> tuple[str, Path] | None:
+    x_metric, y_metric = TRADEOFF
+    points = [(g, g.values(x_metric), g.values(y_metric)) for g in groups]
+    points = [(g, xs, ys) for g, xs, ys in points if xs and ys]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for group, xs, ys in points:
+        x, y = float(np.mean(xs)), float(np.mean(ys))
+        x_low, x_high = bootstrap_ci(xs)
+        y_low, y_high = bootstrap_ci(ys)
+        ax.errorbar(
+            x,
+            y,
+            xerr=[[x - x_low], [x_high - x]],
+            yerr=[[y - y_low], [y_high - y]],
+            fmt="o",
+            ms=8,
+            capsize=4,
+            color=colours[group.name],
+            label=f"{group.name} ({len(xs)} seeds)",
+        )
+    for i, (key, initial) in enumerate(starts.items()):
+        if x_metric in initial and y_metric in initial:
+            ax.plot(
+                initial[x_metric],
+                initial[y_metric],
+                marker="*",
+                ms=16,
+                color="black",
+                ls="none",
+                label=f"stage-1 SFT model {key[:8]}" if i < 3 else None,
+            )
+    ax.set_xlabel(f"{x_metric}  (lower is better: left)")
+    ax.set_ylabel(f"{y_metric}  (higher is better)")
+    ax.set_title("Abstention trade-off: mean over seeds, bars: 95% bootstrap interval")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+    path = out_dir / f"{stem}_tradeoff.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return f"{y_metric} against {x_metric}", path
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BadInput(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m alignbench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("sweep", type=Path, nargs="+", help="sweep folders (results/sweeps/<date>)")
     parser.add_argument("--out", type=Path, help="where to write the table (default: first sweep)")
     parser.add_argument("--metric", action="append", help="a summary key to show (repeatable)")
-    args = parser.parse_args(argv)
-    jobs = []
-    for sweep in args.sweep:
-        found = load_jobs(sweep) if sweep.is_dir() else []
-        if not found:
-            print(
-                f"error: {sweep} holds no jobs (no */.hydra folders) — give sweep folders "
-                "under results/sweeps/",
-                file=sys.stderr,
-            )
-            return 2
-        jobs += found
-    table = comparison_table(jobs, tuple(args.metric or DEFAULT_METRICS))
-    (args.out or args.sweep[0] / "comparison.md").write_text(table + "\n")
-    print(table)
+    parser.add_argument(
+        "--x", choices=X_AXES, default="flops", help="x axis of the curves: budget/<x> (flops)"
+    )
+    parser.add_argument(
+        "--group-by",
+        action="append",
+        metavar="KEY",
+        help="an override key that defines a group, e.g. algo (repeatable; default: every "
+        "override except seed, hydra, logger and cache_dir)",
+    )
+    parser.add_argument(
+        "--baseline", metavar="GROUP", help="the group others are tested against (default: first)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison of one or more sweeps, write it to ``comparison.md``, draw PNGs."""
+    try:
+        args = _parser().parse_args(argv)
+        jobs = []
+        for sweep in args.sweep:
+            found = load_jobs(sweep) if sweep.is_dir() else []
+            if not found:
+                raise BadInput(
+                    f"{sweep} holds no jobs (no */.hydra folders) — give sweep folders "
+                    "under results/sweeps/"
+                )
+            jobs += found
+        metrics = tuple(args.metric or DEFAULT_METRICS)
+        report = comparison_report(jobs, metrics, args.group_by, args.baseline)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.sweep[0] / "comparison.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        plotted = [m for m in metrics if m.startswith("eval/")]
+        plots = write_plots(jobs, plotted, args.x, out.parent, out.stem, args.group_by)
+        if plots:
+            links = [f"![{what}]({path.name})" for what, path in plots]
+            report += "\n\nPlots (next to this file):\n\n" + "\n\n".join(links)
+    out.write_text(report + "\n")
+    print(report)
     return 0
 
 

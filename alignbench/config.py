@@ -57,6 +57,42 @@ class TaskConfig:
     seed: int = 0
 
 
+class Selection(str, enum.Enum):
+    """Which candidate groups are sent for labelling."""
+
+    random = "random"
+    uncertainty = "uncertainty"
+    diversity = "diversity"
+
+
+class Decoding(str, enum.Enum):
+    """How the K responses of a group are produced."""
+
+    sample = "sample"
+    beam = "beam"
+
+
+@dataclass
+class FeedbackConfig:
+    """Keys every feedback source has; a source's config dataclass subclasses this."""
+
+    name: str = MISSING
+    # Responses per group, and how they are produced from the SFT (or current) policy.
+    k: int = 4
+    decoding: Decoding = Decoding.sample
+    temperature: float = 1.0
+    max_new_tokens: int = 8
+    # The label budget: ranked groups bought from the source.
+    labels: int = 400
+    # Which groups are labelled: random, the current RM's least confident, or spread over prompts.
+    selection: Selection = Selection.random
+    # Candidate groups per label for uncertainty/diversity selection.
+    pool_factor: int = 4
+    # Online feedback: re-collect rankings from the current policy this many times during RL.
+    rounds: int = 0
+    seed: int = 0
+
+
 @dataclass
 class ModelConfig:
     """The base language model: built from these numbers, or loaded from ``name_or_path``."""
@@ -110,10 +146,26 @@ class SFTStageConfig:
 
 
 @dataclass
+class RMStageConfig:
+    """Stage 2: the reward model trained on the ranked groups."""
+
+    # Initialise the trunk from the SFT model, or train from scratch.
+    init: str = "sft"
+    epochs: int = 20
+    lr: float = 3e-4
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    # Share of labelled groups held out to measure pairwise accuracy.
+    heldout_share: float = 0.2
+    seed: int = 0
+
+
+@dataclass
 class StageConfig:
     """Settings of the stages that run before RL (cached by a hash of what determines them)."""
 
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    rm: RMStageConfig = field(default_factory=RMStageConfig)
 
 
 @dataclass
@@ -131,6 +183,7 @@ class Config:
     algo: Any = MISSING
     task: Any = MISSING
     reward: Any = MISSING
+    feedback: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

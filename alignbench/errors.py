@@ -52,8 +52,15 @@ class UnknownTask(UnknownName):
     kind = "task"
 
 
+class UnknownFeedback(UnknownName):
+    """``feedback=<name>`` names no registered feedback source."""
+
+    kind = "feedback"
+
+
 UNKNOWN_BY_GROUP: dict[str, type[UnknownName]] = {
     "algo": UnknownAlgorithm,
     "reward": UnknownReward,
     "task": UnknownTask,
+    "feedback": UnknownFeedback,
 }

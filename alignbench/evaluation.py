@@ -41,5 +41,9 @@ def evaluate(
         responses = generate_greedy(model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
         values = task.metrics(rows, responses)
         values["reward"] = float(reward(rows, responses).mean())
+        gold = [task.gold_utility(row, r) for row, r in zip(rows, responses, strict=True)]
+        if gold and None not in gold:
+            # The truth next to the proxy: over-optimisation shows as a growing gap.
+            values["gold_reward"] = sum(gold) / len(gold)
         metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
     return metrics

@@ -68,6 +68,16 @@ def alignbench_register_tasks(register: Register) -> None:
     """
 
 
+@hookspec
+def alignbench_register_feedback(register: Register) -> None:
+    """Register feedback sources: call ``register(name, SourceClass, FeedbackConfigSubclass)``.
+
+    Called once at start-up. When a stage needs rankings (the reward model of ``reward=rm``), the
+    core instantiates ``SourceClass(config, task)``, an :class:`alignbench.FeedbackSource` that
+    ranks groups of K responses (or brings its own ranked groups). Returns nothing.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-step hooks: firstresult, answered by the run's algorithm instance. The core registers one
 # instance of the chosen algorithm for the run and refuses to start if another plugin also

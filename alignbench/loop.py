@@ -35,7 +35,7 @@ class PromptStream:
         return [self.rows[i] for i in picked]
 
 
-def batch_statistics(batch: Any) -> dict[str, float]:
+def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
     """Reward and length statistics of the policy's own samples (all sequences if none are)."""
     policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(
         range(len(batch.sources))
@@ -47,6 +47,11 @@ def batch_statistics(batch: Any) -> dict[str, float]:
         stats["objective/reward"] = float(rewards.mean())
         stats["objective/reward_std"] = float(rewards.std()) if len(policy) > 1 else 0.0
     stats["policy/response_length"] = float(batch.response_mask[index].sum(-1).float().mean())
+    if task is not None:
+        rows = batch.rows
+        gold = [task.gold_utility(rows[i], batch.responses[i]) for i in policy]
+        if gold and None not in gold:
+            stats["objective/gold_reward"] = sum(gold) / len(gold)
     return stats
 
 
@@ -66,10 +71,15 @@ def run_loop(run: Run) -> dict[str, Any]:
         run.task.splits[run.config.prompt_split], run.config.prompts_per_step, run.cfg.seed
     )
     initial = run_eval(run, 0)
+    rounds, refreshed = run.reward.rounds, 0
     while not run.budget.exhausted:
         prompts = stream.next()
-        flops_before = run.flops.total
+        refresh_stats: dict[str, float] = {}
         with StepTimer() as timer:
+            if refreshed < rounds and run.budget.fraction >= (refreshed + 1) / (rounds + 1):
+                # Online feedback: part of the step's cost, charged like everything else.
+                refresh_stats = run.reward.refresh(run)
+                refreshed += 1
             batch = hook.alignbench_rollout(run=run, prompts=prompts)
             batch = hook.alignbench_score(run=run, batch=batch)
             stats = hook.alignbench_update(run=run, batch=batch)
@@ -78,10 +88,16 @@ def run_loop(run: Run) -> dict[str, Any]:
             steps=1,
             samples=batch.num_sequences,
             tokens=batch.num_response_tokens,
-            flops=run.flops.total - flops_before,
+            # Everything counted since the last charge (evaluation is paused, so never counted).
+            flops=run.flops.total - run.budget.spent["flops"],
             seconds=timer.seconds,
         )
-        metrics = {**batch_statistics(batch), **(stats or {}), **run.budget.metrics()}
+        metrics = {
+            **batch_statistics(batch, run.task),
+            **refresh_stats,
+            **(stats or {}),
+            **run.budget.metrics(),
+        }
         # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
         metrics.update({f"flops/{name}": value for name, value in run.flops.by_model.items()})
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]

@@ -26,6 +26,7 @@ import pluggy
 from alignbench import hookspecs
 from alignbench.config import (
     AlgorithmConfig,
+    FeedbackConfig,
     RewardConfig,
     TaskConfig,
     store_core_schemas,
@@ -43,6 +44,7 @@ GROUPS: dict[str, tuple[str, type]] = {
     "algo": ("alignbench_register_algorithms", AlgorithmConfig),
     "reward": ("alignbench_register_rewards", RewardConfig),
     "task": ("alignbench_register_tasks", TaskConfig),
+    "feedback": ("alignbench_register_feedback", FeedbackConfig),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -11,6 +11,7 @@ from alignbench.task import Task
 
 if TYPE_CHECKING:
     from alignbench.batch import Batch
+    from alignbench.run import Run
 
 
 class Reward:
@@ -21,9 +22,21 @@ class Reward:
     to score token ids directly (a reward model sharing the policy's tokenizer).
     """
 
+    #: True for a reward that needs the stage-2 reward model (the core trains or loads it first).
+    needs_reward_model: ClassVar[bool] = False
+    #: Online feedback rounds: :meth:`refresh` is called this many times, evenly over the budget.
+    rounds: int = 0
+
     def __init__(self, config: RewardConfig, task: Task) -> None:
         self.config = config
         self.task = task
+
+    def setup(self, run: Run) -> None:
+        """Called once the run exists (a model-based reward tracks its model's FLOPs here)."""
+
+    def refresh(self, run: Run) -> dict[str, float]:
+        """Online feedback: update the reward from the current policy; returns statistics."""
+        return {}
 
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """One reward per (row, response) pair."""

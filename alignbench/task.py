@@ -47,6 +47,10 @@ class Task:
         """Gold label of ``response`` to ``row``: ``correct``, ``abstain`` or ``wrong``."""
         raise NotImplementedError
 
+    def gold_utility(self, row: dict[str, Any], response: str) -> float | None:
+        """The hidden true value of ``response`` (what simulated annotators rank by), if known."""
+        return None
+
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
         """Evaluation metrics (without prefix) of greedy ``responses`` to ``rows``."""
         labels = [self.judge(row, r) for row, r in zip(rows, responses, strict=True)]

@@ -232,6 +232,10 @@ class FactsTask(Task):
             return ABSTAIN
         return WRONG
 
+    def gold_utility(self, row: dict[str, Any], response: str) -> float:
+        """1 for the right answer, 0 for "i do not know", -1 for a wrong answer."""
+        return {CORRECT: 1.0, ABSTAIN: 0.0}.get(self.judge(row, response), -1.0)
+
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
         """Accuracy / abstention on known questions; hallucination / abstention on unknown ones."""
         out: dict[str, float] = {}

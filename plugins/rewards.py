@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 import alignbench
-from alignbench import ABSTAIN, CORRECT, Reward, RewardConfig
+from alignbench import ABSTAIN, CORRECT, Batch, FeedbackSource, Reward, RewardConfig, Run
+from alignbench.batch import collate, encode_responses
+from alignbench.config import to_object
+from alignbench.models import ScalarHeadModel
+from alignbench.reward_model import load_groups, refresh_reward_model, sequence_rewards
 
 
 @dataclass
@@ -48,8 +56,61 @@ class ExactMatchReward(Reward):
         ]
 
 
+@dataclass
+class LearnedRewardConfig(RewardConfig):
+    """The stage-2 reward model; its settings live under ``feedback.*`` and ``stage.rm.*``."""
+
+
+class LearnedReward(Reward):
+    """Scores with the reward model trained from ranked feedback (stage 2 of the pipeline)."""
+
+    needs_reward_model = True
+
+    def use_reward_model(
+        self, model: ScalarHeadModel, tokenizer: Any, source: FeedbackSource, cfg: Any, path: Path
+    ) -> None:
+        """Receive the trained reward model, and what online feedback rounds need."""
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.feedback, self.rm_cfg = to_object(cfg.feedback), to_object(cfg.stage.rm)
+        self.rounds = self.feedback.rounds
+        self.groups = load_groups(path / "train.jsonl")
+        self.rng = np.random.default_rng(self.feedback.seed + 1)
+
+    def setup(self, run: Run) -> None:
+        """Charge the reward model's passes to the run's budget."""
+        run.track(self.model, "reward_model")
+        self.generator = torch.Generator().manual_seed(run.cfg.seed + 17)
+
+    @torch.no_grad()
+    def score_batch(self, batch: Batch) -> torch.Tensor:
+        """The reward model's scalar at each sequence's last token."""
+        return sequence_rewards(self.model, batch.input_ids, batch.attention_mask)
+
+    def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
+        """Score texts by tokenising them as the policy would."""
+        ids = encode_responses(self.tokenizer, responses)
+        batch = collate(self.tokenizer, rows, ids, 1, ["eval"] * len(rows))
+        return self.score_batch(batch).tolist()
+
+    def refresh(self, run: Run) -> dict[str, float]:
+        """Rank fresh groups from the current policy and keep training the reward model."""
+        return refresh_reward_model(
+            self.model,
+            run.policy,
+            self.tokenizer,
+            self.task,
+            self.source,
+            self.feedback,
+            self.rm_cfg,
+            self.groups,
+            self.rng,
+            self.generator,
+        )
+
+
 @alignbench.hookimpl
 def alignbench_register_rewards(register: alignbench.Register) -> None:
-    """Register ``abstention`` and ``exact_match``."""
+    """Register ``abstention``, ``exact_match`` and ``rm``."""
     register("abstention", AbstentionReward, AbstentionConfig)
     register("exact_match", ExactMatchReward, ExactMatchConfig)
+    register("rm", LearnedReward, LearnedRewardConfig)

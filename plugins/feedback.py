@@ -1,0 +1,174 @@
+"""Built-in feedback sources: simulated annotators, and a file of rankings written by people.
+
+Simulated annotators compare every pair of a group by the task's hidden gold utility, with the
+imperfections of real feedback as knobs:
+
+* ``bt_temperature``: comparisons are Bradley-Terry draws, ``P(i > j) = sigmoid((u_i - u_j) / T)``
+  (0 = always the better one; ties broken by a coin);
+* ``error_rate``: each comparison is flipped with this probability (0.5 = labels at chance);
+* ``annotators`` / ``annotator_bias``: each annotator perceives ``u + b * words(response)`` with
+  their own ``b ~ N(0, annotator_bias)`` (some like long answers, some short), and the
+  annotators' rankings are aggregated by ``mean_rank`` or pairwise ``majority``;
+* ``unlabelled_share``: this share of groups comes back without a label (sparse feedback).
+
+An annotator's ranking of a group orders responses by comparisons won (Copeland).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import alignbench
+from alignbench import DataError, FeedbackConfig, FeedbackSource, Group
+from alignbench.feedback import ranking_to_preference
+
+
+@dataclass
+class SimulatedConfig(FeedbackConfig):
+    """Simulated annotators who rank by the task's gold utility, imperfectly."""
+
+    bt_temperature: float = 0.0
+    error_rate: float = 0.0
+    annotators: int = 1
+    annotator_bias: float = 0.0
+    aggregate: str = "mean_rank"
+    unlabelled_share: float = 0.0
+
+
+class SimulatedAnnotators(FeedbackSource):
+    """Rank groups by gold utility through noisy, biased, sometimes absent annotators."""
+
+    config: SimulatedConfig
+
+    def __init__(self, config: SimulatedConfig, task: alignbench.Task) -> None:
+        super().__init__(config, task)
+        if config.aggregate not in ("mean_rank", "majority"):
+            raise alignbench.ConfigError(
+                f"feedback.aggregate={config.aggregate!r} — use mean_rank or majority"
+            )
+        if not 0 <= config.error_rate <= 1 or not 0 <= config.unlabelled_share < 1:
+            raise alignbench.ConfigError(
+                "feedback.error_rate must be in [0, 1] and feedback.unlabelled_share in [0, 1)"
+            )
+        rng = np.random.default_rng(config.seed + 7919)
+        self.biases = rng.normal(0.0, config.annotator_bias, size=max(1, config.annotators))
+
+    def _wins(self, utilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``wins[i, j] = 1`` when this annotator prefers response i to response j."""
+        k, c = len(utilities), self.config
+        wins = np.zeros((k, k))
+        for i in range(k):
+            for j in range(i + 1, k):
+                gap = utilities[i] - utilities[j]
+                if c.bt_temperature > 0:
+                    i_better = rng.random() < 1.0 / (1.0 + math.exp(-gap / c.bt_temperature))
+                else:
+                    i_better = gap > 0 or (gap == 0 and rng.random() < 0.5)
+                if rng.random() < c.error_rate:
+                    i_better = not i_better
+                wins[i, j], wins[j, i] = float(i_better), float(not i_better)
+        return wins
+
+    def rank(self, groups: list[Group], rng: np.random.Generator) -> list[list[float] | None]:
+        """A preference per group (comparisons won, over annotators); None if unlabelled."""
+        out: list[list[float] | None] = []
+        for group in groups:
+            if group.gold is None:
+                raise DataError(
+                    "simulated feedback needs the task's gold utility — this task has none; "
+                    "use feedback=file"
+                )
+            if rng.random() < self.config.unlabelled_share:
+                out.append(None)
+                continue
+            lengths = np.array([len(r.split()) for r in group.responses], dtype=float)
+            gold = np.asarray(group.gold, dtype=float)
+            per_annotator = [self._wins(gold + b * lengths, rng) for b in self.biases]
+            if self.config.aggregate == "majority":
+                votes = np.mean(per_annotator, axis=0)
+                ties = (votes == 0.5) & (rng.random(votes.shape) < 0.5)
+                wins = (votes > 0.5) | (ties & ~ties.T)
+                preference = wins.sum(1)
+            else:  # mean rank: the average of each annotator's comparisons won
+                preference = np.mean([w.sum(1) for w in per_annotator], axis=0)
+            out.append([float(p) for p in preference])
+        return out
+
+
+@dataclass
+class FileConfig(FeedbackConfig):
+    """Rankings written by people, one JSON object per line (schema in the README)."""
+
+    path: str = ""
+
+
+class FileFeedback(FeedbackSource):
+    """Reads ranked groups from a JSONL file; any malformed line stops everything, naming it."""
+
+    config: FileConfig
+
+    def load_groups(self) -> list[Group]:
+        """Every group of the file, validated before any is used."""
+        path = Path(self.config.path)
+        if not self.config.path or not path.is_file():
+            raise DataError(
+                f"feedback.path={self.config.path!r}: no such file — give a JSONL file of rankings"
+            )
+        by_prompt = {
+            row["prompt"]: row for split in self.task.splits.values() for row in split.to_list()
+        }
+        groups = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            groups.append(self._parse(path, number, line, by_prompt))
+        if not groups:
+            raise DataError(f"{path}: no rankings in the file — it is empty")
+        return groups
+
+    def _parse(self, path: Path, number: int, line: str, by_prompt: dict) -> Group:
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg}) — fix the line") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a JSON object with prompt, responses, ranking")
+        prompt, responses, ranking = item.get("prompt"), item.get("responses"), item.get("ranking")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: 'prompt' must be a non-empty string")
+        if (
+            not isinstance(responses, list)
+            or len(responses) < 2
+            or not all(isinstance(r, str) for r in responses)
+        ):
+            raise DataError(f"{where}: 'responses' must be a list of at least 2 strings")
+        if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
+            raise DataError(
+                f"{where}: 'ranking' must list every response index once, best first "
+                f"(a permutation of 0..{len(responses) - 1})"
+            )
+        row = by_prompt.get(prompt, {"prompt": prompt})
+        gold = None
+        if prompt in by_prompt:
+            gold = [self.task.gold_utility(row, r) for r in responses]
+            gold = None if any(g is None for g in gold) else gold
+        return Group(
+            row=row, responses=responses, gold=gold, preference=ranking_to_preference(ranking)
+        )
+
+    def rank(self, groups: list[Group], rng: np.random.Generator) -> list[list[float] | None]:
+        """A file has no one to ask about new groups: online rounds need a simulated source."""
+        raise DataError("feedback=file cannot rank new responses — set feedback.rounds=0")
+
+
+@alignbench.hookimpl
+def alignbench_register_feedback(register: alignbench.Register) -> None:
+    """Register ``simulated`` and ``file``."""
+    register("simulated", SimulatedAnnotators, SimulatedConfig)
+    register("file", FileFeedback, FileConfig)
