@@ -54,10 +54,23 @@ class ResultsWriter:
 
 
 class WandbLogger:
-    """One offline (by default) W&B run per job; a W&B failure is a warning, never a crash."""
+    """One offline (by default) W&B run per job; a W&B failure is one warning, never a crash.
 
-    def __init__(self, run: Run, group: str | None) -> None:
+    The run is named after the job folder, grouped by the sweep (``group``), typed by the
+    algorithm (``job_type``), tagged with the job's overrides minus the seed, carries the whole
+    resolved config as flat dotted keys, and charts every metric against ``budget/flops``.
+    """
+
+    #: The x axis of every chart: the compute spent, the currency of a comparison.
+    X_AXIS = "budget/flops"
+    #: W&B refuses longer tags (``wandb.init`` raises).
+    MAX_TAG_LENGTH = 64
+
+    def __init__(self, run: Run, group: str | None, tags: list[str] | None = None) -> None:
         self.wandb: Any = None
+        self._logging = False
+        self._warned = False
+        self._defined: set[str] = set()
         cfg = run.cfg.logger.wandb
         try:
             import wandb
@@ -71,25 +84,70 @@ class WandbLogger:
                 group=group,
                 job_type=run.config.name,
                 name=run.output_dir.name,
-                config=OmegaConf.to_container(run.cfg, resolve=True),
+                tags=self.clean_tags(tags or []),
+                config=self.flat_config(run.cfg),
                 reinit="finish_previous",
             )
-            self.wandb.define_metric("budget/*")
-            self.wandb.define_metric("*", step_metric="budget/flops")
+            # The x axis itself is charted against W&B's own step, not against itself.
+            self.wandb.define_metric(self.X_AXIS)
+            self._defined.add(self.X_AXIS)
+            self._logging = True
         except Exception as exc:  # results/ is the record; W&B is a view of it
             self._fail(exc)
 
+    @staticmethod
+    def tags_from_overrides(overrides: list[str]) -> list[str]:
+        """The job's command-line overrides as tags, minus the seed (``["algo=ppo", ...]``)."""
+        from alignbench.compare import IGNORED_KEYS
+
+        return [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(IGNORED_KEYS)]
+
+    @classmethod
+    def clean_tags(cls, tags: list[str]) -> list[str]:
+        """Tags W&B accepts: non-empty, at most 64 characters (cut with "…"), no duplicates."""
+        cut = [
+            t if len(t) <= cls.MAX_TAG_LENGTH else t[: cls.MAX_TAG_LENGTH - 1] + "…" for t in tags
+        ]
+        return list(dict.fromkeys(t for t in cut if t))
+
+    @staticmethod
+    def flat_config(cfg: Any) -> dict[str, Any]:
+        """The resolved job config as one level of dotted keys (``{"algo.lr": 3e-4, ...}``)."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and node:
+                for key, value in node.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), value)
+            else:
+                flat[prefix] = node
+
+        walk("", OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        return flat
+
     def _fail(self, exc: Exception) -> None:
+        """Stop logging to W&B for this job; say so once, however many calls fail."""
+        self._logging = False
+        if self._warned:
+            return
+        self._warned = True
         reason = str(exc).splitlines()[0] if str(exc) else ""
         print(
-            f"warning: W&B disabled for this job ({type(exc).__name__}: {reason})", file=sys.stderr
+            f"warning: W&B disabled for this job ({type(exc).__name__}: {reason}); "
+            "metrics.jsonl and summary.json are still written",
+            file=sys.stderr,
         )
-        self.wandb = None
 
     def _log(self, metrics: dict[str, float]) -> None:
-        if self.wandb is None:
+        if not self._logging:
             return
         try:
+            for key in metrics:
+                # Each metric by its exact name: W&B's glob rules ("*") differ between its
+                # backends and match in no defined order, and budget/flops must stay the x axis.
+                if key not in self._defined:
+                    self.wandb.define_metric(key, step_metric=self.X_AXIS)
+                    self._defined.add(key)
             self.wandb.log(metrics)
         except Exception as exc:
             self._fail(exc)
@@ -106,15 +164,18 @@ class WandbLogger:
 
     @hookimpl
     def alignbench_on_run_end(self, summary: dict[str, Any]) -> None:
-        """Put the final numbers in the run summary and close the run."""
+        """Put the final numbers in the run summary and close the run (even after a failure)."""
         if self.wandb is None:
             return
         try:
-            flat = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
-            self.wandb.summary.update(flat)
+            if self._logging:
+                flat = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+                self.wandb.summary.update(flat)
             self.wandb.finish(exit_code=0 if summary.get("status") == "finished" else 1)
         except Exception as exc:
             self._fail(exc)
+        finally:
+            self.wandb = None
 
 
 class ProgressBar:

@@ -368,10 +368,8 @@ def reward_model_stage(
         model = make_model()
         stats = train_reward_model(model, tokenizer, train, rm_cfg)
         accuracy = ranking_accuracy(score_groups(model, tokenizer, heldout), heldout)
-        label_accuracy = ranking_accuracy(
-            [g.preference for g in heldout if g.gold is not None],
-            [g for g in heldout if g.gold is not None],
-        )
+        golden = [g for g in groups if g.gold is not None]
+        label_accuracy = ranking_accuracy([g.preference for g in golden], golden)
         info = {
             "key": key,
             "groups": len(groups),
@@ -381,7 +379,7 @@ def reward_model_stage(
             "flops": flops.total,
             "heldout_accuracy_labels": accuracy.get("accuracy_labels"),
             "heldout_accuracy_gold": accuracy.get("accuracy_gold"),
-            # How good the labels themselves are (the ceiling a reward model can learn from).
+            # How good the labels themselves are, over all groups (what a reward model learns from).
             "labels_accuracy_gold": label_accuracy.get("accuracy_gold"),
             **stats,
         }

@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from alignbench.compare import bootstrap_ci, main
+from alignbench.compare import (
+    bootstrap_ci,
+    interquartile_mean,
+    main,
+    permutation_test,
+    seed_band,
+    smallest_permutation_p,
+)
 
 
 def _job(sweep: Path, name: str, overrides: list[str], summary: dict | None) -> None:
@@ -46,8 +54,8 @@ def test_table_groups_seeds_and_shows_failures(tmp_path: Path, capsys) -> None:
     _job(sweep, "4", ["algo=rrhf", "seed=1"], None)  # never finished
     assert main([str(sweep), "--metric", "eval/hallucination_unknown"]) == 0
     table = capsys.readouterr().out
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
-    assert "| 2/3 | 0.500 [0.400, 0.600] |" in rows["`algo=ppo`"]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:5]}
+    assert "| 2/3 | 0.500 [0.400, 0.600] |" in rows["`algo=ppo` (baseline)"]
     assert "| 1/2 | 0.300 |" in rows["`algo=rrhf`"]  # one seed: no interval to show
     assert "| — | 0.800 |" in rows["stage-1 SFT model `abcdef01`"]
     assert (sweep / "comparison.md").read_text().strip() == table.strip()
@@ -68,3 +76,199 @@ def test_not_a_sweep_is_one_line(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds no jobs" in err and "\n" not in err
+
+
+def _row(table: str, name: str) -> str:
+    return next(line for line in table.splitlines() if line.startswith(f"| {name} "))
+
+
+def test_interquartile_mean_by_hand() -> None:
+    """IQM cuts int(n/4) values at each end (rliable / scipy.stats.trim_mean(x, 0.25))."""
+    assert interquartile_mean([1, 2, 3, 4, 100]) == pytest.approx(3.0)  # mean of 2, 3, 4
+    assert interquartile_mean([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)  # of 3, 4, 5, 6
+    assert interquartile_mean([1, 2, 3]) == pytest.approx(2.0)  # n < 4: nothing is cut
+
+
+def test_permutation_test_by_hand() -> None:
+    """3 vs 3 cannot reach p < 0.05 (20 relabellings); 4 vs 4 can (70 relabellings)."""
+    assert permutation_test([1, 2, 3], [4, 5, 6]) == pytest.approx(2 / 20)
+    assert smallest_permutation_p(3, 3) == pytest.approx(0.1)
+    assert permutation_test([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(2 / 70)
+    assert smallest_permutation_p(4, 4) == pytest.approx(2 / 70)
+    assert smallest_permutation_p(5, 3) == pytest.approx(1 / 56)
+    assert permutation_test([0.5, 0.5], [0.5, 0.5]) == 1.0
+    # |mean difference| >= 1 <=> the first group's sum is <= 9 or >= 12: 7 + 7 of 20 splits.
+    assert permutation_test([1, 3, 5], [2, 4, 6]) == pytest.approx(14 / 20)
+    # 10 vs 10 is Monte Carlo ((hits + 1) / (10000 + 1), never 0); exact p would be 2/184756.
+    far = permutation_test(list(range(10)), [x + 100.0 for x in range(10)])
+    assert 1 / 10_001 <= far < 0.001
+
+
+def test_markers_are_honest_about_the_number_of_seeds(tmp_path: Path, capsys) -> None:
+    """4 vs 4 separated seeds earn `*`; 3 vs 3 earn only `†`, and the note says why."""
+    sweep = tmp_path / "sweep"
+    for seed, (ppo, rrhf, sft) in enumerate(
+        [(0.60, 0.40, 0.61), (0.62, 0.41, 0.59), (0.61, 0.42, 0.60), (0.63, 0.43, None)]
+    ):
+        _job(sweep, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", ppo))
+        _job(sweep, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", rrhf))
+        if sft is not None:
+            _job(sweep, f"c{seed}", ["algo=sft", f"seed={seed}"], _summary("sft", sft))
+    assert main([str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| `algo=ppo` (baseline) | 4/4 | 0.615 [" in out
+    assert _row(out, "`algo=rrhf`").endswith("] * |")  # p = 2/70
+    assert _row(out, "`algo=sft`").endswith("0.600 [0.590, 0.610] |")  # overlaps: no marker
+    assert "`*` p < 0.05 in a two-sided permutation test" in out
+    assert "| `algo=rrhf` | 0.029 * |" in out  # the p-value table
+    # sft's sum of 3 of the 7 pooled values must be <= 1.80 (5 ways) or >= 1.8514 (2 ways).
+    assert "| `algo=sft` | 0.200 |" in out
+    assert "†" not in out  # nothing underpowered was separated
+
+    sweep3 = tmp_path / "sweep3"
+    for seed, (ppo, rrhf) in enumerate([(0.60, 0.40), (0.62, 0.41), (0.61, 0.42)]):
+        _job(sweep3, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", ppo))
+        _job(sweep3, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", rrhf))
+    assert main([str(sweep3), "--metric", "eval/hallucination_unknown", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert _row(out, "`algo=rrhf`").endswith(" † |")
+    assert "*" not in _row(out, "`algo=rrhf`")
+    assert "With 3 vs 3 seeds no permutation test can reach p < 0.05" in out
+    assert "smallest possible p is 0.10" in out
+    assert "| `algo=rrhf` | 0.100 † |" in out
+
+
+def test_baseline_option_and_unknown_baseline(tmp_path: Path, capsys) -> None:
+    """--baseline picks the reference group; an unknown one is a one-line error listing groups."""
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        _job(sweep, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", 0.5 + seed / 10))
+        _job(sweep, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", 0.3 + seed / 10))
+    args = [str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]
+    assert main([*args, "--baseline", "`algo=rrhf`"]) == 0
+    out = capsys.readouterr().out
+    assert "| `algo=rrhf` (baseline) |" in out and "baseline `algo=rrhf`" in out
+    assert main([*args, "--baseline", "algo=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'algo=ppo', 'algo=rrhf'" in err and "\n" not in err
+
+
+def test_iqm_row_needs_five_seeds(tmp_path: Path, capsys) -> None:
+    """Five seeds add an IQM row (hand value: mean of the middle three); three seeds do not."""
+    sweep = tmp_path / "sweep"
+    for seed, value in enumerate([0.1, 0.2, 0.3, 0.4, 1.0]):
+        _job(sweep, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", value))
+    for seed in range(3):
+        _job(sweep, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", 0.2))
+    metrics = ["--metric", "eval/hallucination_unknown", "--metric", "budget/flops"]
+    assert main([str(sweep), *metrics, "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ppo = lines.index(next(line for line in lines if line.startswith("| `algo=ppo`")))
+    assert lines[ppo].startswith("| `algo=ppo` (baseline) | 5/5 | 0.400 [")
+    assert lines[ppo + 1].startswith("| ↳ IQM | — | 0.300 [")  # (0.2 + 0.3 + 0.4) / 3
+    assert lines[ppo + 1].endswith("| — |")  # no IQM of a cost such as budget/flops
+    assert not lines[ppo + 2].startswith("| ↳ IQM")  # rrhf: only 3 seeds
+    assert any(line.startswith("`↳ IQM`: interquartile mean") for line in lines)
+
+
+def test_failed_jobs_are_listed_with_their_error(tmp_path: Path, capsys) -> None:
+    """Failed and unfinished jobs are named under the table, with the error a failure recorded."""
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0_ppo_facts_seed0", ["algo=ppo", "seed=0"], _summary("ppo", 0.4))
+    failed = {**_summary("ppo", 0.9, status="failed"), "error": "RuntimeError: loss is nan"}
+    _job(sweep, "1_ppo_facts_seed1", ["algo=ppo", "seed=1"], failed)
+    _job(sweep, "2_ppo_facts_seed2", ["algo=ppo", "seed=2"], None)
+    _job(sweep, "3_ppo_facts_seed3", ["algo=ppo", "seed=3"], _summary("ppo", 0.9, "running"))
+    assert main([str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1/4 | 0.400 |" in out
+    assert "- `sweep/1_ppo_facts_seed1` — failed: RuntimeError: loss is nan" in out
+    assert "- `sweep/2_ppo_facts_seed2` — unfinished: no summary.json" in out
+    assert "- `sweep/3_ppo_facts_seed3` — unfinished: status 'running'" in out
+    assert "0_ppo_facts_seed0`" not in out
+
+
+def test_group_by_keys(tmp_path: Path, capsys) -> None:
+    """--group-by algo pools other overrides; a key not overridden is read from the summary."""
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0", ["algo=ppo", "algo.lr=1", "seed=0"], _summary("ppo", 0.4))
+    _job(sweep, "1", ["algo=ppo", "algo.lr=2", "seed=0"], _summary("ppo", 0.6))
+    _job(sweep, "2", ["reward.wrong=-4", "seed=0"], _summary("rrhf", 0.3))
+    args = [str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "`algo=ppo algo.lr=1`" in out and "`algo=rrhf reward.wrong=-4`" in out
+    assert main([*args, "--group-by", "algo"]) == 0
+    out = capsys.readouterr().out
+    assert "| `algo=ppo` (baseline) | 2/2 | 0.500 [0.400, 0.600] |" in out
+    assert "| `algo=rrhf` | 1/1 | 0.300 |" in out
+    assert main([*args, "--group-by", "algo", "--group-by", "reward.wrong"]) == 0
+    out = capsys.readouterr().out
+    assert "`algo=ppo reward.wrong=?`" in out and "`algo=rrhf reward.wrong=-4`" in out
+
+
+def test_bad_options_are_one_line(tmp_path: Path, capsys) -> None:
+    """A wrong --x is exit code 2 with one line, like a folder without jobs."""
+    _job(tmp_path / "sweep", "0", ["algo=ppo", "seed=0"], _summary("ppo", 0.4))
+    assert main([str(tmp_path / "sweep"), "--x", "hours"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid choice: 'hours'" in err and "\n" not in err
+
+
+def _curve(folder: Path, hallucination: list[float], flops_per_eval: float) -> None:
+    lines = [
+        {
+            "kind": "eval",
+            "step": 10 * i,
+            "budget/flops": flops_per_eval * i,
+            "budget/steps": 10.0 * i,
+            "eval/hallucination_unknown": h,
+            "eval/accuracy_known": 0.9 - h / 10,
+        }
+        for i, h in enumerate(hallucination)
+    ]
+    lines.insert(1, {"kind": "step", "step": 1, "budget/flops": 1.0, "objective/reward": 0.0})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_plots_are_written_and_linked(tmp_path: Path, capsys) -> None:
+    """One PNG per eval metric (curves from metrics.jsonl) and the trade-off scatter, linked."""
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        for algo, curve in (("ppo", [0.8, 0.7, 0.6]), ("rrhf", [0.8, 0.5, 0.4 + seed / 10])):
+            name = f"{algo}{seed}"
+            summary = {**_summary(algo, curve[-1]), "eval/accuracy_known": 0.9 - curve[-1] / 10}
+            summary["initial"]["eval/accuracy_known"] = 0.92
+            _job(sweep, name, [f"algo={algo}", f"seed={seed}"], summary)
+            _curve(sweep / name, curve, 1e9 * (1 + seed / 100))
+    metrics = ["--metric", "eval/hallucination_unknown", "--metric", "eval/accuracy_known"]
+    assert main([str(sweep), *metrics, "--metric", "eval_rl/reward"]) == 0
+    names = {
+        "comparison_eval_hallucination_unknown.png",
+        "comparison_eval_accuracy_known.png",
+        "comparison_tradeoff.png",
+    }
+    assert {p.name for p in sweep.glob("*.png")} == names  # eval_rl/ is not an eval/ metric
+    for name in names:
+        data = (sweep / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+        assert f"]({name})" in (sweep / "comparison.md").read_text()
+    capsys.readouterr()
+    out = tmp_path / "reports" / "steps.md"  # --out: the PNGs go next to it, named after it
+    assert main([str(sweep), *metrics, "--x", "steps", "--out", str(out)]) == 0
+    assert (out.parent / "steps_eval_accuracy_known.png").stat().st_size > 10_000
+    assert "![eval/accuracy_known against budget/steps](steps_eval_accuracy_known.png)" in (
+        out.read_text()
+    )
+    assert main([str(sweep), *metrics, "--no-plots", "--out", str(tmp_path / "t.md")]) == 0
+    assert not list(tmp_path.glob("t_*.png")) and "![" not in (tmp_path / "t.md").read_text()
+
+
+def test_seed_band_interpolates_onto_the_shared_range() -> None:
+    """Seeds evaluated at different budgets are compared on the x range they all cover."""
+    a = (np.array([0.0, 10.0]), np.array([0.0, 1.0]))
+    b = (np.array([0.0, 5.0, 8.0]), np.array([1.0, 1.0, 0.0]))
+    grid, mean, low, high = seed_band([a, b], points=5)
+    assert grid.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert low[0] == 0.0 and high[0] == 1.0 and mean[0] == 0.5
+    assert mean[-1] == pytest.approx((0.8 + 0.0) / 2)
