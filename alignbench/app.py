@@ -7,9 +7,13 @@ config is composed once, so that a typo is one line naming the problem instead o
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
+import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,10 +30,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from alignbench import checkpoint
 from alignbench.budget import Budget, FlopCounter, set_threads
+from alignbench.checkpoint import config_fingerprint
 from alignbench.config import CONF_PACKAGE, to_object
 from alignbench.defaults import DefaultScore
-from alignbench.errors import UNKNOWN_BY_GROUP, AlignbenchError, ConfigError, PluginError
+from alignbench.errors import (
+    UNKNOWN_BY_GROUP,
+    AlignbenchError,
+    ConfigError,
+    Interrupted,
+    PluginError,
+)
 from alignbench.loop import run_loop
 from alignbench.models import load_pretrained, response_logprobs
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
@@ -84,6 +96,37 @@ def _check_run_hooks(pm: Any, algorithm_name: str | None) -> None:
             )
 
 
+def _finished_summary(output_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The summary of a finished job with the same config in ``output_dir``, if there is one."""
+    path = output_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = summary.get("fingerprint") == fingerprint and summary.get("status") == "finished"
+    return summary if same else None
+
+
+def _move_aside(output_dir: Path) -> None:
+    """``rerun=true``: keep the previous results of this folder under ``previous-<time>/``."""
+    old = [output_dir / n for n in ("metrics.jsonl", "summary.json", "checkpoints", "wandb")]
+    old = [p for p in old if p.exists()]
+    if old:
+        aside = output_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in old:
+            os.replace(path, aside / path.name)
+
+
+def _kept_lines(resume_from: Path | None) -> int:
+    """Lines of metrics.jsonl written up to the checkpoint we resume from (0 for a new job)."""
+    if resume_from is None:
+        return 0
+    return int(torch.load(resume_from / "state.pt", weights_only=True)["metrics_lines"])
+
+
 @torch.no_grad()
 def policy_as_reward_model(run: Run, rm_path: Path) -> dict[str, float]:
     """Held-out ranking accuracy of the trained policy used as a reward model (RRHF's view).
@@ -116,11 +159,29 @@ def run_job(
     output_dir: Path,
     registry: Registry | None = None,
     group: str | None = None,
+    tags: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one job (stage 1 if not cached, then the algorithm's loop); returns its summary."""
     registry = registry or _REGISTRY or build_registry()
     if cfg.plugin_dirs:
         load_plugin_dirs(registry, list(cfg.plugin_dirs))
+    fingerprint = config_fingerprint(cfg)
+    finished = _finished_summary(output_dir, fingerprint)
+    if finished is not None and not cfg.rerun:
+        log.info(
+            "%s already finished with this config: skipped (rerun=true runs it again)", output_dir
+        )
+        return {**finished, "skipped": True}
+    resume_from = None if cfg.rerun else checkpoint.latest(output_dir)
+    if cfg.rerun:
+        _move_aside(output_dir)
+    elif resume_from is not None:
+        saved = torch.load(resume_from / "state.pt", weights_only=True)
+        if saved["fingerprint"] != fingerprint:
+            raise ConfigError(
+                f"{output_dir} holds a checkpoint of a different config — pass rerun=true to "
+                "start over (the old results are moved aside, not deleted)"
+            )
     started = time.perf_counter()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -164,10 +225,10 @@ def run_job(
     plugins: dict[str, Any] = {
         f"algorithm:{cfg.algo.name}": algorithm,
         "core:default-score": DefaultScore(),
-        "core:results": ResultsWriter(output_dir),
+        "core:results": ResultsWriter(output_dir, keep_lines=_kept_lines(resume_from)),
     }
     if cfg.logger.wandb.enabled:
-        plugins["core:wandb"] = WandbLogger(run, group)
+        plugins["core:wandb"] = WandbLogger(run, group, tags=tags)
     if cfg.logger.progress_bar:
         plugins["core:progress"] = ProgressBar(run)
     for name, plugin in plugins.items():
@@ -178,19 +239,20 @@ def run_job(
         "task": cfg.task.name,
         "reward": cfg.reward.name,
         "seed": cfg.seed,
+        "fingerprint": fingerprint,
         "output_dir": str(output_dir),
         **stages,
     }
     try:
         _check_run_hooks(pm, f"algorithm:{cfg.algo.name}")
-        result = run_loop(run)
+        result = run_loop(run, algorithm, resume_from)
         summary.update(result["final"])
         if rm_path is not None:
             summary.update(policy_as_reward_model(run, rm_path))
         summary["initial"] = result["initial"]
         summary["status"] = "finished"
     except BaseException as exc:
-        summary["status"] = "failed"
+        summary["status"] = "interrupted" if isinstance(exc, Interrupted) else "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
@@ -207,20 +269,41 @@ def run_job(
     return summary
 
 
+#: Jobs of this process that failed (a multirun goes on; the exit code says something failed).
+_FAILED: list[str] = []
+
+
 def _job(cfg: DictConfig) -> None:
-    """The Hydra task function: run one job in Hydra's output folder and say where it went."""
+    """The Hydra task function: run one job in Hydra's output folder and say where it went.
+
+    A failing job is reported in one line (its summary.json holds the error, its log the
+    traceback) and does not stop the other jobs of a multirun; the command then exits non-zero.
+    """
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    tags = WandbLogger.tags_from_overrides(list(hydra_cfg.overrides.task))
     try:
-        summary = run_job(cfg, output_dir, group=group)
+        summary = run_job(cfg, output_dir, group=group, tags=tags)
     except AlignbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _FAILED.append(str(output_dir))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return
+    except Exception as exc:
+        _FAILED.append(str(output_dir))
+        log.exception("job failed")
+        print(
+            f"error: job {output_dir.name} failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''} (traceback in {output_dir}/app.log)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
     shown = ", ".join(
         f"{k.split('/', 1)[1]}={v:.3f}" for k, v in sorted(summary.items()) if k.startswith("eval/")
     )
-    print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}: {shown} → {output_dir}", flush=True)
+    note = " (already finished: skipped)" if summary.get("skipped") else ""
+    print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}{note}: {shown} → {output_dir}", flush=True)
 
 
 def _parse_overrides(overrides: list[str]) -> list[Override]:
@@ -301,11 +384,50 @@ def main(argv: list[str] | None = None) -> int:
     except AlignbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        argv += _default_dirs(args.overrides)
+    except AlignbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sys.argv = [sys.argv[0], *argv]
+    _FAILED.clear()
     try:
         hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(
             _job
         )()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    if _FAILED:
+        print(f"{len(_FAILED)} job(s) failed: {', '.join(_FAILED)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _default_dirs(overrides: list[str]) -> list[str]:
+    """Output folders named after the command line, so the same command finds its earlier jobs.
+
+    ``results/runs/<overrides>_<hash>`` for one job, ``results/sweeps/<overrides>_<hash>`` for a
+    sweep (unless ``hydra.run.dir`` / ``hydra.sweep.dir`` are given). Re-running a command skips
+    its finished jobs and resumes its unfinished ones.
+    """
+    keys = [o.split("=", 1)[0] for o in overrides]
+    user = sorted(o for o in overrides if not o.startswith(("hydra.", "hydra/", "rerun")))
+    digest = hashlib.sha1("\x00".join(user).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(user).replace(",", "+"))[:80].strip("-_")
+    name = f"{slug or 'defaults'}_{digest}"
+    extra = []
+    if "hydra.run.dir" not in keys:
+        extra.append(f"hydra.run.dir=results/runs/{name}")
+    if "hydra.sweep.dir" not in keys:
+        extra.append(f"hydra.sweep.dir=results/sweeps/{name}")
+    _check_writable(Path("results"))
+    return extra
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail early, in one line, when results cannot be written."""
+    probe = folder if folder.exists() else folder.parent
+    if not os.access(probe.resolve(), os.W_OK):
+        raise ConfigError(
+            f"cannot write results into {folder.resolve()} — run from a writable folder"
+        )

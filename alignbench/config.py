@@ -57,6 +57,13 @@ class TaskConfig:
     seed: int = 0
 
 
+class OnNonFinite(str, enum.Enum):
+    """What a NaN or inf in a loss, gradient or reward does to the job."""
+
+    stop = "stop"
+    skip = "skip"
+
+
 class Selection(str, enum.Enum):
     """Which candidate groups are sent for labelling."""
 
@@ -198,6 +205,13 @@ class Config:
     cache_dir: str = "results/cache"
     # torch intra-op threads; 0 leaves torch's default.
     threads: int = 0
+    # Save a resumable checkpoint every this many steps (and on SIGTERM / Ctrl-C); 0 = only then.
+    checkpoint_every: int = 50
+    # A NaN or inf in a loss, gradient or reward: `stop` the job (last checkpoint kept) or `skip`
+    # the batch and go on.
+    on_nonfinite: OnNonFinite = OnNonFinite.stop
+    # Run again even if this job's folder holds a finished run (the old results are moved aside).
+    rerun: bool = False
 
 
 _SCHEMAS: dict[str, type] = {

@@ -21,6 +21,14 @@ class DataError(AlignbenchError):
     """A data file or dataset is missing, empty or malformed."""
 
 
+class NonFiniteError(AlignbenchError):
+    """A loss, gradient or reward became NaN or infinite; raised before the weights are touched."""
+
+
+class Interrupted(AlignbenchError):
+    """The job was stopped by a signal after saving a checkpoint."""
+
+
 class UnknownName(AlignbenchError):
     """A name that no plugin registered; the message lists the known ones."""
 

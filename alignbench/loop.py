@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import math
+import logging
+import signal
+import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
 
+from alignbench import checkpoint
 from alignbench.budget import StepTimer
 from alignbench.config import to_object
-from alignbench.errors import DataError
+from alignbench.errors import DataError, Interrupted, NonFiniteError
 from alignbench.evaluation import evaluate
 from alignbench.run import Run
+
+log = logging.getLogger(__name__)
 
 
 class PromptStream:
@@ -33,6 +39,15 @@ class PromptStream:
             self.order += self.rng.permutation(len(self.rows)).tolist()
         picked, self.order = self.order[: self.size], self.order[self.size :]
         return [self.rows[i] for i in picked]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's position: its RNG state and what is left of the current pass."""
+        return {"rng": self.rng.bit_generator.state, "order": list(self.order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position."""
+        self.rng.bit_generator.state = state["rng"]
+        self.order = list(state["order"])
 
 
 def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
@@ -64,47 +79,101 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def run_loop(run: Run) -> dict[str, Any]:
-    """Train until the budget is spent; returns the initial and final evaluation metrics."""
-    hook = run.pm.hook
+class StopRequested:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then checkpoints)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -> dict[str, Any]:
+    """Train until the budget is spent; returns the initial and final evaluation metrics.
+
+    With ``resume_from`` the run continues from that checkpoint exactly where it stopped.
+    """
+    hook, cfg = run.pm.hook, run.cfg
     stream = PromptStream(
-        run.task.splits[run.config.prompt_split], run.config.prompts_per_step, run.cfg.seed
+        run.task.splits[run.config.prompt_split], run.config.prompts_per_step, cfg.seed
     )
-    initial = run_eval(run, 0)
-    rounds, refreshed = run.reward.rounds, 0
-    while not run.budget.exhausted:
-        prompts = stream.next()
-        refresh_stats: dict[str, float] = {}
-        with StepTimer() as timer:
-            if refreshed < rounds and run.budget.fraction >= (refreshed + 1) / (rounds + 1):
-                # Online feedback: part of the step's cost, charged like everything else.
-                refresh_stats = run.reward.refresh(run)
-                refreshed += 1
-            batch = hook.alignbench_rollout(run=run, prompts=prompts)
-            batch = hook.alignbench_score(run=run, batch=batch)
-            stats = hook.alignbench_update(run=run, batch=batch)
-        run.step += 1
-        run.budget.charge(
-            steps=1,
-            samples=batch.num_sequences,
-            tokens=batch.num_response_tokens,
-            # Everything counted since the last charge (evaluation is paused, so never counted).
-            flops=run.flops.total - run.budget.spent["flops"],
-            seconds=timer.seconds,
-        )
-        metrics = {
-            **batch_statistics(batch, run.task),
-            **refresh_stats,
-            **(stats or {}),
-            **run.budget.metrics(),
-        }
-        # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
-        metrics.update({f"flops/{name}": value for name, value in run.flops.by_model.items()})
-        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"step {run.step}: non-finite {', '.join(bad)}")
-        hook.alignbench_on_step_end(run=run, step=run.step, metrics=metrics)
-        if run.cfg.eval_every and run.step % run.cfg.eval_every == 0 and not run.budget.exhausted:
-            run_eval(run, run.step)
+    state: dict[str, Any] = {"refreshed": 0, "skipped": 0}
+    if resume_from is not None:
+        state = checkpoint.load(run, algorithm, resume_from)
+        stream.load_state_dict(state["stream"])
+        log.info("resumed from %s at step %d", resume_from, run.step)
+    else:
+        state["initial"] = run_eval(run, 0)
+    rounds = run.reward.rounds
+
+    def save() -> None:
+        if algorithm is not None:
+            checkpoint.save(run, algorithm, {**state, "stream": stream.state_dict()})
+
+    with StopRequested() as stop:
+        while not run.budget.exhausted:
+            prompts = stream.next()
+            refresh_stats: dict[str, float] = {}
+            flops_before = run.flops.total
+            try:
+                with StepTimer() as timer:
+                    due = (state["refreshed"] + 1) / (rounds + 1)
+                    if state["refreshed"] < rounds and run.budget.fraction >= due:
+                        # Online feedback: part of the step's cost, charged like everything else.
+                        refresh_stats = run.reward.refresh(run)
+                        state["refreshed"] += 1
+                    batch = hook.alignbench_rollout(run=run, prompts=prompts)
+                    batch = hook.alignbench_score(run=run, batch=batch)
+                    run.check_finite(**{"objective/reward": batch.rewards})
+                    stats = hook.alignbench_update(run=run, batch=batch)
+            except NonFiniteError as exc:
+                if cfg.on_nonfinite != "skip":
+                    raise
+                log.warning("%s — batch skipped (on_nonfinite=skip)", exc)
+                state["skipped"] += 1
+                run.step += 1
+                run.budget.charge(steps=1, flops=run.flops.total - flops_before)
+                continue
+            run.step += 1
+            run.budget.charge(
+                steps=1,
+                samples=batch.num_sequences,
+                tokens=batch.num_response_tokens,
+                # Everything counted since the last charge (evaluation is paused: never counted).
+                flops=run.flops.total - run.budget.spent["flops"],
+                seconds=timer.seconds,
+            )
+            metrics = {
+                **batch_statistics(batch, run.task),
+                **refresh_stats,
+                **(stats or {}),
+                **run.budget.metrics(),
+                "health/skipped_batches": float(state["skipped"]),
+            }
+            # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
+            metrics.update({f"flops/{name}": value for name, value in run.flops.by_model.items()})
+            hook.alignbench_on_step_end(run=run, step=run.step, metrics=metrics)
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and not run.budget.exhausted:
+                run_eval(run, run.step)
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
+                save()
+            if stop.signal is not None:
+                save()
+                raise Interrupted(
+                    f"stopped by signal {stop.signal} at step {run.step}; checkpoint saved — "
+                    "run the same command again to resume"
+                )
     final = run_eval(run, run.step)
-    return {"initial": initial, "final": final}
+    return {"initial": state["initial"], "final": final}

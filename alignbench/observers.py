@@ -27,10 +27,14 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 class ResultsWriter:
     """Writes ``metrics.jsonl`` (a line per step and per evaluation) and ``summary.json``."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, keep_lines: int = 0) -> None:
         self.output_dir = output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(output_dir / "metrics.jsonl", "w")  # noqa: SIM115 - closed at run end
+        path = output_dir / "metrics.jsonl"
+        # A resumed job keeps the lines written up to its checkpoint and drops the rest.
+        kept = path.read_text().splitlines(keepends=True)[:keep_lines] if path.exists() else []
+        path.write_text("".join(kept))
+        self._file = open(path, "a")  # noqa: SIM115 - closed at run end
 
     def _write(self, kind: str, step: int, metrics: dict[str, float]) -> None:
         self._file.write(json.dumps({"kind": kind, "step": step, **metrics}, sort_keys=True) + "\n")

@@ -10,12 +10,10 @@ project's own ``pyproject.toml``), and from every ``*.py`` file in the folders g
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -115,17 +113,10 @@ def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
 
 
 def _import_file(path: Path) -> ModuleType:
-    # A name stable across processes, so launcher workers can unpickle a plugin file's classes.
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    module_name = f"alignbench_local_plugins.{path.stem}_{digest}"
-    sys.modules.setdefault("alignbench_local_plugins", ModuleType("alignbench_local_plugins"))
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise PluginError(f"cannot import plugin file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    # Through a finder that any process can use, so launcher workers can unpickle its classes.
+    from alignbench.local_plugins import module_name
+
+    return importlib.import_module(module_name(path))
 
 
 def load_plugin_dirs(registry: Registry, plugin_dirs: list[str]) -> None:

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import Batch, collate
 from alignbench.budget import Budget, FlopCounter
+from alignbench.errors import NonFiniteError
 from alignbench.models import freeze, load_pretrained
 from alignbench.reward import Reward
 from alignbench.sampling import SamplingParams, sample
@@ -41,6 +42,15 @@ class Run:
     output_dir: Path
     pm: pluggy.PluginManager
     step: int = 0
+
+    def check_finite(self, **values: torch.Tensor | None) -> None:
+        """Raise NonFiniteError naming the first quantity holding a NaN or inf (call it before
+        ``optimizer.step()``, so a bad batch never reaches the weights)."""
+        for name, value in values.items():
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise NonFiniteError(
+                    f"step {self.step + 1}: {name} is not finite ({value.float().mean().item()})"
+                )
 
     def track(self, model: PreTrainedModel, name: str) -> PreTrainedModel:
         """Charge ``model``'s forward and backward passes to the budget under ``name``."""

@@ -81,6 +81,14 @@ class KLController:
         self.target = config.target_kl
         self.horizon = config.kl_horizon
 
+    def state_dict(self) -> dict[str, float]:
+        """The current beta (all a resumed run needs)."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue with a saved beta."""
+        self.value = state["value"]
+
     def update(self, kl: float, n: int) -> None:
         """Adapt beta after a step whose mean sequence KL was ``kl`` over ``n`` sequences."""
         if self.adaptive:
@@ -281,15 +289,21 @@ class PPO:
                 if c.entropy_coef:
                     entropy_term = ops.masked_mean(_entropy(logits / c.temperature), m)
                     loss = loss - c.entropy_coef * entropy_term
+                run.check_finite(**{"loss/policy": pg_loss, "loss/value": vf_loss})
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.critic_optimizer is not None:
                     self.critic_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 trained = [p for g in self.optimizer.param_groups for p in g["params"]]
                 grad_norm = torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
+                critic_norm = (
+                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+                    if self.critic is not None
+                    else None
+                )
+                run.check_finite(**{"policy/grad_norm": grad_norm, "val/grad_norm": critic_norm})
                 self.optimizer.step()
                 if self.critic_optimizer is not None:
-                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
                     self.critic_optimizer.step()
                 with torch.no_grad():
                     approxkl = 0.5 * ops.masked_mean((logprobs - old_logprobs[rows]) ** 2, m)

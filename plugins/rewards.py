@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 import alignbench
-from alignbench import ABSTAIN, CORRECT, Batch, FeedbackSource, Reward, RewardConfig, Run
+from alignbench import ABSTAIN, CORRECT, Batch, FeedbackSource, Group, Reward, RewardConfig, Run
 from alignbench.batch import collate, encode_responses
 from alignbench.config import to_object
 from alignbench.models import ScalarHeadModel
@@ -91,6 +92,28 @@ class LearnedReward(Reward):
         ids = encode_responses(self.tokenizer, responses)
         batch = collate(self.tokenizer, rows, ids, 1, ["eval"] * len(rows))
         return self.score_batch(batch).tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """With online rounds the reward model changes during RL: its weights and groups."""
+        if not self.rounds:
+            return {}
+        groups = [
+            {"row": g.row, "responses": g.responses, "gold": g.gold, "preference": g.preference}
+            for g in self.groups
+        ]
+        return {
+            "model": self.model.state_dict(),
+            "groups": json.dumps(groups),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue online rounds with the saved reward model and groups."""
+        if not state:
+            return
+        self.model.load_state_dict(state["model"])
+        self.groups = [Group(**g) for g in json.loads(state["groups"])]
+        self.rng.bit_generator.state = state["rng"]
 
     def refresh(self, run: Run) -> dict[str, float]:
         """Rank fresh groups from the current policy and keep training the reward model."""

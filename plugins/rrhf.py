@@ -140,9 +140,11 @@ class RRHF:
             )
             nll = -ops.masked_mean(logprobs[best_rows], batch.response_mask[best_rows])
             loss = c.rank_weight * rank + c.sft_weight * nll
+            run.check_finite(**{"loss/total": loss})
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
+            run.check_finite(**{"policy/grad_norm": grad_norm})
             self.optimizer.step()
         run.policy.eval()
         best_sources = [batch.sources[i] for i in best_rows.tolist()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignbench import ConfigError, UnknownAlgorithm, UnknownReward, UnknownTask
+from alignbench import ConfigError, UnknownAlgorithm, UnknownFeedback, UnknownReward, UnknownTask
 from alignbench.app import main, validate
 from alignbench.config import to_object
 from tests.conftest import compose
@@ -43,8 +43,9 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
     [
         (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: ppo, rrhf, sft"),
         (["algo=sft,pp0"], UnknownAlgorithm, "known: ppo, rrhf, sft"),
-        (["reward=nope"], UnknownReward, "known: abstention, exact_match"),
-        (["task=nope"], UnknownTask, "known: facts"),
+        (["reward=nope"], UnknownReward, "known: abstention, exact_match, rm"),
+        (["feedback=nope"], UnknownFeedback, "known: file, simulated"),
+        (["task=nope"], UnknownTask, "known: facts, rubric"),
         (["algo.lrr=0.1"], ConfigError, "unknown config key 'algo.lrr'"),
         (["seeed=1"], ConfigError, "unknown config key 'seeed'"),
         (["algo.lr=fast"], ConfigError, "algo.lr"),

@@ -66,7 +66,7 @@ def isolated_plugins() -> Iterator[None]:
     finally:
         store.repo = saved_repo
         for name in set(sys.modules) - saved_modules:
-            if name.startswith("alignbench_local_plugins."):
+            if name.startswith("alignbench.local_plugins."):
                 del sys.modules[name]
 
 

@@ -60,9 +60,10 @@ def alignbench_register_algorithms(register):
 def test_builtins_come_through_the_entry_point_group(registry) -> None:
     """The built-in algorithms, rewards and task are registered by entry-point plugins."""
     assert registry.names("algo") == ["ppo", "rrhf", "sft"]
-    assert registry.names("reward") == ["abstention", "exact_match"]
-    assert registry.names("task") == ["facts"]
-    for name in ("ppo", "rrhf", "rewards", "facts"):
+    assert registry.names("reward") == ["abstention", "exact_match", "rm"]
+    assert registry.names("feedback") == ["file", "simulated"]
+    assert registry.names("task") == ["facts", "rubric"]
+    for name in ("ppo", "rrhf", "rewards", "facts", "feedback", "rubric"):
         assert "entry point alignbench_plugins." in registry.origins[name]
 
 
@@ -229,7 +230,7 @@ def test_third_party_entry_point_cannot_shadow_a_builtin(monkeypatch) -> None:
     monkeypatch.setattr(metadata, "entry_points", entry_points)
     monkeypatch.delenv("ALIGNBENCH_DISABLE_EXTERNAL_PLUGINS")
     registry = build_registry()
-    assert registry.names("task") == ["facts"]
+    assert registry.names("task") == ["facts", "rubric"]
     assert registry.origins["facts"].startswith("alignbench ")
     [(name, error)] = registry.failed.items()
     assert name == "someone-elses-package:facts" and "already taken" in error

@@ -1,0 +1,149 @@
+"""Checkpoints a job can resume from: atomic, safetensors for weights, no pickle ever loaded.
+
+A checkpoint is a folder ``checkpoints/step-<n>/`` holding every trained model as safetensors
+and ``state.pt`` with everything else: optimisers, the algorithm's other state (KL controller,
+data streams), the budget spent, the FLOP counters, the RNG states of Python, NumPy and torch
+(global and the run's sampling generator), the prompt stream's position, the initial
+evaluation, and how many lines of ``metrics.jsonl`` were written. It is written under a temporary
+name and renamed, then ``checkpoints/latest`` is replaced atomically, so a job killed while
+saving leaves the previous checkpoint intact. ``state.pt`` is read with
+``torch.load(weights_only=True)``.
+
+What of an algorithm is saved is found, not declared: its attributes that are modules with
+trainable parameters, optimisers, and objects with ``state_dict`` / ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_model, save_model
+
+from alignbench.run import Run
+
+CHECKPOINTS = "checkpoints"
+#: Keys that do not change what a job computes (so changing them does not block a resume).
+NEUTRAL_KEYS = ("rerun", "logger", "threads", "checkpoint_every")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """A hash of everything in the job's config that determines its numbers."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in NEUTRAL_KEYS:
+        plain.pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _parts(obj: Any) -> dict[str, tuple[str, Any]]:
+    """Attributes of ``obj`` holding state: trainable modules, optimisers, stateful objects."""
+    found: dict[str, tuple[str, Any]] = {}
+    for name, value in sorted(vars(obj).items()):
+        if isinstance(value, torch.nn.Module):
+            if any(p.requires_grad for p in value.parameters()):
+                found[name] = ("module", value)
+        elif isinstance(value, torch.optim.Optimizer):
+            found[name] = ("optimizer", value)
+        elif hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):
+            found[name] = ("state", value)
+    return found
+
+
+def rng_state(run: Run) -> dict[str, Any]:
+    """Every random state a step consumes."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "generator": run.generator.get_state(),
+    }
+
+
+def set_rng_state(run: Run, state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    run.generator.set_state(state["generator"])
+
+
+def latest(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a job folder, or None."""
+    pointer = output_dir / CHECKPOINTS / "latest"
+    if not pointer.is_file():
+        return None
+    folder = output_dir / CHECKPOINTS / pointer.read_text().strip()
+    return folder if (folder / "state.pt").is_file() else None
+
+
+def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
+    """Write a checkpoint of the run at its current step; returns its folder."""
+    root = run.output_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{run.step}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(run.policy, str(tmp / "policy.safetensors"))
+    state: dict[str, Any] = {"optimizers": {}, "states": {}}
+    for attr, (kind, value) in _parts(algorithm).items():
+        if kind == "module":
+            save_model(value, str(tmp / f"algorithm.{attr}.safetensors"))
+        elif kind == "optimizer":
+            state["optimizers"][attr] = value.state_dict()
+        else:
+            state["states"][attr] = value.state_dict()
+    if hasattr(run.reward, "state_dict"):
+        state["reward"] = run.reward.state_dict()
+    metrics = run.output_dir / "metrics.jsonl"
+    state.update(
+        step=run.step,
+        budget=dict(run.budget.spent),
+        flops={"total": run.flops.total, "by_model": dict(run.flops.by_model)},
+        rng=rng_state(run),
+        loop=loop_state,
+        metrics_lines=len(metrics.read_text().splitlines()) if metrics.exists() else 0,
+        fingerprint=config_fingerprint(run.cfg),
+    )
+    torch.save(state, tmp / "state.pt")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(name)
+    os.replace(pointer, root / "latest")
+    for old in root.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(run: Run, algorithm: Any, folder: Path) -> dict[str, Any]:
+    """Restore the run and the algorithm from a checkpoint; returns the loop's saved state."""
+    state = torch.load(folder / "state.pt", weights_only=True)
+    load_model(run.policy, str(folder / "policy.safetensors"))
+    for attr, (kind, value) in _parts(algorithm).items():
+        if kind == "module":
+            load_model(value, str(folder / f"algorithm.{attr}.safetensors"))
+        elif kind == "optimizer":
+            value.load_state_dict(state["optimizers"][attr])
+        else:
+            value.load_state_dict(state["states"][attr])
+    if "reward" in state:
+        run.reward.load_state_dict(state["reward"])
+    run.step = state["step"]
+    run.budget.spent.update(state["budget"])
+    run.flops.total = state["flops"]["total"]
+    run.flops.by_model.update(state["flops"]["by_model"])
+    set_rng_state(run, state["rng"])
+    return {**state["loop"], "metrics_lines": state["metrics_lines"]}

@@ -1,0 +1,185 @@
+"""Runs that survive: checkpoints, exact resume after kill -9, skip finished, clean failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignbench import NonFiniteError
+from alignbench.checkpoint import latest
+from tests.conftest import TINY
+
+ALGOS = {
+    "sft": ["algo=sft"],
+    "rrhf": ["algo=rrhf"],
+    "ppo": ["algo=ppo", "algo.samples_per_prompt=2", "algo.num_minibatches=2"],
+}
+
+
+def _numbers(summary: dict) -> dict:
+    skip = ("budget/seconds", "wall_time", "output_dir", "stage/sft", "skipped")
+    return {k: v for k, v in summary.items() if k not in skip}
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "alignbench", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_kill_9_and_resume_gives_the_same_summary(tmp_path: Path, algo: str) -> None:
+    """A job killed with SIGKILL mid-run and re-run with the same command ends with the same
+    summary.json numbers as an uninterrupted run."""
+    args = [
+        *TINY,
+        *ALGOS[algo],
+        "budget.amount=12",
+        "checkpoint_every=2",
+        "eval_every=5",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    straight = _cli([*args, "hydra.run.dir=straight"], tmp_path)
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
+    expected = json.loads((tmp_path / "straight" / "summary.json").read_text())
+
+    job = tmp_path / "killed"
+    victim = _cli([*args, "hydra.run.dir=killed"], tmp_path)
+    deadline = time.time() + 300
+    # Kill it once a checkpoint exists and before it finishes (a "random" step past step 2).
+    while time.time() < deadline and latest(job) is None:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert (
+        not (job / "summary.json").exists()
+        or json.loads((job / "summary.json").read_text())["status"] != "finished"
+    )
+    resumed = _cli([*args, "hydra.run.dir=killed"], tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert _numbers(summary) == _numbers(expected)
+    lines = (job / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines if json.loads(x)["kind"] == "step"]
+    assert steps == list(range(1, 13))  # no step lost, none written twice
+
+
+def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path: Path) -> None:
+    """SIGTERM stops the job after the current step with a checkpoint and a non-zero exit."""
+    args = [
+        *TINY,
+        "algo=rrhf",
+        "budget.amount=400",
+        "checkpoint_every=0",
+        f"cache_dir={tmp_path / 'cache'}",
+        "hydra.run.dir=job",
+    ]
+    job = _cli(args, tmp_path)
+    deadline = time.time() + 300
+    metrics = tmp_path / "job" / "metrics.jsonl"
+    while time.time() < deadline and (
+        not metrics.exists() or metrics.read_text().count('"step"') < 3
+    ):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) != 0
+    assert "checkpoint saved" in job.stderr.read()
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert latest(tmp_path / "job") is not None
+
+
+def test_checkpoint_writes_are_atomic_and_pickle_free(tiny_job, tmp_path: Path) -> None:
+    """A checkpoint holds safetensors weights and a weights_only state; only the latest stays."""
+    tiny_job("algo=ppo", "algo.samples_per_prompt=2", "budget.amount=4", "checkpoint_every=2")
+    folder = latest(tmp_path / "out")
+    assert folder is not None and folder.name == "step-4"
+    names = {p.name for p in folder.iterdir()}
+    assert {"policy.safetensors", "algorithm.critic.safetensors", "state.pt"} <= names
+    state = torch.load(folder / "state.pt", weights_only=True)  # raises if anything needs pickle
+    assert {"optimizer", "critic_optimizer"} <= set(state["optimizers"])
+    assert "kl" in state["states"] and state["step"] == 4
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").glob("step-*")] == ["step-4"]
+
+
+def test_finished_job_is_skipped_and_rerun_moves_it_aside(tiny_job, tmp_path: Path) -> None:
+    """The same job again is skipped; rerun=true runs it and keeps the old results."""
+    first = tiny_job("algo=sft")
+    again = tiny_job("algo=sft")
+    assert again.get("skipped") is True and again["eval/reward"] == first["eval/reward"]
+    forced = tiny_job("algo=sft", "rerun=true")
+    assert not forced.get("skipped")
+    previous = list((tmp_path / "out").glob("previous-*/summary.json"))
+    assert len(previous) == 1
+
+
+def test_nonfinite_loss_stops_before_the_weights_change(tiny_job, tmp_path: Path) -> None:
+    """A NaN reward stops the job (status failed, quantity and step named); skip mode goes on."""
+    from alignbench_plugins.rewards import ExactMatchReward
+
+    original = ExactMatchReward.score
+
+    def poisoned(self, rows, responses):
+        return [float("nan")] + original(self, rows, responses)[1:]
+
+    ExactMatchReward.score = poisoned
+    try:
+        with pytest.raises(NonFiniteError, match="step 1: objective/reward is not finite"):
+            tiny_job("algo=rrhf", "reward=exact_match", out="stop")
+        summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
+        assert summary["status"] == "failed" and "objective/reward" in summary["error"]
+        skipped = tiny_job("algo=rrhf", "reward=exact_match", "on_nonfinite=skip", out="skip")
+    finally:
+        ExactMatchReward.score = original
+    assert skipped["status"] == "finished"
+    lines = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert not [x for x in lines if x["kind"] == "step"]  # every batch was skipped
+    assert skipped["budget/steps"] == 2
+
+
+def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    """In a multirun, a failing job is recorded and reported; the others finish; exit code 1."""
+    args = [
+        *TINY,
+        "algo=rrhf,sft",
+        "algo.policy_samples=0",
+        "algo.use_abstention=false",
+        "--multirun",
+        f"cache_dir={tmp_path / 'cache'}",
+        "hydra.sweep.dir=sweep",
+    ]
+    done = _cli(args, tmp_path)
+    assert done.wait(timeout=600) == 1
+    err = done.stderr.read()
+    assert "K >= 2" in err and "1 job(s) failed" in err
+    failed = json.loads(next((tmp_path / "sweep").glob("0_rrhf*/summary.json")).read_text())
+    assert failed["status"] == "failed" and "ConfigError" in failed["error"]
+    ok = json.loads(next((tmp_path / "sweep").glob("1_sft*/summary.json")).read_text())
+    assert ok["status"] == "finished"
+
+
+def test_same_command_lands_in_the_same_folder(tmp_path: Path, monkeypatch) -> None:
+    """Without hydra.run.dir, the output folder is named after the command line, stably."""
+    from alignbench.app import _default_dirs
+
+    monkeypatch.chdir(tmp_path)
+    a = _default_dirs(["algo=ppo,rrhf", "seed=0,1"])
+    b = _default_dirs(["seed=0,1", "algo=ppo,rrhf"])
+    c = _default_dirs(["algo=ppo"])
+    assert a == b and a != c
+    assert a[1].startswith("hydra.sweep.dir=results/sweeps/algo-ppo+rrhf_seed-0+1_")
+    assert _default_dirs(["hydra.run.dir=x", "hydra.sweep.dir=y"]) == []
