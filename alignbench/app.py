@@ -44,7 +44,7 @@ from alignbench.errors import (
 )
 from alignbench.loop import run_loop
 from alignbench.models import load_pretrained, response_logprobs
-from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
+from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
 from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
 from alignbench.reward_model import (
     load_groups,
@@ -273,6 +273,21 @@ def run_job(
 _FAILED: list[str] = []
 
 
+def _record_failure(cfg: DictConfig, output_dir: Path, exc: BaseException) -> None:
+    """A failed summary.json for a job that failed before its run loop wrote one."""
+    if (output_dir / "summary.json").exists():
+        return
+    summary = {
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "algorithm": cfg.algo.name,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "fingerprint": config_fingerprint(cfg),
+    }
+    write_json_atomic(output_dir / "summary.json", summary)
+
+
 def _job(cfg: DictConfig) -> None:
     """The Hydra task function: run one job in Hydra's output folder and say where it went.
 
@@ -287,10 +302,12 @@ def _job(cfg: DictConfig) -> None:
         summary = run_job(cfg, output_dir, group=group, tags=tags)
     except AlignbenchError as exc:
         _FAILED.append(str(output_dir))
+        _record_failure(cfg, output_dir, exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return
     except Exception as exc:
         _FAILED.append(str(output_dir))
+        _record_failure(cfg, output_dir, exc)
         log.exception("job failed")
         print(
             f"error: job {output_dir.name} failed: {type(exc).__name__}: "
