@@ -430,7 +430,7 @@ def _default_dirs(overrides: list[str]) -> list[str]:
     keys = [o.split("=", 1)[0] for o in overrides]
     user = sorted(o for o in overrides if not o.startswith(("hydra.", "hydra/", "rerun")))
     digest = hashlib.sha1("\x00".join(user).encode()).hexdigest()[:8]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(user).replace(",", "+"))[:80].strip("-_")
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(user).replace(",", "+"))[:80].strip("-_")
     name = f"{slug or 'defaults'}_{digest}"
     extra = []
     if "hydra.run.dir" not in keys:
