@@ -39,7 +39,7 @@ from alignbench.task import Task
 log = logging.getLogger(__name__)
 
 #: Bump when this stage's code changes what it produces.
-RM_STAGE_VERSION = 1
+RM_STAGE_VERSION = 2
 
 
 # -- producing groups ----------------------------------------------------------------------------
@@ -185,6 +185,27 @@ def ranking_accuracy(scores: list[list[float]], groups: list[Group]) -> dict[str
             [s for s, _ in golden], [g.gold for _, g in golden]
         )
     return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def probe_accuracy(
+    model: ScalarHeadModel, tokenizer: PreTrainedTokenizerBase, task: Task
+) -> float | None:
+    """Gold pairwise accuracy on the task's probe responses to its held-out evaluation questions.
+
+    Groups of sampled responses are mostly gold ties (every sample right, or every one wrong), so
+    they order few pairs; probes (for facts: right answer, abstention, wrong answer) order every
+    pair, on questions no label was collected for.
+    """
+    groups = []
+    for split in task.eval_sets.values():
+        for row in task.splits[split].to_list():
+            responses = task.probe_responses(row)
+            gold = [task.gold_utility(row, r) for r in responses]
+            if len(responses) >= 2 and None not in gold:
+                groups.append(Group(row, responses, gold))
+    if not groups:
+        return None
+    return ranking_accuracy(score_groups(model, tokenizer, groups), groups).get("accuracy_gold")
 
 
 # -- choosing what to label ----------------------------------------------------------------------
@@ -379,6 +400,7 @@ def reward_model_stage(
             "flops": flops.total,
             "heldout_accuracy_labels": accuracy.get("accuracy_labels"),
             "heldout_accuracy_gold": accuracy.get("accuracy_gold"),
+            "probe_accuracy_gold": probe_accuracy(model, tokenizer, task),
             # How good the labels themselves are, over all groups (what a reward model learns from).
             "labels_accuracy_gold": label_accuracy.get("accuracy_gold"),
             **stats,

@@ -51,6 +51,10 @@ class Task:
         """The hidden true value of ``response`` (what simulated annotators rank by), if known."""
         return None
 
+    def probe_responses(self, row: dict[str, Any]) -> list[str]:
+        """Responses to ``row`` spanning the gold range, to measure a reward model (optional)."""
+        return []
+
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
         """Evaluation metrics (without prefix) of greedy ``responses`` to ``rows``."""
         labels = [self.judge(row, r) for row, r in zip(rows, responses, strict=True)]

@@ -236,6 +236,12 @@ class FactsTask(Task):
         """1 for the right answer, 0 for "i do not know", -1 for a wrong answer."""
         return {CORRECT: 1.0, ABSTAIN: 0.0}.get(self.judge(row, response), -1.0)
 
+    def probe_responses(self, row: dict[str, Any]) -> list[str]:
+        """The right answer, "i do not know", and a wrong value of the same attribute."""
+        values = ATTRIBUTES[row["attribute"]][1]
+        wrong = values[(values.index(row["answer"]) + 1) % len(values)]
+        return [row["answer"], ABSTENTION, wrong]
+
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
         """Accuracy / abstention on known questions; hallucination / abstention on unknown ones."""
         out: dict[str, float] = {}

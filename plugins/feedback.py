@@ -9,7 +9,8 @@ imperfections of real feedback as knobs:
 * ``annotators`` / ``annotator_bias``: each annotator perceives ``u + b * words(response)`` with
   their own ``b ~ N(0, annotator_bias)`` (some like long answers, some short), and the
   annotators' rankings are aggregated by ``mean_rank`` or pairwise ``majority``;
-* ``unlabelled_share``: this share of groups comes back without a label (sparse feedback).
+* ``unlabelled_share``: this share of groups comes back without a label (sparse feedback);
+* ``allow_ties``: equally good responses may be called a tie (only when ``bt_temperature`` is 0).
 
 An annotator's ranking of a group orders responses by comparisons won (Copeland).
 """
@@ -38,6 +39,9 @@ class SimulatedConfig(FeedbackConfig):
     annotator_bias: float = 0.0
     aggregate: str = "mean_rank"
     unlabelled_share: float = 0.0
+    # Annotators may call two equally good responses a tie (no pair is trained on); without it
+    # a tie is broken by a coin, which teaches a reward model noise.
+    allow_ties: bool = True
 
 
 class SimulatedAnnotators(FeedbackSource):
@@ -67,6 +71,9 @@ class SimulatedAnnotators(FeedbackSource):
                 gap = utilities[i] - utilities[j]
                 if c.bt_temperature > 0:
                     i_better = rng.random() < 1.0 / (1.0 + math.exp(-gap / c.bt_temperature))
+                elif gap == 0 and c.allow_ties:
+                    wins[i, j] = wins[j, i] = 0.5
+                    continue
                 else:
                     i_better = gap > 0 or (gap == 0 and rng.random() < 0.5)
                 if rng.random() < c.error_rate:

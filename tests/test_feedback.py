@@ -85,6 +85,20 @@ def test_biased_annotators_and_aggregation(task) -> None:
         _simulated(task, aggregate="dictator")
 
 
+def test_ties_are_declared_not_coin_flipped(task) -> None:
+    """Equally good responses get equal preference (no pair to learn) unless ties are off."""
+    row = task.splits["rl"][0]
+    group = Group(row, [row["answer"], row["answer"], ABSTENTION], None)
+    group.gold = [task.gold_utility(row, r) for r in group.responses]
+    [tied] = _simulated(task).rank([group], np.random.default_rng(0))
+    assert tied[0] == tied[1] > tied[2]
+    flips = {
+        tuple(p[:2])
+        for p in _simulated(task, allow_ties=False).rank([group] * 20, np.random.default_rng(0))
+    }
+    assert len(flips) == 2  # without ties a coin orders the identical pair, both ways
+
+
 def test_sparse_feedback_leaves_groups_unlabelled(task) -> None:
     """unlabelled_share=0.3 returns about 30% of groups without a label."""
     prefs = _simulated(task, unlabelled_share=0.3).rank(_groups(task), np.random.default_rng(0))
@@ -161,6 +175,8 @@ def test_rm_stage_runs_is_cached_and_logs_proxy_and_gold(tiny_job) -> None:
         has_pairs = summary["stage/rm"]["heldout_accuracy_gold"] is not None
         assert ("rm/policy_as_rm_accuracy_gold" in summary) == has_pairs
     assert first["stage/rm"]["labels_accuracy_gold"] == 1.0
+    # Probes (right, abstain, wrong for every held-out question) order every pair: always measured.
+    assert 0.0 <= first["stage/rm"]["probe_accuracy_gold"] <= 1.0
     assert noisy["stage/rm"]["labels_accuracy_gold"] < 0.95
 
 
