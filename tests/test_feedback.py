@@ -177,7 +177,6 @@ def test_rm_stage_runs_is_cached_and_logs_proxy_and_gold(tiny_job) -> None:
     assert first["stage/rm"]["labels_accuracy_gold"] == 1.0
     # Probes (right, abstain, wrong for every held-out question) order every pair: always measured.
     assert 0.0 <= first["stage/rm"]["probe_accuracy_gold"] <= 1.0
-    assert noisy["stage/rm"]["labels_accuracy_gold"] < 0.95
 
 
 @pytest.mark.parametrize("selection", ["uncertainty", "diversity"])
