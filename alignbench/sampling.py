@@ -68,7 +68,14 @@ def sample(
     prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
     ids, mask = pad_prompts([p for p in prompt_ids for _ in range(num_samples)], pad)
     n, prompt_mask = ids.shape[0], mask
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
+    # Only the last prompt position's logits are needed: the others are not projected.
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
     cache, logits = out.cache, out.logits[:, -1].float()
     next_position = position_ids(mask)[:, -1:] + 1
     tokens, logprobs = [], []
