@@ -300,6 +300,10 @@ def _job(cfg: DictConfig) -> None:
     tags = WandbLogger.tags_from_overrides(list(hydra_cfg.overrides.task))
     try:
         summary = run_job(cfg, output_dir, group=group, tags=tags)
+    except Interrupted as exc:
+        # Ctrl-C / SIGTERM stops the whole sweep, not just this job (its checkpoint is saved).
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except AlignbenchError as exc:
         _FAILED.append(str(output_dir))
         _record_failure(cfg, output_dir, exc)

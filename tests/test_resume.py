@@ -103,6 +103,29 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path: Path) -> None:
     assert latest(tmp_path / "job") is not None
 
 
+def test_sigterm_stops_the_whole_sweep(tmp_path: Path) -> None:
+    """SIGTERM during the first job of a multirun stops the sweep: the second job never starts."""
+    args = [
+        *TINY,
+        "algo=rrhf,sft",
+        "budget.amount=400",
+        "checkpoint_every=0",
+        "--multirun",
+        f"cache_dir={tmp_path / 'cache'}",
+        "hydra.sweep.dir=sweep",
+    ]
+    job = _cli(args, tmp_path)
+    deadline = time.time() + 300
+    metrics = tmp_path / "sweep" / "0_rrhf_facts_seed0" / "metrics.jsonl"
+    while time.time() < deadline and (
+        not metrics.exists() or metrics.read_text().count('"step"') < 2
+    ):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 130
+    assert not list((tmp_path / "sweep").glob("1_sft*"))
+
+
 def test_checkpoint_writes_are_atomic_and_pickle_free(tiny_job, tmp_path: Path) -> None:
     """A checkpoint holds safetensors weights and a weights_only state; only the latest stays."""
     tiny_job("algo=ppo", "algo.samples_per_prompt=2", "budget.amount=4", "checkpoint_every=2")
