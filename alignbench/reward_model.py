@@ -13,9 +13,6 @@ import copy
 import json
 import logging
 import math
-import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ from alignbench.errors import DataError
 from alignbench.feedback import FeedbackSource, Group, pairwise_agreement
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, position_ids
 from alignbench.sampling import SamplingParams, sample
-from alignbench.stages import config_hash, file_lock
+from alignbench.stages import cached_stage, config_hash
 from alignbench.task import Task
 
 log = logging.getLogger(__name__)
@@ -358,17 +355,8 @@ def reward_model_stage(
 ) -> tuple[Path, dict[str, Any]]:
     """The folder of the stage-2 reward model, trained unless the cache already holds it."""
     key = config_hash(sft_key, cfg.feedback, cfg.stage.rm, RM_STAGE_VERSION)
-    root = Path(cfg.cache_dir) / "rm"
-    path = root / key
-    if (path / "stage.json").exists():
-        log.info("reward-model stage: cache hit %s", path)
-        return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / f"{key}.lock"):
-        if (path / "stage.json").exists():
-            return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
-        log.info("reward-model stage: collecting feedback and training into %s", path)
-        start = time.perf_counter()
+
+    def build(folder: Path) -> dict[str, Any]:
         fb, rm_cfg = to_object(cfg.feedback), to_object(cfg.stage.rm)
         policy, tokenizer = load_pretrained(sft_path)
         flops = FlopCounter()
@@ -391,12 +379,17 @@ def reward_model_stage(
         accuracy = ranking_accuracy(score_groups(model, tokenizer, heldout), heldout)
         golden = [g for g in groups if g.gold is not None]
         label_accuracy = ranking_accuracy([g.preference for g in golden], golden)
-        info = {
-            "key": key,
+        flops.close()
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            folder / "model.safetensors",
+        )
+        _save_groups(folder / "heldout.jsonl", heldout)
+        _save_groups(folder / "train.jsonl", train)
+        return {
             "groups": len(groups),
             "train_groups": len(train),
             "heldout_groups": len(heldout),
-            "seconds": time.perf_counter() - start,
             "flops": flops.total,
             "heldout_accuracy_labels": accuracy.get("accuracy_labels"),
             "heldout_accuracy_gold": accuracy.get("accuracy_gold"),
@@ -405,18 +398,8 @@ def reward_model_stage(
             "labels_accuracy_gold": label_accuracy.get("accuracy_gold"),
             **stats,
         }
-        flops.close()
-        tmp = root / f".{key}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
-        )
-        _save_groups(tmp / "heldout.jsonl", heldout)
-        _save_groups(tmp / "train.jsonl", train)
-        (tmp / "stage.json").write_text(json.dumps(info, indent=2))
-        os.replace(tmp, path)
-    return path, {**info, "cache_hit": False}
+
+    return cached_stage(cfg.cache_dir, "rm", key, build)
 
 
 def refresh_reward_model(

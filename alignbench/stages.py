@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,6 @@ def train_sft(
     tokenizer: PreTrainedTokenizerBase,
     rows: list[dict[str, Any]],
     cfg: SFTStageConfig,
-    flops: FlopCounter | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` on demonstration rows (``prompt``, ``response``); returns stats."""
     if not rows:
@@ -130,44 +129,58 @@ def folder_fingerprint(path: str) -> list[Any]:
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())]
 
 
-def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
-    """Return the folder of the stage-1 SFT model, training it unless the cache already holds it."""
-    fingerprint = folder_fingerprint(cfg.model.name_or_path) if cfg.model.name_or_path else []
-    key = config_hash(cfg.model, cfg.task, cfg.stage.sft, SFT_STAGE_VERSION, fingerprint)
-    root = Path(cfg.cache_dir) / "sft"
+def cached_stage(
+    cache_dir: str, stage: str, key: str, build: Callable[[Path], dict[str, Any]]
+) -> tuple[Path, dict[str, Any]]:
+    """The folder ``<cache_dir>/<stage>/<key>``, built by ``build(tmp_folder)`` unless cached.
+
+    ``build`` writes the artefacts into the folder it is given and returns the stage's info. A
+    file lock makes parallel jobs build a stage once; the folder appears only when complete
+    (written under a temporary name, then renamed).
+    """
+    root = Path(cache_dir) / stage
     path = root / key
-    if (path / "stage.json").exists():
-        log.info("SFT stage: cache hit %s", path)
+
+    def hit() -> tuple[Path, dict[str, Any]]:
+        log.info("%s stage: cache hit %s", stage, path)
         return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
+
+    if (path / "stage.json").exists():
+        return hit()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"cache_dir={cfg.cache_dir!r} is not writable ({exc.strerror}) — "
-            "choose another cache_dir"
+            f"cache_dir={cache_dir!r} is not writable ({exc.strerror}) — choose another cache_dir"
         ) from None
     with file_lock(root / f"{key}.lock"):
-        if (path / "stage.json").exists():  # another job trained it while we waited for the lock
-            return path, {**json.loads((path / "stage.json").read_text()), "cache_hit": True}
-        log.info("SFT stage: training into %s", path)
-        start = time.perf_counter()
-        model, tokenizer = base_model(cfg, task)
-        flops = FlopCounter()
-        flops.track(model, "sft")
-        stats = train_sft(
-            model, tokenizer, task.splits["sft"].to_list(), to_object(cfg.stage.sft), flops
-        )
-        flops.close()
-        info = {
-            "key": key,
-            "seconds": time.perf_counter() - start,
-            "flops": flops.total,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **stats,
-        }
+        if (path / "stage.json").exists():  # another job built it while we waited for the lock
+            return hit()
+        log.info("%s stage: building %s", stage, path)
         tmp = root / f".{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(model, tokenizer, tmp)
+        tmp.mkdir()
+        start = time.perf_counter()
+        info = {"key": key, **build(tmp)}
+        info["seconds"] = time.perf_counter() - start
         (tmp / "stage.json").write_text(json.dumps(info, indent=2))
         os.replace(tmp, path)
     return path, {**info, "cache_hit": False}
+
+
+def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
+    """Return the folder of the stage-1 SFT model, training it unless the cache already holds it."""
+    fingerprint = folder_fingerprint(cfg.model.name_or_path) if cfg.model.name_or_path else []
+    key = config_hash(cfg.model, cfg.task, cfg.stage.sft, SFT_STAGE_VERSION, fingerprint)
+
+    def build(folder: Path) -> dict[str, Any]:
+        model, tokenizer = base_model(cfg, task)
+        flops = FlopCounter()
+        flops.track(model, "sft")
+        stats = train_sft(model, tokenizer, task.splits["sft"].to_list(), to_object(cfg.stage.sft))
+        flops.close()
+        save_pretrained(model, tokenizer, folder)
+        parameters = sum(p.numel() for p in model.parameters())
+        return {"flops": flops.total, "parameters": parameters, **stats}
+
+    return cached_stage(cfg.cache_dir, "sft", key, build)
