@@ -14,6 +14,7 @@ Every switch is documented in ``conf/algo/ppo.yaml``, the recipe card.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ class PPOConfig(AlgorithmConfig):
 
     samples_per_prompt: int = 4
     critic: str = "separate"
+    critic_init: str = "sft"
     lr: float = 3e-4
     critic_lr: float = 1e-4
     ppo_epochs: int = 2
@@ -122,9 +124,10 @@ class PPO:
             )
         self.config = config
         self.reference = run.load_sft_model("reference")
+        if config.critic_init not in ("sft", "reward_model"):
+            raise ConfigError(f"algo.critic_init={config.critic_init!r} — use sft or reward_model")
         if config.critic == "separate":
-            backbone, _ = load_pretrained(run.sft_path)
-            self.critic = run.track(ScalarHeadModel(backbone), "critic")
+            self.critic = run.track(self._initial_critic(run), "critic")
             self.value_head = None
         else:
             self.critic = None
@@ -153,6 +156,18 @@ class PPO:
             if self.critic is not None
             else None
         )
+
+    def _initial_critic(self, run: Run) -> ScalarHeadModel:
+        """A trainable critic from the SFT model (zero head) or from the learned reward model."""
+        if self.config.critic_init == "reward_model":
+            reward_model = getattr(run.reward, "model", None)
+            if not isinstance(reward_model, ScalarHeadModel):
+                raise ConfigError(
+                    "algo.critic_init=reward_model needs a learned reward model — use reward=rm"
+                )
+            return copy.deepcopy(reward_model).requires_grad_(True)
+        backbone, _ = load_pretrained(run.sft_path)
+        return ScalarHeadModel(backbone)
 
     # -- forward passes ---------------------------------------------------------------------------
 

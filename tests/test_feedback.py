@@ -193,3 +193,20 @@ def test_beam_decoding_and_online_rounds(tiny_job, tmp_path: Path) -> None:
     refreshed = [x for x in lines if "feedback/groups" in x]
     assert len(refreshed) == 1
     assert refreshed[0]["feedback/groups"] > summary["stage/rm"]["train_groups"]
+
+
+def test_ppo_critic_can_start_from_the_reward_model(tiny_job) -> None:
+    """algo.critic_init=reward_model copies the stage-2 reward model into a trainable critic."""
+    summary = tiny_job(
+        *RM, "algo=ppo", "algo.samples_per_prompt=2", "algo.critic_init=reward_model"
+    )
+    assert summary["status"] == "finished"
+    assert summary["flops_by_model"]["critic"] > 0
+
+
+def test_critic_from_reward_model_needs_one(tiny_job) -> None:
+    """Without reward=rm there is no reward model to start the critic from: one clear error."""
+    from alignbench import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a learned reward model"):
+        tiny_job("algo=ppo", "algo.critic_init=reward_model")
