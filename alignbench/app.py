@@ -111,7 +111,8 @@ def _finished_summary(output_dir: Path, fingerprint: str) -> dict[str, Any] | No
 
 def _move_aside(output_dir: Path) -> None:
     """``rerun=true``: keep the previous results of this folder under ``previous-<time>/``."""
-    old = [output_dir / n for n in ("metrics.jsonl", "summary.json", "checkpoints", "wandb")]
+    names = ("metrics.jsonl", "summary.json", "checkpoints", "wandb", "wandb_run_id")
+    old = [output_dir / n for n in names]
     old = [p for p in old if p.exists()]
     if old:
         aside = output_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,14 @@ class WandbLogger:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
+            # One W&B run per job folder: a resumed job continues the same run (same id).
+            run.output_dir.mkdir(parents=True, exist_ok=True)
+            id_file = run.output_dir / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+            id_file.write_text(run_id)
             self.wandb = wandb.init(
+                id=run_id,
+                resume="allow",
                 project=cfg.project,
                 entity=cfg.entity,
                 mode=cfg.mode,

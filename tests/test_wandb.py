@@ -154,3 +154,14 @@ def test_warning_is_once_per_logger_whatever_fails(
         logger.alignbench_on_step_end(metrics={"budget/flops": 1.0})
     logger.alignbench_on_run_end(summary={"status": "failed"})
     assert capsys.readouterr().err.count("warning: W&B disabled") == 1
+
+
+def test_a_resumed_job_continues_the_same_run(
+    tmp_path: Path, fake_wandb: Callable[..., SimpleNamespace]
+) -> None:
+    """The run id is kept in the job folder: a second logger (a resumed job) reuses it."""
+    wandb = fake_wandb()
+    WandbLogger(_run(tmp_path, "algo=ppo"), "sweep-a")
+    first = wandb.init_kwargs
+    WandbLogger(_run(tmp_path, "algo=ppo"), "sweep-a")
+    assert wandb.init_kwargs["id"] == first["id"] and wandb.init_kwargs["resume"] == "allow"
