@@ -121,13 +121,6 @@ def _move_aside(output_dir: Path) -> None:
             os.replace(path, aside / path.name)
 
 
-def _kept_lines(resume_from: Path | None) -> int:
-    """Lines of metrics.jsonl written up to the checkpoint we resume from (0 for a new job)."""
-    if resume_from is None:
-        return 0
-    return int(torch.load(resume_from / "state.pt", weights_only=True)["metrics_lines"])
-
-
 @torch.no_grad()
 def policy_as_reward_model(run: Run, rm_path: Path) -> dict[str, float]:
     """Held-out ranking accuracy of the trained policy used as a reward model (RRHF's view).
@@ -174,10 +167,12 @@ def run_job(
         )
         return {**finished, "skipped": True}
     resume_from = None if cfg.rerun else checkpoint.latest(output_dir)
+    kept_lines = 0  # lines of metrics.jsonl written up to the checkpoint we resume from
     if cfg.rerun:
         _move_aside(output_dir)
     elif resume_from is not None:
         saved = torch.load(resume_from / "state.pt", weights_only=True)
+        kept_lines = int(saved["metrics_lines"])
         if saved["fingerprint"] != fingerprint:
             raise ConfigError(
                 f"{output_dir} holds a checkpoint of a different config — pass rerun=true to "
@@ -226,7 +221,7 @@ def run_job(
     plugins: dict[str, Any] = {
         f"algorithm:{cfg.algo.name}": algorithm,
         "core:default-score": DefaultScore(),
-        "core:results": ResultsWriter(output_dir, keep_lines=_kept_lines(resume_from)),
+        "core:results": ResultsWriter(output_dir, keep_lines=kept_lines),
     }
     if cfg.logger.wandb.enabled:
         plugins["core:wandb"] = WandbLogger(run, group, tags=tags)
