@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +51,12 @@ class FlopCounter:
         """Charge every forward (and the backward through its output) of ``model`` to ``name``."""
         body, head = _matmul_parameters(model)
         self.by_model.setdefault(name, 0.0)
+        tracked = weakref.ref(model)
 
         def on_forward(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            if self._paused:
+            # copy.deepcopy(model) copies this hook too; the copy is charged only where it is
+            # tracked itself (else a critic copied from the reward model is charged twice).
+            if self._paused or module is not tracked():
                 return
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             tokens = int(input_ids.numel()) if input_ids is not None else 0

@@ -174,3 +174,30 @@ def test_ppo_flops(tmp_path, monkeypatch, epochs: int) -> None:
     for model, flops in expected.items():
         assert summary["flops_by_model"][model] == pytest.approx(flops, rel=1e-12), model
     assert summary["budget/flops"] == pytest.approx(sum(expected.values()), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_critic_from_reward_model_is_charged_once(tmp_path, monkeypatch) -> None:
+    """A critic copied from the reward model is charged as the critic only (no double charge).
+
+    The same step with the critic started from the SFT model runs the same passes, so every
+    model's FLOPs must be equal; before the fix the copied critic's passes were also charged to
+    ``reward_model``.
+    """
+    rm = ["reward=rm", "feedback.labels=12", "stage.rm.epochs=1", "feedback.k=2"]
+    ppo = ["algo=ppo", "algo.samples_per_prompt=2", "algo.num_minibatches=1", "algo.ptx_coef=0"]
+    runs = {}
+    for init in ("sft", "reward_model"):
+        summary, *_ = _one_step(
+            tmp_path / init,
+            monkeypatch,
+            *rm,
+            *ppo,
+            f"algo.critic_init={init}",
+            f"cache_dir={tmp_path / 'cache'}",
+        )
+        runs[init] = summary
+    by_model = runs["reward_model"]["flops_by_model"]
+    assert by_model == pytest.approx(runs["sft"]["flops_by_model"], rel=1e-12)
+    assert set(by_model) == {"policy", "reference", "critic", "reward_model"}
+    assert runs["reward_model"]["budget/flops"] == pytest.approx(sum(by_model.values()), rel=1e-12)
