@@ -24,6 +24,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "random_argmax",
     "rank_loss",
     "ranking_rm_loss",
     "sequence_scores",
@@ -175,6 +176,23 @@ def sequence_scores(
     lengths = valid.to(logprobs.dtype).sum(-1).clamp(min=1)
     total = torch.where(valid, logprobs, torch.zeros_like(logprobs)).sum(-1)
     return total / lengths**length_penalty
+
+
+def random_argmax(values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Index ``[B]`` of each row's largest value in ``values`` ``[B, K]``, ties broken at random.
+
+    ``torch.argmax`` returns the *first* maximum, which silently favours whatever candidate comes
+    first in a group (a fairness bug: a fixed candidate listed first wins every tie). Here every
+    maximum of a row is equally likely: ``argmax(where(values == max, u, -1))`` with ``u ~
+    U[0, 1)`` drawn from ``generator``. NaN marks an absent candidate and is never chosen (a row
+    of NaNs gives index 0).
+    """
+    present = ~torch.isnan(values)
+    filled = values.masked_fill(~present, float("-inf"))
+    top = filled.max(dim=1, keepdim=True).values
+    noise = torch.rand(values.shape, generator=generator)
+    tied = (filled == top) & present
+    return torch.where(tied, noise, torch.full_like(noise, -1.0)).argmax(dim=1)
 
 
 def rank_loss(scores: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:

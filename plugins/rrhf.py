@@ -1,15 +1,23 @@
-"""RRHF (Yuan et al. 2023), and SFT as its special case.
+"""RRHF (Yuan et al. 2023), and its special cases SFT and rejection-sampling fine-tuning.
 
-Per prompt, K candidate responses come from several sources (the task's demonstration, the
-abstention phrase, samples of the frozen SFT model, samples of the policy). The reward ranks
-them; the policy is trained so that its length-normalised log-probabilities follow that ranking
-(``ops.rank_loss``), plus cross-entropy on the best-rewarded candidate. SFT is the same code with
-the demonstration as the only candidate and no ranking term.
+Per prompt, K candidate responses come from several sources: samples of the policy, the task's
+demonstration where the prompt has one, samples of the frozen SFT model, and (opt-in only) fixed
+strings the user declares. The reward ranks them; the policy is trained so that its
+length-normalised log-probabilities follow that ranking (``ops.rank_loss``), plus cross-entropy
+on the best-rewarded candidate, reward ties broken at random (``ops.random_argmax``).
+
+* ``sft``: the demonstration as the only candidate, no ranking term.
+* ``rft``: rejection-sampling fine-tuning (RAFT, Dong et al. 2023): the best of K policy samples
+  by the reward, NLL on it, no ranking term, no demonstration: the supervised baseline that uses
+  the same reward signal as RL.
+
+The algorithm holds no task knowledge: a fixed candidate such as a task's abstention phrase
+enters only through ``fixed_candidates``, and is reported as the source ``fixed``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,9 +34,11 @@ ABSENT = "absent"
 class RRHFConfig(AlgorithmConfig):
     """RRHF: ranking loss over K candidates from several sources plus SFT on the best."""
 
-    # Candidate sources, in this order per prompt (ties in reward go to the earlier source).
+    # Candidate sources per prompt (the order does not matter: reward ties are broken at random).
     use_demonstration: bool = True
-    use_abstention: bool = True
+    # Fixed strings offered as candidates for every prompt (e.g. a task's abstention phrase).
+    # Opt-in task knowledge: off by default, and reported as the source `fixed`.
+    fixed_candidates: list[str] = field(default_factory=list)
     sft_model_samples: int = 0
     policy_samples: int = 4
     # Loss = rank_weight * rank_loss + sft_weight * NLL(best candidate).
@@ -53,14 +63,22 @@ class SFTConfig(RRHFConfig):
 
     prompt_split: str = "sft"
     use_demonstration: bool = True
-    use_abstention: bool = False
     sft_model_samples: int = 0
     policy_samples: int = 0
     rank_weight: float = 0.0
 
 
+@dataclass
+class RFTConfig(RRHFConfig):
+    """Rejection-sampling fine-tuning: NLL on the best of K policy samples by the reward."""
+
+    use_demonstration: bool = False
+    policy_samples: int = 4
+    rank_weight: float = 0.0
+
+
 class RRHF:
-    """The RRHF algorithm (and SFT, through :class:`SFTConfig`) as a run-hook implementer."""
+    """RRHF (and SFT / RFT, through their configs) as a run-hook implementer."""
 
     def __init__(self, run: Run, config: RRHFConfig) -> None:
         self.config = config
@@ -85,7 +103,7 @@ class RRHF:
     def group_size(self, run: Run) -> int:
         """K: candidates per prompt."""
         c = self.config
-        fixed = int(c.use_demonstration) + int(c.use_abstention and run.task.abstention is not None)
+        fixed = int(c.use_demonstration) + len(c.fixed_candidates)
         return fixed + c.sft_model_samples + c.policy_samples
 
     @alignbench.hookimpl
@@ -100,10 +118,9 @@ class RRHF:
             ):
                 # A prompt without a demonstration keeps its slot (K stays fixed) but ranks nowhere.
                 group.append(("demonstration", ids) if demo else (ABSENT, [eos]))
-        if c.use_abstention and run.task.abstention is not None:
-            [ids] = encode_responses(run.tokenizer, [run.task.abstention])
+        for ids in encode_responses(run.tokenizer, list(c.fixed_candidates)):
             for group in candidates:
-                group.append(("abstention", ids))
+                group.append(("fixed", ids))
         for source, model, count in (
             ("sft_model", self.sft_model, c.sft_model_samples),
             ("policy", run.policy, c.policy_samples),
@@ -125,7 +142,8 @@ class RRHF:
         c = self.config
         absent = batch.grouped(torch.tensor([s == ABSENT for s in batch.sources]))
         rewards = batch.grouped(batch.rewards.float()).masked_fill(absent, float("nan"))
-        best = rewards.nan_to_num(nan=float("-inf")).argmax(dim=1)  # [B]
+        # Ties go to a random candidate: a first-maximum rule would favour one source.
+        best = ops.random_argmax(rewards, run.generator)  # [B]
         best_rows = best + torch.arange(len(batch.prompts)) * batch.group_size
         run.policy.train()
         for _ in range(c.epochs):
@@ -148,18 +166,23 @@ class RRHF:
             self.optimizer.step()
         run.policy.eval()
         best_sources = [batch.sources[i] for i in best_rows.tolist()]
+        shares = {
+            f"rrhf/best_is_{source}": best_sources.count(source) / len(best_sources)
+            for source in sorted(set(batch.sources) - {ABSENT})
+        }
         return {
+            **shares,
             "loss/rank": rank.item(),
             "loss/sft": nll.item(),
             "loss/total": loss.item(),
             "policy/grad_norm": grad_norm.item(),
-            "objective/reward_best": float(rewards.gather(1, best[:, None]).mean()),
-            "rrhf/best_is_abstention": best_sources.count("abstention") / len(best_sources),
+            "objective/reward_best": float(rewards.gather(1, best[:, None]).nanmean()),
         }
 
 
 @alignbench.hookimpl
 def alignbench_register_algorithms(register: alignbench.Register) -> None:
-    """Register ``rrhf`` and its special case ``sft``."""
+    """Register ``rrhf`` and its special cases ``sft`` and ``rft``."""
     register("rrhf", RRHF, RRHFConfig)
     register("sft", RRHF, SFTConfig)
+    register("rft", RRHF, RFTConfig)

@@ -17,6 +17,7 @@ from alignbench.ops import (
     masked_mean,
     masked_whiten,
     policy_loss,
+    random_argmax,
     rank_loss,
     ranking_rm_loss,
     sequence_scores,
@@ -353,3 +354,17 @@ def test_gradients_flow():
     #   c: -(-1) e^0.5 / 5;  d: -2 e^0.1 / 5;  e: -0.5 / 5
     want = [[0.0, 0.0, math.exp(0.5) / 5], [-2 * math.exp(0.1) / 5, -0.1, 0.0]]
     check(logp.grad, want, torch.float32)
+
+
+def test_random_argmax_breaks_ties_uniformly_and_skips_absent():
+    """Every maximum is equally likely (no first-position bias); NaN is never picked."""
+    values = torch.tensor([[1.0, 1.0, 0.0, 1.0], [float("nan"), 2.0, 2.0, -1.0]])
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.stack([random_argmax(values, generator) for _ in range(3000)])
+    first = torch.bincount(picks[:, 0], minlength=4).float() / 3000
+    second = torch.bincount(picks[:, 1], minlength=4).float() / 3000
+    assert first[2] == 0 and torch.allclose(first[[0, 1, 3]], torch.full((3,), 1 / 3), atol=0.04)
+    assert second[0] == 0 and second[3] == 0
+    assert torch.allclose(second[[1, 2]], torch.full((2,), 0.5), atol=0.04)
+    # A unique maximum is always chosen.
+    assert random_argmax(torch.tensor([[0.0, 3.0, 1.0]]), generator).item() == 1
