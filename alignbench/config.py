@@ -95,6 +95,11 @@ class FeedbackConfig:
     selection: Selection = Selection.random
     # Candidate groups per label for uncertainty/diversity selection.
     pool_factor: int = 4
+    # Contrast in groups, from declared sources: the prompt's human demonstration (the task
+    # row's `response`, when it has one) and the task's abstention phrase (when it has one) each
+    # take the place of one sample, so a group still holds `k` responses.
+    include_demonstration: bool = True
+    include_abstention: bool = False
     # Online feedback: re-collect rankings from the current policy this many times during RL.
     rounds: int = 0
     seed: int = 0
@@ -164,6 +169,9 @@ class RMStageConfig:
     weight_decay: float = 0.01
     # Share of labelled groups held out to measure pairwise accuracy.
     heldout_share: float = 0.2
+    # Early stopping: stop after this many epochs without a lower loss on the held-out groups'
+    # labels and keep the best epoch's weights (epoch 0 = untrained); 0 = keep the last epoch.
+    patience: int = 3
     seed: int = 0
 
 

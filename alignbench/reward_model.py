@@ -3,8 +3,11 @@
 Groups of K responses are produced from a policy (sampling or beam search), a selection strategy
 decides which are worth labelling under the label budget, a feedback source ranks them, and a
 scalar-head model learns to respect the rankings with ``ops.ranking_rm_loss`` over every
-ordered pair of each group. A share of the groups is held out to report pairwise accuracy
-against the labels (noisy) and against the task's gold utility (the truth).
+ordered pair of each group. Declared sources add contrast to a group (the prompt's human
+demonstration, the task's abstention phrase). A share of the groups is held out: the best epoch
+on their labels is kept (early stopping), and pairwise accuracy is reported against the labels
+(noisy) and the task's gold utility (the truth). The probe scores the model on held-out
+questions beside reference scorers (always abstain, random, the gold utility itself).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from alignbench.task import Task
 log = logging.getLogger(__name__)
 
 #: Bump when this stage's code changes what it produces.
-RM_STAGE_VERSION = 2
+RM_STAGE_VERSION = 3
 
 
 # -- producing groups ----------------------------------------------------------------------------
@@ -68,6 +71,22 @@ def beam_responses(
     return [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(rows))]
 
 
+def contrast_responses(task: Task, row: dict[str, Any], fb: FeedbackConfig) -> dict[str, str]:
+    """The declared non-policy responses of a row's group: ``{source: text}``, at most K - 1.
+
+    ``demonstration`` is the row's human demonstration (its ``response``, when non-empty);
+    ``abstention`` is the task's abstention phrase (when it has one and the demonstration is not
+    already that phrase). At least one policy response stays in every group.
+    """
+    extras: dict[str, str] = {}
+    demonstration = str(row.get("response") or "").strip()
+    if fb.include_demonstration and demonstration:
+        extras["demonstration"] = demonstration
+    if fb.include_abstention and task.abstention and demonstration != task.abstention:
+        extras["abstention"] = task.abstention
+    return dict(list(extras.items())[: max(0, fb.k - 1)])
+
+
 def generate_groups(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -76,7 +95,11 @@ def generate_groups(
     fb: FeedbackConfig,
     generator: torch.Generator,
 ) -> list[Group]:
-    """K responses per row from ``model`` (sampled or beams), with their gold utilities."""
+    """K responses per row: policy samples (or beams), the last ones replaced by declared extras.
+
+    Each group records where every response came from in ``extras["sources"]`` (``policy``,
+    ``demonstration``, ``abstention``), so the contrast is reported, not hidden.
+    """
     model.eval()
     if fb.decoding == Decoding.beam:
         texts = beam_responses(model, tokenizer, rows, fb.k, fb.max_new_tokens)
@@ -85,10 +108,23 @@ def generate_groups(
         sampled = sample(model, tokenizer, rows, fb.k, params, generator).responses
         texts = [sampled[i * fb.k : (i + 1) * fb.k] for i in range(len(rows))]
     groups = []
-    for row, responses in zip(rows, texts, strict=True):
+    for row, policy_texts in zip(rows, texts, strict=True):
+        extras = contrast_responses(task, row, fb)
+        kept = len(policy_texts) - len(extras)
+        responses = list(policy_texts[:kept]) + list(extras.values())
+        sources = ["policy"] * kept + list(extras)
         gold = [task.gold_utility(row, r) for r in responses]
-        groups.append(Group(row, responses, None if None in gold else gold))
+        groups.append(
+            Group(row, responses, None if None in gold else gold, extras={"sources": sources})
+        )
     return groups
+
+
+def ordered_pairs(values: list[float] | None) -> int:
+    """How many pairs of a group ``values`` orders strictly (0 for an unlabelled group)."""
+    if values is None:
+        return 0
+    return sum(a > b for a in values for b in values)
 
 
 # -- the reward model ----------------------------------------------------------------------------
@@ -122,23 +158,57 @@ def sequence_rewards(
     return values[torch.arange(len(last)), last]
 
 
+def label_loss(scores: list[list[float]], groups: list[Group]) -> float:
+    """Bradley-Terry loss of ``scores`` over every pair the groups' labels order (NaN if none).
+
+    The mean of ``-log sigmoid(s_i - s_j)`` over all label-ordered pairs (i preferred to j) of
+    all groups, pooled — the quantity early stopping watches on the held-out groups.
+    """
+    total, count = 0.0, 0
+    for s, g in zip(scores, groups, strict=True):
+        if g.preference is None:
+            continue
+        for i, p_i in enumerate(g.preference):
+            for j, p_j in enumerate(g.preference):
+                if p_i > p_j:
+                    total += float(np.logaddexp(0.0, -(s[i] - s[j])))
+                    count += 1
+    return total / count if count else float("nan")
+
+
 def train_reward_model(
     model: ScalarHeadModel,
     tokenizer: PreTrainedTokenizerBase,
     groups: list[Group],
     cfg: RMStageConfig,
     epochs: int | None = None,
-) -> dict[str, float]:
-    """Fit ``model`` to the groups' rankings with the pairwise Bradley-Terry loss."""
+    heldout: list[Group] | None = None,
+) -> dict[str, Any]:
+    """Fit ``model`` to the groups' rankings with the pairwise Bradley-Terry loss.
+
+    With ``heldout`` groups that order at least one pair and ``cfg.patience > 0``, their label
+    loss is measured before training (epoch 0) and after every epoch; training stops after
+    ``patience`` epochs without a lower one and the best epoch's weights are restored.
+    """
     labelled = [g for g in groups if g.preference is not None]
     if not labelled:
         raise DataError("no labelled group to train the reward model on — raise feedback.labels")
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
+    watch = [g for g in heldout or [] if ordered_pairs(g.preference)]
+    stopping = cfg.patience > 0 and bool(watch)
+    history: list[float] = []
+    best_epoch, best_state = 0, None
+    if stopping:
+        model.eval()
+        history.append(label_loss(score_groups(model, tokenizer, watch), watch))
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     losses = []
-    for _ in range(epochs if epochs is not None else cfg.epochs):
+    total_epochs = epochs if epochs is not None else cfg.epochs
+    epoch = 0
+    for epoch in range(1, total_epochs + 1):
+        model.train()
         order = rng.permutation(len(labelled))
         for start in range(0, len(labelled), cfg.batch_size):
             chunk = [labelled[i] for i in order[start : start + cfg.batch_size]]
@@ -150,8 +220,24 @@ def train_reward_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             losses.append(loss.item())
+        if not stopping:
+            continue
+        model.eval()
+        history.append(label_loss(score_groups(model, tokenizer, watch), watch))
+        if history[-1] < history[best_epoch]:
+            best_epoch = epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    if stopping and best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return {"final_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])) if losses else 0.0}
+    return {
+        "final_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])) if losses else 0.0,
+        "epochs_run": epoch,
+        "best_epoch": best_epoch if stopping else epoch,
+        "heldout_loss_by_epoch": history,
+    }
 
 
 @torch.no_grad()
@@ -184,25 +270,94 @@ def ranking_accuracy(scores: list[list[float]], groups: list[Group]) -> dict[str
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
-def probe_accuracy(
-    model: ScalarHeadModel, tokenizer: PreTrainedTokenizerBase, task: Task
-) -> float | None:
-    """Gold pairwise accuracy on the task's probe responses to its held-out evaluation questions.
+def probe_groups(task: Task, exclude: set[str] | None = None) -> list[Group]:
+    """The probe: the task's probe responses to each question of its ``probe_split``.
 
-    Groups of sampled responses are mostly gold ties (every sample right, or every one wrong), so
-    they order few pairs; probes (for facts: right answer, abstention, wrong answer) order every
-    pair, on questions no label was collected for.
+    Only held-out questions (``exclude`` drops any prompt the reward model was trained on, in
+    case a source brought its own), and only the pairs :meth:`Task.probe_pairs` calls
+    orderable, kept in ``extras["pairs"]``; questions without such a pair are left out.
     """
+    if task.probe_split not in task.splits:
+        return []
     groups = []
-    for split in task.eval_sets.values():
-        for row in task.splits[split].to_list():
-            responses = task.probe_responses(row)
-            gold = [task.gold_utility(row, r) for r in responses]
-            if len(responses) >= 2 and None not in gold:
-                groups.append(Group(row, responses, gold))
+    for row in task.splits[task.probe_split].to_list():
+        if exclude and row["prompt"] in exclude:
+            continue
+        responses = task.probe_responses(row)
+        pairs = task.probe_pairs(row, responses) if len(responses) >= 2 else []
+        if pairs:
+            groups.append(Group(row, responses, extras={"pairs": pairs}))
+    return groups
+
+
+def pair_accuracy(scores: list[list[float]], groups: list[Group]) -> float:
+    """Share of the groups' ``extras["pairs"]`` (i better than j) that ``scores`` order i > j.
+
+    A tie counts as half right (a coin flip). NaN when there is no pair.
+    """
+    right, total = 0.0, 0
+    for s, g in zip(scores, groups, strict=True):
+        for i, j in g.extras["pairs"]:
+            total += 1
+            right += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    return right / total if total else float("nan")
+
+
+def reference_scores(task: Task, groups: list[Group]) -> dict[str, list[list[float]]]:
+    """Scores of the probe's reference scorers, to read a reward model's probe accuracy against.
+
+    ``always_abstain`` puts the abstention phrase above everything else (all else tied);
+    ``random`` scores everything equal, so every pair is a tie worth 1/2 — exactly what random
+    scores achieve in expectation; ``gold`` is the gold utility itself, the ceiling (1.0).
+    """
+    out: dict[str, list[list[float]]] = {}
+    if task.abstention:
+        out["always_abstain"] = [
+            [1.0 if " ".join(r.split()) == task.abstention else 0.0 for r in g.responses]
+            for g in groups
+        ]
+    out["random"] = [[0.0] * len(g.responses) for g in groups]
+    out["gold"] = [[float(task.gold_utility(g.row, r)) for r in g.responses] for g in groups]
+    return out
+
+
+def probe_metrics(scores: list[list[float]], groups: list[Group]) -> dict[str, float]:
+    """Probe accuracy overall and, where rows say ``known``, on known and unknown questions."""
+    out = {"accuracy": pair_accuracy(scores, groups)}
+    for known, part in ((True, "known"), (False, "unknown")):
+        picked = [
+            (s, g) for s, g in zip(scores, groups, strict=True) if g.row.get("known") is known
+        ]
+        if picked:
+            out[f"accuracy_{part}"] = pair_accuracy([s for s, _ in picked], [g for _, g in picked])
+    return out
+
+
+def probe_report(
+    model: ScalarHeadModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    exclude: set[str] | None = None,
+) -> dict[str, float]:
+    """The reward model's probe accuracy, with the reference scorers' on the very same pairs.
+
+    Keys: ``probe/accuracy`` (and ``_known`` / ``_unknown``), ``probe/<scorer>`` (and parts)
+    for each reference scorer, ``probe/prompts`` and ``probe/pairs``. Empty if the task has no
+    probe.
+    """
+    groups = probe_groups(task, exclude)
     if not groups:
-        return None
-    return ranking_accuracy(score_groups(model, tokenizer, groups), groups).get("accuracy_gold")
+        return {}
+    out = {
+        "probe/prompts": float(len(groups)),
+        "probe/pairs": float(sum(len(g.extras["pairs"]) for g in groups)),
+    }
+    scored = {"": score_groups(model, tokenizer, groups), **reference_scores(task, groups)}
+    for scorer, scores in scored.items():
+        for key, value in probe_metrics(scores, groups).items():
+            name = key if not scorer else key.replace("accuracy", scorer)
+            out[f"probe/{name}"] = value
+    return out
 
 
 # -- choosing what to label ----------------------------------------------------------------------
@@ -314,6 +469,7 @@ def _save_groups(path: Path, groups: list[Group]) -> None:
                         "responses": g.responses,
                         "gold": g.gold,
                         "preference": g.preference,
+                        "sources": g.extras.get("sources"),
                     }
                 )
                 + "\n"
@@ -325,7 +481,10 @@ def load_groups(path: Path) -> list[Group]:
     groups = []
     for line in path.read_text().splitlines():
         item = json.loads(line)
-        groups.append(Group(item["row"], item["responses"], item["gold"], item["preference"]))
+        extras = {"sources": item["sources"]} if item.get("sources") else {}
+        groups.append(
+            Group(item["row"], item["responses"], item["gold"], item["preference"], extras)
+        )
     return groups
 
 
@@ -375,10 +534,11 @@ def reward_model_stage(
         heldout = [groups[i] for i in order[:held]]
         train = [groups[i] for i in order[held:]]
         model = make_model()
-        stats = train_reward_model(model, tokenizer, train, rm_cfg)
+        stats = train_reward_model(model, tokenizer, train, rm_cfg, heldout=heldout)
         accuracy = ranking_accuracy(score_groups(model, tokenizer, heldout), heldout)
         golden = [g for g in groups if g.gold is not None]
         label_accuracy = ranking_accuracy([g.preference for g in golden], golden)
+        probe = probe_report(model, tokenizer, task, exclude={g.row["prompt"] for g in groups})
         flops.close()
         save_file(
             {k: v.contiguous() for k, v in model.state_dict().items()},
@@ -393,9 +553,16 @@ def reward_model_stage(
             "flops": flops.total,
             "heldout_accuracy_labels": accuracy.get("accuracy_labels"),
             "heldout_accuracy_gold": accuracy.get("accuracy_gold"),
-            "probe_accuracy_gold": probe_accuracy(model, tokenizer, task),
             # How good the labels themselves are, over all groups (what a reward model learns from).
             "labels_accuracy_gold": label_accuracy.get("accuracy_gold"),
+            # Contrast: which declared sources entered the groups, and how many pairs they order.
+            **{
+                f"groups_with_{name}": sum(name in g.extras.get("sources", []) for g in groups)
+                for name in ("demonstration", "abstention")
+            },
+            "ordered_gold_pairs": sum(ordered_pairs(g.gold) for g in groups),
+            "ordered_label_pairs": sum(ordered_pairs(g.preference) for g in groups),
+            **probe,
             **stats,
         }
 

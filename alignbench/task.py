@@ -24,8 +24,10 @@ class Task:
 
     #: The phrase that means "I do not know" for this task, or None if it has none.
     abstention: str | None = None
-    #: metric prefix -> split name, evaluated greedily every ``eval_every`` steps.
+    #: metric prefix -> split name, evaluated greedily at each of ``eval.points`` budget points.
     eval_sets: dict[str, str] = {}
+    #: The split a reward model's probe is scored on: held-out questions, never RL or RM prompts.
+    probe_split: str = "test"
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -54,6 +56,27 @@ class Task:
     def probe_responses(self, row: dict[str, Any]) -> list[str]:
         """Responses to ``row`` spanning the gold range, to measure a reward model (optional)."""
         return []
+
+    def probe_pairs(self, row: dict[str, Any], responses: list[str]) -> list[tuple[int, int]]:
+        """Pairs ``(i, j)`` of probe responses where i is better and a scorer could know it.
+
+        The default takes every pair that the gold utility orders strictly (i above j), except
+        on a row marked ``known: False`` — a question whose answer the model was never shown.
+        There a concrete answer cannot be told right from wrong, and the calibrated choice is
+        to abstain, so only pairs whose better response is the task's :attr:`abstention` are
+        kept. Rows without a ``known`` field keep every ordered pair. Override to say otherwise.
+        """
+        gold = [self.gold_utility(row, r) for r in responses]
+        if None in gold:
+            return []
+        unknown = row.get("known") is False
+        return [
+            (i, j)
+            for i in range(len(responses))
+            for j in range(len(responses))
+            if gold[i] > gold[j]
+            and (not unknown or " ".join(responses[i].split()) == self.abstention)
+        ]
 
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
         """Evaluation metrics (without prefix) of greedy ``responses`` to ``rows``."""

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from alignbench import DataError, Group
+from alignbench.config import RMStageConfig
 from alignbench.feedback import pairwise_agreement, ranking_to_preference
+from alignbench.reward_model import (
+    contrast_responses,
+    label_loss,
+    probe_groups,
+    probe_metrics,
+    reference_scores,
+    score_groups,
+    train_reward_model,
+)
 from alignbench_plugins.facts import ABSTENTION, FactsConfig, FactsTask
 from alignbench_plugins.feedback import (
     FileConfig,
@@ -175,8 +187,11 @@ def test_rm_stage_runs_is_cached_and_logs_proxy_and_gold(tiny_job) -> None:
         has_pairs = summary["stage/rm"]["heldout_accuracy_gold"] is not None
         assert ("rm/policy_as_rm_accuracy_gold" in summary) == has_pairs
     assert first["stage/rm"]["labels_accuracy_gold"] == 1.0
-    # Probes (right, abstain, wrong for every held-out question) order every pair: always measured.
-    assert 0.0 <= first["stage/rm"]["probe_accuracy_gold"] <= 1.0
+    # The probe (held-out test questions) is always measured, beside its reference scorers.
+    rm = first["stage/rm"]
+    assert 0.0 <= rm["probe/accuracy"] <= 1.0
+    assert rm["probe/gold"] == 1.0 and rm["probe/random"] == 0.5
+    assert rm["groups_with_demonstration"] > 0 and "best_epoch" in rm
 
 
 @pytest.mark.parametrize("selection", ["uncertainty", "diversity"])
@@ -210,3 +225,130 @@ def test_critic_from_reward_model_needs_one(tiny_job) -> None:
 
     with pytest.raises(ConfigError, match="needs a learned reward model"):
         tiny_job("algo=ppo", "algo.critic_init=reward_model")
+
+
+# -- contrast, early stopping and the probe ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(task: FactsTask):
+    """A random-init tiny Llama with the facts tokenizer (what the tests below sample from)."""
+    from alignbench.config import ModelConfig
+    from alignbench.models import build_model, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(task.vocabulary())
+    config = ModelConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2)
+    return build_model(config, tokenizer), tokenizer
+
+
+def _feedback(**kwargs) -> SimulatedConfig:
+    return SimulatedConfig(name="simulated", k=4, max_new_tokens=3, **kwargs)
+
+
+def test_demonstration_takes_one_place_in_the_group(task, tiny_model) -> None:
+    """The row's demonstration replaces one sample (K kept), declared in the group's sources."""
+    from alignbench.reward_model import generate_groups
+
+    model, tokenizer = tiny_model
+    rows = task.splits["rl"].to_list()[:12]
+    assert {bool(r["response"]) for r in rows} == {True, False}  # known rows have a demonstration
+    for include, abstention in ((True, False), (False, False), (True, True)):
+        fb = _feedback(include_demonstration=include, include_abstention=abstention)
+        generator = torch.Generator().manual_seed(0)
+        groups = generate_groups(model, tokenizer, task, rows, fb, generator)
+        for row, group in zip(rows, groups, strict=True):
+            assert len(group.responses) == len(group.extras["sources"]) == 4
+            expected = ["demonstration"] if include and row["response"] else []
+            expected += ["abstention"] if abstention else []
+            sources = group.extras["sources"]
+            assert sources == ["policy"] * (4 - len(expected)) + expected
+            if "demonstration" in sources:
+                assert group.responses[sources.index("demonstration")] == row["response"]
+                assert group.gold[sources.index("demonstration")] == 1.0  # a known fact
+    # Never more extras than K - 1: one policy response always stays.
+    fb = _feedback(include_demonstration=True, include_abstention=True)
+    fb.k = 2
+    known = next(r for r in rows if r["response"])
+    assert list(contrast_responses(task, known, fb)) == ["demonstration"]
+
+
+def test_early_stopping_keeps_the_best_epoch(task, tiny_model) -> None:
+    """Held-out labels that contradict training: epoch 0 stays best, its weights come back."""
+    from alignbench.models import ScalarHeadModel
+
+    _, tokenizer = tiny_model
+    rows = task.splits["rl"].to_list()[:8]
+    train = [Group(r, [r["answer"], ABSTENTION], preference=[1.0, 0.0]) for r in rows]
+    contrary = [Group(r, [r["answer"], ABSTENTION], preference=[0.0, 1.0]) for r in rows]
+    cfg = RMStageConfig(epochs=12, lr=3e-3, batch_size=4, patience=2)
+
+    def fresh() -> ScalarHeadModel:
+        torch.manual_seed(0)
+        return ScalarHeadModel(copy.deepcopy(tiny_model[0]))
+
+    model = fresh()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = train_reward_model(model, tokenizer, train, cfg, heldout=contrary)
+    history = stats["heldout_loss_by_epoch"]
+    assert stats["best_epoch"] == 0 and stats["epochs_run"] == 2 < cfg.epochs
+    assert history[1] > history[0]
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    # Held-out labels that agree: training helps, and the model kept is the lowest-loss epoch.
+    model = fresh()
+    stats = train_reward_model(model, tokenizer, train, cfg, heldout=train)
+    history = stats["heldout_loss_by_epoch"]
+    assert stats["best_epoch"] > 0 and history[stats["best_epoch"]] == min(history)
+    kept = label_loss(score_groups(model, tokenizer, train), train)
+    assert kept == pytest.approx(min(history), rel=1e-4)
+    # patience=0: no early stopping, every epoch runs and the last is kept.
+    model = fresh()
+    off = RMStageConfig(epochs=3, lr=3e-3, batch_size=4, patience=0)
+    stats = train_reward_model(model, tokenizer, train, off, heldout=contrary)
+    assert stats["best_epoch"] == stats["epochs_run"] == 3 and stats["heldout_loss_by_epoch"] == []
+
+
+def test_probe_uses_test_questions_and_orderable_pairs_only(task) -> None:
+    """Test-split prompts only; all three pairs on known facts, only abstain > wrong on unknown."""
+    groups = probe_groups(task)
+    test_prompts = set(task.splits["test"]["prompt"])
+    elsewhere = {p for s in ("rl", "dev") for p in task.splits[s]["prompt"]}  # known: in SFT
+    assert {g.row["prompt"] for g in groups} == test_prompts
+    assert not test_prompts & elsewhere
+    parts = {g.row["known"] for g in groups}
+    assert parts == {True, False}
+    for g in groups:
+        right, abstain, wrong = 0, g.responses.index(ABSTENTION), 2
+        if g.row["known"]:
+            assert sorted(g.extras["pairs"]) == sorted(
+                [(right, abstain), (right, wrong), (abstain, wrong)]
+            )
+        else:
+            assert g.extras["pairs"] == [(abstain, wrong)]
+    # A prompt the reward model was trained on is never probed.
+    first = groups[0].row["prompt"]
+    assert first not in {g.row["prompt"] for g in probe_groups(task, exclude={first})}
+
+
+def test_reference_scorers_on_a_hand_built_probe(task) -> None:
+    """Always-abstain: 0.5 on known, 1 on unknown; random 0.5; gold 1.0 (the ceiling)."""
+    known = next(r for r in task.splits["test"].to_list() if r["known"])
+    unknown = next(r for r in task.splits["test"].to_list() if not r["known"])
+    groups = []
+    for row in (known, unknown):
+        responses = task.probe_responses(row)
+        groups.append(Group(row, responses, extras={"pairs": task.probe_pairs(row, responses)}))
+    refs = {name: probe_metrics(s, groups) for name, s in reference_scores(task, groups).items()}
+    # Known: correct > abstain wrong (0), correct > wrong tied (1/2), abstain > wrong right (1).
+    assert refs["always_abstain"] == {
+        "accuracy": pytest.approx((0 + 0.5 + 1 + 1) / 4),
+        "accuracy_known": pytest.approx(0.5),
+        "accuracy_unknown": 1.0,
+    }
+    assert refs["random"] == {"accuracy": 0.5, "accuracy_known": 0.5, "accuracy_unknown": 0.5}
+    assert refs["gold"] == {"accuracy": 1.0, "accuracy_known": 1.0, "accuracy_unknown": 1.0}
+    # A scorer that orders the known pairs right and the unknown pair wrong: 3 of 4.
+    custom = [[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]
+    custom[1] = [0.0] * 3
+    custom[1][groups[1].responses.index(ABSTENTION)] = -1.0
+    assert probe_metrics(custom, groups)["accuracy"] == pytest.approx(3 / 4)
