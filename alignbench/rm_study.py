@@ -8,7 +8,7 @@ scorers and with the paired differences to random selection. A census of the gro
 gold pairs, with and without the declared contrast sources, comes first.
 
     python -m alignbench.rm_study                                   # the committed study
-    python -m alignbench.rm_study --seeds 2 --budgets 8 16 task.num_entities=40 --out /tmp/r.md
+    python -m alignbench.rm_study --seeds 2 --budgets 8,16 --out /tmp/r.md task.num_entities=40
 
 Positional arguments are Hydra overrides of the job config (``feedback.k=3``, ``threads=1``).
 """
@@ -275,6 +275,21 @@ def report(
     return "\n".join(lines)
 
 
+def _ints(text: str) -> list[int]:
+    """``50,100,200`` -> ``[50, 100, 200]``."""
+    return [int(x) for x in text.split(",") if x]
+
+
+def _selections(text: str) -> list[str]:
+    """``random,uncertainty`` -> the validated strategy names."""
+    try:
+        return [Selection(x).value for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} — choose from {', '.join(s.value for s in Selection)}"
+        ) from None
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     """The command line: grid sizes, output file, and Hydra overrides."""
     parser = argparse.ArgumentParser(
@@ -282,9 +297,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         description="Active learning (uncertainty, diversity) vs random for the reward model.",
     )
     parser.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (default 4)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument(
-        "--selections", nargs="+", default=[s.value for s in Selection], choices=list(Selection)
+        "--budgets", type=_ints, default=[50, 100, 200], help="label budgets (default 50,100,200)"
+    )
+    parser.add_argument(
+        "--selections",
+        type=_selections,
+        default=[s.value for s in Selection],
+        help="selection strategies (default random,uncertainty,diversity)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"report path (default {DEFAULT_OUT})")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. feedback.k=3")
@@ -298,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = build_registry()
     seeds = list(range(args.seeds))
-    selections = [Selection(s).value for s in args.selections]
+    selections = args.selections
     runs, context = run_study(registry, list(args.overrides), selections, args.budgets, seeds)
     command = shlex.join(["python", "-m", "alignbench.rm_study", *argv])
     out = Path(args.out)

@@ -24,10 +24,10 @@ STUDY = [
 def test_study_writes_its_table(tmp_path: Path, cache_dir: Path) -> None:
     """Every selection x budget x seed is trained; the report has references and differences."""
     out = tmp_path / "report.md"
-    argv = ["--seeds", "2", "--budgets", "6", "10", "--out", str(out)]
+    argv = ["--seeds", "2", "--budgets", "6,10", "--out", str(out)]
     assert main([*argv, *STUDY, f"cache_dir={cache_dir}"]) == 0
     text = out.read_text()
-    assert "python -m alignbench.rm_study --seeds 2 --budgets 6 10" in text
+    assert "python -m alignbench.rm_study --seeds 2 --budgets 6,10" in text
     assert "- Commit: `" in text and "- Date: " in text
     for row in ("| always abstain (reference) |", "| gold utility (ceiling) |  | 1.000 |"):
         assert row in text
