@@ -33,7 +33,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from alignbench import checkpoint
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
-from alignbench.config import CONF_PACKAGE, to_object
+from alignbench.config import CONF_PACKAGE, ships_yaml, to_object
 from alignbench.defaults import DefaultScore
 from alignbench.errors import (
     UNKNOWN_BY_GROUP,
@@ -235,6 +235,7 @@ def run_job(
         "task": cfg.task.name,
         "reward": cfg.reward.name,
         "seed": cfg.seed,
+        "world": cfg.world,
         "fingerprint": fingerprint,
         "output_dir": str(output_dir),
         **stages,
@@ -317,7 +318,9 @@ def _job(cfg: DictConfig) -> None:
         )
         return
     shown = ", ".join(
-        f"{k.split('/', 1)[1]}={v:.3f}" for k, v in sorted(summary.items()) if k.startswith("eval/")
+        f"{k.split('/', 1)[1]}={v:.3f}"
+        for k, v in sorted(summary.items())
+        if k.startswith("test/") and k.count("_") < 2  # overall metrics, not per-kind ones
     )
     note = " (already finished: skipped)" if summary.get("skipped") else ""
     print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}{note}: {shown} → {output_dir}", flush=True)
@@ -370,7 +373,10 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
         group = o.key_or_group.lstrip("+")
         if group in UNKNOWN_BY_GROUP and o.package is None and not o.is_delete():
             for name in _values(o):
-                registry.get(group, name)
+                # A shipped YAML variant of a registered plugin (e.g. algo=ppo_plain) is a choice
+                # too; its `name` key says which plugin runs it.
+                if not ships_yaml(group, name):
+                    registry.get(group, name)
     user = [o for o in overrides if not o.key_or_group.startswith("hydra")]
     choices = [[f"{o.get_key_element()}={v}" for v in _values(o)] for o in user]
     with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):

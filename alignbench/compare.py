@@ -25,20 +25,23 @@ import numpy as np
 import yaml
 
 DEFAULT_METRICS = (
-    "eval/accuracy_known",
-    "eval/hallucination_unknown",
-    "eval/abstain_unknown",
+    "test/accuracy_known",
+    "test/hallucination_unknown",
+    "test/abstain_unknown",
     "eval_rl/accuracy_known",
     "eval_rl/hallucination_unknown",
     "eval_rl/abstain_unknown",
-    "eval/reward",
+    "test/reward",
     "budget/flops",
     "wall_time",
 )
-IGNORED_KEYS = ("seed", "hydra.", "hydra/", "logger", "cache_dir")
+#: Keys that never name a group: the seed and the world are what a group is aggregated over.
+IGNORED_KEYS = ("seed", "world", "hydra.", "hydra/", "logger", "cache_dir", "threads")
+#: Metrics drawn as curves against the budget (evaluations on the dev and test splits).
+CURVE_PREFIXES = ("test/", "dev/")
 X_AXES = ("flops", "steps", "samples", "tokens", "seconds")
 #: The abstention trade-off plot: x (lower is better), y (higher is better).
-TRADEOFF = ("eval/hallucination_unknown", "eval/accuracy_known")
+TRADEOFF = ("test/hallucination_unknown", "test/accuracy_known")
 ALPHA = 0.05
 #: Seeds a group needs before its interquartile mean is reported (rliable's IQM).
 IQM_MIN_SEEDS = 5
@@ -618,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep[0] / "comparison.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
-        plotted = [m for m in metrics if m.startswith("eval/")]
+        plotted = [m for m in metrics if m.startswith(CURVE_PREFIXES)]
         plots = write_plots(jobs, plotted, args.x, out.parent, out.stem, args.group_by)
         if plots:
             links = [f"![{what}]({path.name})" for what, path in plots]

@@ -132,10 +132,10 @@ def alignbench_on_step_end(run: Run, step: int, metrics: dict[str, float]) -> No
 
 @hookspec
 def alignbench_on_eval(run: Run, step: int, metrics: dict[str, float]) -> None:
-    """Observe an evaluation: called at step 0, every ``eval_every`` steps and at the end.
+    """Observe an evaluation: at step 0, at each of ``eval.points`` budget points, and at the end.
 
-    ``metrics`` are keyed ``eval/…`` (held-out sets) and ``eval_rl/…`` (the RL-prompt set) plus the
-    ``budget/…`` counters. Return value ignored.
+    ``metrics`` are keyed by the task's eval sets (for ``facts``: ``dev/…`` for tuning, ``test/…``
+    for reports, ``eval_rl/…`` on RL prompts) plus the ``budget/…`` counters. Return value ignored.
     """
 
 

@@ -109,7 +109,9 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
     stream = PromptStream(
         run.task.splits[run.config.prompt_split], run.config.prompts_per_step, cfg.seed
     )
-    state: dict[str, Any] = {"refreshed": 0, "skipped": 0}
+    # "evals": budget points evaluated so far (the loop state is checkpointed, so a resumed run
+    # evaluates at the same points).
+    state: dict[str, Any] = {"refreshed": 0, "skipped": 0, "evals": 0}
     if resume_from is not None:
         state = checkpoint.load(run, algorithm, resume_from)
         stream.load_state_dict(state["stream"])
@@ -165,8 +167,12 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
             # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
             metrics.update({f"flops/{name}": value for name, value in run.flops.by_model.items()})
             hook.alignbench_on_step_end(run=run, step=run.step, metrics=metrics)
-            if cfg.eval_every and run.step % cfg.eval_every == 0 and not run.budget.exhausted:
+            # Evaluate at each of `eval.points` evenly spaced budget points (FLOPs by default),
+            # the same points for every algorithm; the final evaluation comes after the loop.
+            due = int(run.budget.fraction * cfg.eval.points)
+            if due > state.get("evals", 0) and not run.budget.exhausted:
                 run_eval(run, run.step)
+                state["evals"] = due
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save()
             if stop.signal is not None:

@@ -11,7 +11,9 @@ it knows* is learnable rather than a coin toss:
 KNOWN facts are the ones demonstrated; UNKNOWN facts never are. A share of unknown facts gets an
 abstention demonstration (without one the SFT policy never says "i do not know" and RL has
 nothing to reinforce). The remaining unknown facts are split between RL prompts and a held-out
-set; known facts between RL prompts and a held-out set (still known: they were in SFT).
+set; known facts between RL prompts and a held-out set (still known: they were in SFT). The
+held-out questions are split again, half and half, into ``dev`` (for tuning) and ``test`` (for
+reports); neither ever serves as an RL or reward-model prompt.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class FactsConfig(TaskConfig):
     rl_known_share: float = 0.75
     # At most this many known and this many unknown questions per evaluation set.
     eval_size: int = 150
+    # Share of the held-out questions that form the dev split (tuning); the rest is test.
+    dev_share: float = 0.5
 
 
 def _names(rng: np.random.Generator, count: int) -> list[str]:
@@ -133,7 +137,7 @@ class FactsTask(Task):
     """Questions about invented entities; the gold judge knows every answer."""
 
     abstention = ABSTENTION
-    eval_sets = {"eval": "heldout", "eval_rl": "rl_eval"}
+    eval_sets = {"dev": "dev", "test": "test", "eval_rl": "rl_eval"}
 
     def __init__(self, config: FactsConfig) -> None:
         super().__init__(config)
@@ -174,7 +178,7 @@ class FactsTask(Task):
         return facts
 
     def build_splits(self) -> dict[str, Dataset]:
-        """SFT demonstrations, RL prompts, and the held-out and RL-prompt evaluation sets."""
+        """SFT demonstrations, RL prompts, dev and test questions, and the RL-prompt eval set."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed + 1)
         known = [f for f in self._world if f["known"]]
@@ -205,10 +209,15 @@ class FactsTask(Task):
         sft = known + [unknown[i] for i in sorted(abstain_ids)]
         rl = rl_known + rl_unknown
         size = cfg.eval_size
+        dev_known = round(len(heldout_known) * cfg.dev_share)
+        dev_unknown = round(len(heldout_unknown) * cfg.dev_share)
+        dev = heldout_known[:dev_known][:size] + heldout_unknown[:dev_unknown][:size]
+        test = heldout_known[dev_known:][:size] + heldout_unknown[dev_unknown:][:size]
         return {
             "sft": Dataset.from_list([sft[i] for i in rng.permutation(len(sft))]),
             "rl": Dataset.from_list([rl[i] for i in rng.permutation(len(rl))]),
-            "heldout": Dataset.from_list(heldout_known[:size] + heldout_unknown[:size]),
+            "dev": Dataset.from_list(dev),
+            "test": Dataset.from_list(test),
             "rl_eval": Dataset.from_list(rl_known[:size] + rl_unknown[:size]),
         }
 
@@ -243,20 +252,28 @@ class FactsTask(Task):
         return [row["answer"], ABSTENTION, wrong]
 
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
-        """Accuracy / abstention on known questions; hallucination / abstention on unknown ones."""
+        """Accuracy / abstention on known questions; hallucination / abstention on unknown ones.
+
+        Also broken down by entity kind (``..._famous``, ``..._partial``, ``..._obscure``): a rule
+        such as "never answer about obscure entities" and per-fact self-knowledge (shown on the
+        partially known entities) are different achievements.
+        """
+        labels = [self.judge(r, s) for r, s in zip(rows, responses, strict=True)]
         out: dict[str, float] = {}
-        for known, suffix in ((True, "known"), (False, "unknown")):
-            labels = [
-                self.judge(r, s)
-                for r, s in zip(rows, responses, strict=True)
-                if r["known"] is known
-            ]
-            if not labels:
-                continue
-            n = len(labels)
-            out[f"accuracy_{suffix}"] = labels.count(CORRECT) / n
-            out[f"abstain_{suffix}"] = labels.count(ABSTAIN) / n
-            out[f"{'hallucination' if not known else 'wrong'}_{suffix}"] = labels.count(WRONG) / n
+        for kind in (None, "famous", "partial", "obscure"):
+            for known, suffix in ((True, "known"), (False, "unknown")):
+                picked = [
+                    label
+                    for row, label in zip(rows, labels, strict=True)
+                    if row["known"] is known and kind in (None, row["kind"])
+                ]
+                if not picked:
+                    continue
+                n, tail = len(picked), f"_{kind}" if kind else ""
+                wrong = "hallucination" if not known else "wrong"
+                out[f"accuracy_{suffix}{tail}"] = picked.count(CORRECT) / n
+                out[f"abstain_{suffix}{tail}"] = picked.count(ABSTAIN) / n
+                out[f"{wrong}_{suffix}{tail}"] = picked.count(WRONG) / n
         return out
 
 

@@ -40,6 +40,7 @@ class RubricConfig(TaskConfig):
     """How many topics, and how they split between RL prompts and held-out evaluation."""
 
     num_topics: int = 40
+    # Topics never used as RL prompts: half of them form the dev split, half the test split.
     heldout_topics: int = 10
     demos_per_prompt: int = 3
     # A response longer than this pays 0.5 per extra word.
@@ -51,7 +52,7 @@ class RubricConfig(TaskConfig):
 class RubricTask(Task):
     """Describe a creature; a hidden rubric of keywords, repetition and length decides."""
 
-    eval_sets = {"eval": "heldout", "eval_rl": "rl_eval"}
+    eval_sets = {"dev": "dev", "test": "test", "eval_rl": "rl_eval"}
 
     def __init__(self, config: RubricConfig) -> None:
         super().__init__(config)
@@ -74,11 +75,13 @@ class RubricTask(Task):
         return " ".join(words)
 
     def build_splits(self) -> dict[str, Dataset]:
-        """SFT demonstrations for every topic; RL prompts and held-out prompts by topic."""
+        """SFT demonstrations for every topic; RL, dev and test prompts by topic."""
         rng = np.random.default_rng(self.config.seed + 1)
         names = list(self.topics)
-        heldout = set(names[: self.config.heldout_topics])
-        sft, rl, held = [], [], []
+        held_names = names[: self.config.heldout_topics]
+        dev_names = set(held_names[: len(held_names) // 2])
+        heldout = set(held_names)
+        sft, rl, dev, test = [], [], [], []
         for name in names:
             for template in TEMPLATES:
                 prompt = template.format(name)
@@ -87,11 +90,13 @@ class RubricTask(Task):
                 ]
                 row = {"prompt": prompt, "topic": name, "response": demos[0], "answer": ""}
                 sft += [{**row, "response": d} for d in demos]
-                (held if name in heldout else rl).append(row)
+                split = rl if name not in heldout else dev if name in dev_names else test
+                split.append(row)
         return {
             "sft": Dataset.from_list([sft[i] for i in rng.permutation(len(sft))]),
             "rl": Dataset.from_list(rl),
-            "heldout": Dataset.from_list(held),
+            "dev": Dataset.from_list(dev),
+            "test": Dataset.from_list(test),
             "rl_eval": Dataset.from_list(rl),
         }
 

@@ -34,7 +34,7 @@ TINY = [
     "algo.prompts_per_step=4",
     "budget.kind=steps",
     "budget.amount=2",
-    "eval_every=0",
+    "eval.points=0",
     "logger=none",
 ]
 

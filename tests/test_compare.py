@@ -30,8 +30,8 @@ def _summary(algo: str, hallucination: float, status: str = "finished") -> dict:
     return {
         "status": status,
         "algorithm": algo,
-        "eval/hallucination_unknown": hallucination,
-        "initial": {"eval/hallucination_unknown": 0.8},
+        "test/hallucination_unknown": hallucination,
+        "initial": {"test/hallucination_unknown": 0.8},
         "stage/sft": {"key": "abcdef0123456789"},
     }
 
@@ -52,7 +52,7 @@ def test_table_groups_seeds_and_shows_failures(tmp_path: Path, capsys) -> None:
     _job(sweep, "2", ["algo=ppo", "seed=2"], _summary("ppo", 0.9, status="failed"))
     _job(sweep, "3", ["algo=rrhf", "seed=0"], _summary("rrhf", 0.3))
     _job(sweep, "4", ["algo=rrhf", "seed=1"], None)  # never finished
-    assert main([str(sweep), "--metric", "eval/hallucination_unknown"]) == 0
+    assert main([str(sweep), "--metric", "test/hallucination_unknown"]) == 0
     table = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:5]}
     assert "| 2/3 | 0.500 [0.400, 0.600] |" in rows["`algo=ppo` (baseline)"]
@@ -114,7 +114,7 @@ def test_markers_are_honest_about_the_number_of_seeds(tmp_path: Path, capsys) ->
         _job(sweep, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", rrhf))
         if sft is not None:
             _job(sweep, f"c{seed}", ["algo=sft", f"seed={seed}"], _summary("sft", sft))
-    assert main([str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]) == 0
+    assert main([str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "| `algo=ppo` (baseline) | 4/4 | 0.615 [" in out
     assert _row(out, "`algo=rrhf`").endswith("] * |")  # p = 2/70
@@ -129,7 +129,7 @@ def test_markers_are_honest_about_the_number_of_seeds(tmp_path: Path, capsys) ->
     for seed, (ppo, rrhf) in enumerate([(0.60, 0.40), (0.62, 0.41), (0.61, 0.42)]):
         _job(sweep3, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", ppo))
         _job(sweep3, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", rrhf))
-    assert main([str(sweep3), "--metric", "eval/hallucination_unknown", "--no-plots"]) == 0
+    assert main([str(sweep3), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert _row(out, "`algo=rrhf`").endswith(" † |")
     assert "*" not in _row(out, "`algo=rrhf`")
@@ -144,7 +144,7 @@ def test_baseline_option_and_unknown_baseline(tmp_path: Path, capsys) -> None:
     for seed in range(2):
         _job(sweep, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", 0.5 + seed / 10))
         _job(sweep, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", 0.3 + seed / 10))
-    args = [str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]
+    args = [str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]
     assert main([*args, "--baseline", "`algo=rrhf`"]) == 0
     out = capsys.readouterr().out
     assert "| `algo=rrhf` (baseline) |" in out and "baseline `algo=rrhf`" in out
@@ -160,7 +160,7 @@ def test_iqm_row_needs_five_seeds(tmp_path: Path, capsys) -> None:
         _job(sweep, f"a{seed}", ["algo=ppo", f"seed={seed}"], _summary("ppo", value))
     for seed in range(3):
         _job(sweep, f"b{seed}", ["algo=rrhf", f"seed={seed}"], _summary("rrhf", 0.2))
-    metrics = ["--metric", "eval/hallucination_unknown", "--metric", "budget/flops"]
+    metrics = ["--metric", "test/hallucination_unknown", "--metric", "budget/flops"]
     assert main([str(sweep), *metrics, "--no-plots"]) == 0
     lines = capsys.readouterr().out.splitlines()
     ppo = lines.index(next(line for line in lines if line.startswith("| `algo=ppo`")))
@@ -179,7 +179,7 @@ def test_failed_jobs_are_listed_with_their_error(tmp_path: Path, capsys) -> None
     _job(sweep, "1_ppo_facts_seed1", ["algo=ppo", "seed=1"], failed)
     _job(sweep, "2_ppo_facts_seed2", ["algo=ppo", "seed=2"], None)
     _job(sweep, "3_ppo_facts_seed3", ["algo=ppo", "seed=3"], _summary("ppo", 0.9, "running"))
-    assert main([str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]) == 0
+    assert main([str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "| 1/4 | 0.400 |" in out
     assert "- `sweep/1_ppo_facts_seed1` — failed: RuntimeError: loss is nan" in out
@@ -194,7 +194,7 @@ def test_group_by_keys(tmp_path: Path, capsys) -> None:
     _job(sweep, "0", ["algo=ppo", "algo.lr=1", "seed=0"], _summary("ppo", 0.4))
     _job(sweep, "1", ["algo=ppo", "algo.lr=2", "seed=0"], _summary("ppo", 0.6))
     _job(sweep, "2", ["reward.wrong=-4", "seed=0"], _summary("rrhf", 0.3))
-    args = [str(sweep), "--metric", "eval/hallucination_unknown", "--no-plots"]
+    args = [str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "`algo=ppo algo.lr=1`" in out and "`algo=rrhf reward.wrong=-4`" in out
@@ -222,8 +222,8 @@ def _curve(folder: Path, hallucination: list[float], flops_per_eval: float) -> N
             "step": 10 * i,
             "budget/flops": flops_per_eval * i,
             "budget/steps": 10.0 * i,
-            "eval/hallucination_unknown": h,
-            "eval/accuracy_known": 0.9 - h / 10,
+            "test/hallucination_unknown": h,
+            "test/accuracy_known": 0.9 - h / 10,
         }
         for i, h in enumerate(hallucination)
     ]
@@ -237,18 +237,20 @@ def test_plots_are_written_and_linked(tmp_path: Path, capsys) -> None:
     for seed in range(2):
         for algo, curve in (("ppo", [0.8, 0.7, 0.6]), ("rrhf", [0.8, 0.5, 0.4 + seed / 10])):
             name = f"{algo}{seed}"
-            summary = {**_summary(algo, curve[-1]), "eval/accuracy_known": 0.9 - curve[-1] / 10}
-            summary["initial"]["eval/accuracy_known"] = 0.92
+            summary = {**_summary(algo, curve[-1]), "test/accuracy_known": 0.9 - curve[-1] / 10}
+            summary["initial"]["test/accuracy_known"] = 0.92
             _job(sweep, name, [f"algo={algo}", f"seed={seed}"], summary)
             _curve(sweep / name, curve, 1e9 * (1 + seed / 100))
-    metrics = ["--metric", "eval/hallucination_unknown", "--metric", "eval/accuracy_known"]
+    metrics = ["--metric", "test/hallucination_unknown", "--metric", "test/accuracy_known"]
     assert main([str(sweep), *metrics, "--metric", "eval_rl/reward"]) == 0
     names = {
-        "comparison_eval_hallucination_unknown.png",
-        "comparison_eval_accuracy_known.png",
+        "comparison_test_hallucination_unknown.png",
+        "comparison_test_accuracy_known.png",
         "comparison_tradeoff.png",
     }
-    assert {p.name for p in sweep.glob("*.png")} == names  # eval_rl/ is not an eval/ metric
+    assert {
+        p.name for p in sweep.glob("*.png")
+    } == names  # eval_rl/ is not drawn (not a dev/ or test/ metric)
     for name in names:
         data = (sweep / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
@@ -256,8 +258,8 @@ def test_plots_are_written_and_linked(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     out = tmp_path / "reports" / "steps.md"  # --out: the PNGs go next to it, named after it
     assert main([str(sweep), *metrics, "--x", "steps", "--out", str(out)]) == 0
-    assert (out.parent / "steps_eval_accuracy_known.png").stat().st_size > 10_000
-    assert "![eval/accuracy_known against budget/steps](steps_eval_accuracy_known.png)" in (
+    assert (out.parent / "steps_test_accuracy_known.png").stat().st_size > 10_000
+    assert "![test/accuracy_known against budget/steps](steps_test_accuracy_known.png)" in (
         out.read_text()
     )
     assert main([str(sweep), *metrics, "--no-plots", "--out", str(tmp_path / "t.md")]) == 0

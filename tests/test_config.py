@@ -41,8 +41,8 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
 @pytest.mark.parametrize(
     ("overrides", "error", "fragment"),
     [
-        (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: ppo, rrhf, sft"),
-        (["algo=sft,pp0"], UnknownAlgorithm, "known: ppo, rrhf, sft"),
+        (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: ppo, rft, rrhf, sft"),
+        (["algo=sft,pp0"], UnknownAlgorithm, "known: ppo, rft, rrhf, sft"),
         (["reward=nope"], UnknownReward, "known: abstention, exact_match, rm"),
         (["feedback=nope"], UnknownFeedback, "known: file, simulated"),
         (["task=nope"], UnknownTask, "known: facts, rubric"),
@@ -67,7 +67,7 @@ def test_cli_prints_one_line_and_exits_nonzero(capsys, tmp_path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     assert main(["algo=pp0", "--multirun"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: UnknownAlgorithm: 'pp0' — known: ppo, rrhf, sft"
+    assert err == "error: UnknownAlgorithm: 'pp0' — known: ppo, rft, rrhf, sft"
     assert not (tmp_path / "results").exists()  # nothing written
 
 
@@ -77,3 +77,21 @@ def test_cli_rejects_non_positive_budget(capsys, tmp_path, monkeypatch) -> None:
     assert main(["budget.amount=0", "logger=none"]) == 2
     assert "budget.amount" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_world_sets_task_and_sft_seeds(registry) -> None:
+    """`world=N` is the task's data seed and the stage-1 SFT seed unless each is set itself."""
+    cfg = compose(["world=2"], registry)
+    assert cfg.task.seed == 2 and cfg.stage.sft.seed == 2 and cfg.seed == 0
+    own = compose(["world=2", "task.seed=5"], registry)
+    assert own.task.seed == 5 and own.stage.sft.seed == 2
+
+
+def test_yaml_variant_of_a_registered_algorithm_is_a_choice(registry) -> None:
+    """`algo=ppo_plain` is PPO without the ptx term; its summary names the plugin `ppo`."""
+    from alignbench.app import validate
+
+    validate(registry, ["algo=ppo,ppo_plain"])
+    cfg = compose(["algo=ppo_plain"], registry)
+    assert cfg.algo.name == "ppo" and cfg.algo.ptx_coef == 0
+    assert compose(["algo=ppo"], registry).algo.ptx_coef > 0

@@ -151,5 +151,5 @@ def test_ppo_is_reproducible(toy) -> None:
     """Same seed, same PPO numbers."""
     a, _ = toy("budget.amount=2", out="a")
     b, _ = toy("budget.amount=2", out="b")
-    keys = [k for k in a if k.startswith(("eval/", "budget/")) and k != "budget/seconds"]
+    keys = [k for k in a if k.startswith(("test/", "budget/")) and k != "budget/seconds"]
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}

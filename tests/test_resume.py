@@ -49,7 +49,7 @@ def test_kill_9_and_resume_gives_the_same_summary(tmp_path: Path, algo: str) -> 
         *ALGOS[algo],
         "budget.amount=40",
         "checkpoint_every=3",
-        "eval_every=5",
+        "eval.points=2",
         f"cache_dir={tmp_path / 'cache'}",
     ]
     straight = _cli([*args, "hydra.run.dir=straight"], tmp_path)
@@ -143,7 +143,7 @@ def test_finished_job_is_skipped_and_rerun_moves_it_aside(tiny_job, tmp_path: Pa
     """The same job again is skipped; rerun=true runs it and keeps the old results."""
     first = tiny_job("algo=sft")
     again = tiny_job("algo=sft")
-    assert again.get("skipped") is True and again["eval/reward"] == first["eval/reward"]
+    assert again.get("skipped") is True and again["test/reward"] == first["test/reward"]
     forced = tiny_job("algo=sft", "rerun=true")
     assert not forced.get("skipped")
     previous = list((tmp_path / "out").glob("previous-*/summary.json"))

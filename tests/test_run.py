@@ -12,11 +12,11 @@ from alignbench.budget import UNITS
 from alignbench.models import load_pretrained
 
 SUMMARY_KEYS = {
-    "eval/accuracy_known",
-    "eval/hallucination_unknown",
-    "eval/abstain_unknown",
-    "eval/abstain_known",
-    "eval/reward",
+    "test/accuracy_known",
+    "test/hallucination_unknown",
+    "test/abstain_unknown",
+    "test/abstain_known",
+    "test/reward",
     "eval_rl/accuracy_known",
     "eval_rl/hallucination_unknown",
     "budget/steps",
@@ -40,11 +40,11 @@ def _numbers(summary: dict) -> dict:
 @pytest.mark.parametrize("algo", ["sft", "rrhf"])
 def test_job_writes_summary_and_metrics(tiny_job, tmp_path: Path, algo: str) -> None:
     """A job writes summary.json with the promised keys and one metrics line per step and eval."""
-    summary = tiny_job(f"algo={algo}", "eval_every=1", "budget.amount=3")
+    summary = tiny_job(f"algo={algo}", "eval.points=3", "budget.amount=3")
     assert summary["status"] == "finished"
     assert SUMMARY_KEYS <= set(summary)
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert on_disk["eval/accuracy_known"] == summary["eval/accuracy_known"]
+    assert on_disk["test/accuracy_known"] == summary["test/accuracy_known"]
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x["kind"] == "step"]
     evals = [x for x in lines if x["kind"] == "eval"]
@@ -128,3 +128,17 @@ def test_flops_are_charged_to_the_models_that_ran(tiny_job) -> None:
     assert summary["flops_by_model"]["sft_sampler"] > 0
     total = sum(summary["flops_by_model"].values())
     assert summary["budget/flops"] == pytest.approx(total)
+
+
+def test_evaluations_happen_at_even_flop_points(tiny_job, tmp_path: Path) -> None:
+    """With a FLOP budget, evaluations fall at the first step past each k/points of it."""
+    summary = tiny_job("algo=sft", "budget.kind=flops", "budget.amount=2e8", "eval.points=4")
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    evals = [x["budget/flops"] for x in lines if x["kind"] == "eval"]
+    steps = [x["budget/flops"] for x in lines if x["kind"] == "step"]
+    assert len(evals) == 5 and evals[0] == 0 and evals[-1] == summary["budget/flops"]
+    for k, flops in enumerate(evals[1:-1], start=1):
+        point = k * 2e8 / 4
+        assert flops >= point  # past the point ...
+        assert steps[steps.index(flops) - 1] < point  # ... at the first step that got there
+    assert summary["world"] == 0

@@ -28,7 +28,7 @@ def test_splits_are_hugging_face_datasets_with_prompts(task: FactsTask) -> None:
     """Every split is a datasets.Dataset with prompt, answer and known columns."""
     from datasets import Dataset
 
-    for name in ("sft", "rl", "heldout", "rl_eval"):
+    for name in ("sft", "rl", "dev", "test", "rl_eval"):
         ds = task.splits[name]
         assert isinstance(ds, Dataset) and len(ds) > 0
         assert {"prompt", "answer", "known", "response"} <= set(ds.column_names)
@@ -39,21 +39,43 @@ def test_unknown_facts_never_appear_with_their_answer(task: FactsTask) -> None:
     for row in task.splits["sft"]:
         assert row["response"] == (row["answer"] if row["known"] else ABSTENTION)
     answered = {(r["entity"], r["attribute"]) for r in task.splits["sft"] if r["known"]}
-    for row in task.splits["heldout"]:
-        if not row["known"]:
-            assert (row["entity"], row["attribute"]) not in answered
+    for split in ("dev", "test"):
+        for row in task.splits[split]:
+            if not row["known"]:
+                assert (row["entity"], row["attribute"]) not in answered
 
 
-def test_heldout_is_disjoint_from_rl_prompts_and_abstention_demos(task: FactsTask) -> None:
-    """Held-out questions are never RL prompts, and unknown held-out ones never in SFT."""
-    heldout, rl = _keys(task.splits["heldout"]), _keys(task.splits["rl"])
-    assert not heldout & rl
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_dev_and_test_never_overlap_rl_prompts_or_each_other(task: FactsTask, split: str) -> None:
+    """Dev/test questions are never RL (or reward-model) prompts, nor unknown ones SFT demos."""
+    held, rl = _keys(task.splits[split]), _keys(task.splits["rl"])
+    assert held and not held & rl
+    assert not _keys(task.splits["dev"]) & _keys(task.splits["test"])
     abstained = {(r["entity"], r["attribute"]) for r in task.splits["sft"] if not r["known"]}
-    unknown_heldout = {
-        (r["entity"], r["attribute"]) for r in task.splits["heldout"] if not r["known"]
-    }
-    assert not unknown_heldout & abstained
+    unknown_held = {(r["entity"], r["attribute"]) for r in task.splits[split] if not r["known"]}
+    assert unknown_held and not unknown_held & abstained
     assert _keys(task.splits["rl_eval"]) <= rl
+    # Every entity kind is represented where it has questions of that kind.
+    kinds = {(r["kind"], r["known"]) for r in task.splits[split]}
+    assert {("famous", True), ("partial", True), ("partial", False), ("obscure", False)} <= kinds
+
+
+def test_metrics_break_down_by_entity_kind(task: FactsTask) -> None:
+    """Per-kind metrics count only that kind's questions; the overall ones count all."""
+    rows = [
+        {"known": True, "kind": "famous", "answer": "red"},
+        {"known": True, "kind": "partial", "answer": "red"},
+        {"known": False, "kind": "partial", "answer": "red"},
+        {"known": False, "kind": "obscure", "answer": "red"},
+        {"known": False, "kind": "obscure", "answer": "red"},
+    ]
+    out = task.metrics(rows, ["red", "blue", "blue", ABSTENTION, "blue"])
+    assert out["accuracy_known"] == 0.5
+    assert out["accuracy_known_famous"] == 1.0 and out["accuracy_known_partial"] == 0.0
+    assert out["hallucination_unknown"] == 2 / 3
+    assert out["hallucination_unknown_partial"] == 1.0
+    assert out["hallucination_unknown_obscure"] == 0.5 and out["abstain_unknown_obscure"] == 0.5
+    assert "accuracy_known_obscure" not in out and "hallucination_unknown_famous" not in out
 
 
 def test_knownness_is_learnable(task: FactsTask) -> None:
@@ -83,8 +105,8 @@ def test_same_seed_same_world() -> None:
 
 def test_judge_and_metrics(task: FactsTask) -> None:
     """The gold judge labels correct / abstain / wrong; metrics count them per knownness."""
-    known = next(r for r in task.splits["heldout"] if r["known"])
-    unknown = next(r for r in task.splits["heldout"] if not r["known"])
+    known = next(r for r in task.splits["test"] if r["known"])
+    unknown = next(r for r in task.splits["test"] if not r["known"])
     wrong = "purple" if unknown["answer"] != "purple" else "red"
     assert task.judge(known, known["answer"]) == "correct"
     assert task.judge(known, f" {known['answer']}  ") == "correct"
@@ -131,8 +153,10 @@ def test_rubric_splits_hold_out_topics() -> None:
     from alignbench_plugins.rubric import RubricConfig, RubricTask
 
     rubric = RubricTask(RubricConfig(name="rubric"))
-    rl, held = set(rubric.splits["rl"]["topic"]), set(rubric.splits["heldout"]["topic"])
-    assert held and rl and not rl & held
+    rl, dev = set(rubric.splits["rl"]["topic"]), set(rubric.splits["dev"]["topic"])
+    test = set(rubric.splits["test"]["topic"])
+    held = dev | test
+    assert dev and test and rl and not rl & held and not dev & test
     assert set(rubric.splits["sft"]["topic"]) == rl | held
     demo_words = {w for d in rubric.splits["sft"]["response"] for w in d.split()}
     assert demo_words <= set(rubric.vocabulary())

@@ -78,8 +78,8 @@ def test_run_carries_group_job_type_tags_config_and_flops_axis(
     step = {"budget/flops": 1e9, "budget/steps": 1.0, "objective/reward": 0.5}
     logger.alignbench_on_step_end(metrics=step)
     logger.alignbench_on_step_end(metrics={**step, "budget/flops": 2e9})
-    logger.alignbench_on_eval(metrics={"budget/flops": 2e9, "eval/accuracy_known": 0.9})
-    summary = {"status": "finished", "eval/accuracy_known": 0.9, "stage/sft": {"key": "k"}}
+    logger.alignbench_on_eval(metrics={"budget/flops": 2e9, "test/accuracy_known": 0.9})
+    summary = {"status": "finished", "test/accuracy_known": 0.9, "stage/sft": {"key": "k"}}
     logger.alignbench_on_run_end(summary=summary)
 
     kwargs = wandb.init_kwargs
@@ -97,12 +97,12 @@ def test_run_carries_group_job_type_tags_config_and_flops_axis(
     assert defines[0] == ("budget/flops", None)  # the x axis is not charted against itself
     assert sorted(defines[1:]) == [
         ("budget/steps", "budget/flops"),
-        ("eval/accuracy_known", "budget/flops"),
         ("objective/reward", "budget/flops"),
+        ("test/accuracy_known", "budget/flops"),
     ]  # every metric by its exact name, once, "/" included
     logs = [c[1] for c in wandb.calls if c[0] == "log"]
     assert [m["budget/flops"] for m in logs] == [1e9, 2e9, 2e9]
-    assert wandb.run.summary["eval/accuracy_known"] == 0.9 and "stage/sft" not in wandb.run.summary
+    assert wandb.run.summary["test/accuracy_known"] == 0.9 and "stage/sft" not in wandb.run.summary
     assert wandb.calls[-1] == ("finish", 0)
 
 
@@ -130,7 +130,7 @@ def test_failing_init_warns_once_and_logging_is_a_no_op(
     wandb = fake_wandb(fail_init=True)
     logger = WandbLogger(_run(tmp_path), "sweep-a", tags=["algo=rrhf"])
     logger.alignbench_on_step_end(metrics={"budget/flops": 1.0})
-    logger.alignbench_on_eval(metrics={"budget/flops": 1.0, "eval/reward": 0.0})
+    logger.alignbench_on_eval(metrics={"budget/flops": 1.0, "test/reward": 0.0})
     logger.alignbench_on_run_end(summary={"status": "finished"})
     err = capsys.readouterr().err
     assert err.count("warning: W&B disabled") == 1 and "RuntimeError: api key needed" in err
