@@ -185,8 +185,12 @@ class StageConfig:
 
 @dataclass
 class EvalConfig:
-    """Greedy evaluation on the task's held-out sets."""
+    """Greedy evaluation on the task's eval sets (dev, test, ...), at fixed budget points."""
 
+    # Evaluations spread evenly over the budget, in the budget's own unit (FLOPs by default), so
+    # every algorithm of a comparison is evaluated at the same compute; plus one at the start.
+    # 0 = only at the start and the end.
+    points: int = 10
     max_new_tokens: int = 8
     batch_size: int = 256
 
@@ -205,8 +209,9 @@ class Config:
     stage: StageConfig = field(default_factory=StageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
-    # Evaluate every this many steps (and always at the start and the end); 0 = start and end.
-    eval_every: int = 50
+    # The world: the task's data seed and the stage-1 SFT seed (task.seed and stage.sft.seed
+    # default to it). Sweep it beside `seed`: results vary between worlds more than between seeds.
+    world: int = 0
     # Folders whose *.py files are loaded as plugins (read from the command line before Hydra).
     plugin_dirs: list[str] = field(default_factory=list)
     # Where stage artefacts (the SFT model, ...) are cached, shared by every job and sweep.
@@ -220,6 +225,9 @@ class Config:
     on_nonfinite: OnNonFinite = OnNonFinite.stop
     # Run again even if this job's folder holds a finished run (the old results are moved aside).
     rerun: bool = False
+    # Rebuild a cached stage that fails its checks (a changed file, other core code or torch /
+    # transformers version) instead of refusing it; the old folder is moved to `<key>.old-<time>`.
+    cache_rebuild: bool = False
 
 
 _SCHEMAS: dict[str, type] = {
