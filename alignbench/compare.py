@@ -95,6 +95,66 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def hierarchical_bootstrap(
+    by_world: list[list[float]], samples: int = 10_000, seed: int = 0
+) -> np.ndarray:
+    """Bootstrap means over worlds, then seeds: ``samples`` draws of the mean of world means.
+
+    Each draw resamples the worlds with replacement and, inside each drawn world, its seeds with
+    replacement; the statistic is the mean of the drawn worlds' means (every world weighs the
+    same). Jobs of one world share the task data and the SFT model, so they are not independent:
+    resampling them as if they were would understate the uncertainty.
+    """
+    rng = np.random.default_rng(seed)
+    worlds = [np.asarray(w, dtype=float) for w in by_world if len(w)]
+    chosen = rng.integers(len(worlds), size=(samples, len(worlds)))
+    world_means = np.empty((samples, len(worlds)))
+    for w, values in enumerate(worlds):
+        # An independent seed resample for every slot a world is drawn into.
+        size = (samples, len(worlds), len(values))
+        picks = values[rng.integers(len(values), size=size)].mean(axis=2)
+        world_means = np.where(chosen == w, picks, world_means)
+    return world_means.mean(axis=1)
+
+
+def hierarchical_ci(by_world: list[list[float]], samples: int = 10_000) -> tuple[float, float]:
+    """95 % interval of the mean of world means (:func:`hierarchical_bootstrap`)."""
+    if sum(len(w) for w in by_world) < 2:
+        point = float(np.mean([v for w in by_world for v in w]))
+        return point, point
+    if len([w for w in by_world if w]) == 1:
+        return bootstrap_ci([v for w in by_world for v in w], samples)
+    low, high = np.percentile(hierarchical_bootstrap(by_world, samples), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_difference_ci(
+    a: dict[str, list[float]], b: dict[str, list[float]], samples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """Mean over shared worlds of (mean a − mean b) and its 95 % hierarchical interval.
+
+    Worlds are resampled together for both groups (the comparison is paired by world), seeds
+    inside each world independently. None when the groups share no world.
+    """
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    rng = np.random.default_rng(seed)
+    n = len(shared)
+    chosen = rng.integers(n, size=(samples, n))
+    slots = np.zeros((samples, n))
+    for i, world in enumerate(shared):
+        diff = np.zeros((samples, n))
+        for values, sign in ((a[world], 1.0), (b[world], -1.0)):
+            v = np.asarray(values, dtype=float)
+            diff += sign * v[rng.integers(len(v), size=(samples, n, len(v)))].mean(axis=2)
+        slots = np.where(chosen == i, diff, slots)
+    draws = slots.mean(axis=1)
+    point = float(np.mean([np.mean(a[w]) - np.mean(b[w]) for w in shared]))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
 def smallest_permutation_p(n_a: int, n_b: int) -> float:
     """The smallest two-sided p-value a permutation test of ``n_a`` vs ``n_b`` seeds can give."""
     # The most extreme split (and, with equal sizes, its mirror image) is always counted.
@@ -244,6 +304,26 @@ class Group:
         done = self.finished
         return [float(s[metric]) for s in done] if all(metric in s for s in done) else []
 
+    def by_world(self, metric: str) -> dict[str, list[float]]:
+        """The metric of every finished job, by world (the stage-1 SFT model it started from)."""
+        out: dict[str, list[float]] = {}
+        if not self.values(metric):
+            return out
+        for summary in self.finished:
+            out.setdefault(world_of(summary), []).append(float(summary[metric]))
+        return out
+
+    @property
+    def worlds(self) -> int:
+        """How many worlds the finished jobs span."""
+        return len({world_of(s) for s in self.finished})
+
+
+def world_of(summary: dict[str, Any]) -> str:
+    """A job's world: the stage-1 SFT model it started from (task data x SFT seed), by its key."""
+    key = (summary.get("stage/sft") or {}).get("key")
+    return str(key) if key else f"world={summary.get('world', '?')}"
+
 
 def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) -> list[Group]:
     """Jobs grouped by :func:`group_name`, in the order they first appear."""
@@ -275,12 +355,21 @@ def is_outcome(metric: str) -> bool:
     return not metric.startswith("budget/") and metric not in ("wall_time", "steps")
 
 
-def _cell(values: list[float], metric: str, statistic: str = "mean") -> str:
+def _cell(
+    values: list[float],
+    metric: str,
+    statistic: str = "mean",
+    by_world: dict[str, list[float]] | None = None,
+) -> str:
     if not values:
         return "—"
     if statistic == "iqm":
         centre = interquartile_mean(values)
         low, high = bootstrap_ci(values, statistic=_iqm_rows)
+    elif by_world is not None and len(by_world) > 1:
+        # Several worlds: the mean of world means, with an interval over worlds, then seeds.
+        centre = float(np.mean([np.mean(v) for v in by_world.values()]))
+        low, high = hierarchical_ci(list(by_world.values()))
     else:
         centre = float(np.mean(values))
         low, high = bootstrap_ci(values)
@@ -325,25 +414,31 @@ def comparison_report(
         cells = [_cell([initial[m]], m) if m in initial else "—" for m in metrics]
         lines.append(_row([f"stage-1 SFT model `{key[:8]}`", "—", *cells]))
     results: dict[str, dict[str, Comparison]] = {}
+    many_worlds = any(g.worlds > 1 for g in groups)
     for group in groups:
         seeds = f"{len(group.finished)}/{len(group.jobs)}"
+        if many_worlds:
+            seeds += f" ({group.worlds} worlds)"
         label = f"`{group.name}`" + (" (baseline)" if group is base else "")
         results[group.name] = {}
         cells = []
         for metric in metrics:
-            cell = _cell(group.values(metric), metric)
-            if base is not None and group is not base and metric in tested:
+            cell = _cell(group.values(metric), metric, by_world=group.by_world(metric))
+            if base is not None and group is not base and metric in tested and not many_worlds:
                 found = compare_to_baseline(group.values(metric), base.values(metric))
                 if found is not None:
                     results[group.name][metric] = found
                     cell += f" {found.marker}" if found.marker else ""
             cells.append(cell)
         lines.append(_row([label, seeds, *cells]))
-        if len(group.finished) >= IQM_MIN_SEEDS:
+        if len(group.finished) >= IQM_MIN_SEEDS and not many_worlds:
             iqm = [_cell(group.values(m), m, "iqm") if m in tested else "—" for m in metrics]
             lines.append(_row(["↳ IQM", "—", *iqm]))
-    notes = _significance_notes(groups, base, tested, results)
-    if any(len(g.finished) >= IQM_MIN_SEEDS for g in groups):
+    if many_worlds:
+        notes = _world_notes(groups, base, tested)
+    else:
+        notes = _significance_notes(groups, base, tested, results)
+    if any(len(g.finished) >= IQM_MIN_SEEDS for g in groups) and not many_worlds:
         notes.append(
             "`↳ IQM`: interquartile mean over seeds (the mean of the middle 50 %, as rliable "
             f"recommends) with its 95 % bootstrap interval, for groups with ≥ {IQM_MIN_SEEDS} "
@@ -397,6 +492,46 @@ def _significance_notes(
             cells.append("—" if c is None else f"{c.p:.3f}{(' ' + c.marker) if c.marker else ''}")
         p_lines.append(_row([f"`{group.name}`", *cells]))
     notes.append("\n".join(p_lines))
+    return notes
+
+
+def _world_notes(groups: list[Group], base: Group | None, tested: list[str]) -> list[str]:
+    """With several worlds: differences from the baseline paired by world, and world spread."""
+    notes = [
+        "Jobs span several worlds (a world = the task's data and the stage-1 SFT model it "
+        "trains; `world=N`). Each cell is the mean of the world means with a 95 % hierarchical "
+        "bootstrap interval (worlds resampled, then seeds inside each world), so that the "
+        "world-to-world variation counts, not only the seeds'."
+    ]
+    if base is not None:
+        header = [f"difference from `{base.name}` [95 % CI]", *tested]
+        lines = [_row(header), "|" + "---|" * len(header)]
+        for group in groups:
+            if group is base or not group.finished:
+                continue
+            cells = []
+            for metric in tested:
+                found = paired_difference_ci(group.by_world(metric), base.by_world(metric))
+                if found is None:
+                    cells.append("—")
+                    continue
+                point, low, high = found
+                mark = " *" if low > 0 or high < 0 else ""
+                cells.append(f"{point:+.3f} [{low:+.3f}, {high:+.3f}]{mark}")
+            lines.append(_row([f"`{group.name}`", *cells]))
+        notes.append(
+            "Differences are paired by world (worlds resampled together for both groups). "
+            "`*`: the 95 % interval excludes 0.\n\n" + "\n".join(lines)
+        )
+    header = ["world-to-world spread: min – max of world means", *tested]
+    lines = [_row(header), "|" + "---|" * len(header)]
+    for group in groups:
+        cells = []
+        for metric in tested:
+            means = [float(np.mean(v)) for v in group.by_world(metric).values()]
+            cells.append(f"{min(means):.3f} – {max(means):.3f}" if len(means) > 1 else "—")
+        lines.append(_row([f"`{group.name}`", *cells]))
+    notes.append("\n".join(lines))
     return notes
 
 
@@ -597,6 +732,26 @@ def _parser() -> argparse.ArgumentParser:
         "--baseline", metavar="GROUP", help="the group others are tested against (default: first)"
     )
     parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    parser.add_argument(
+        "--curve-metric",
+        default="test/reward",
+        help="the eval metric whose curves give AUC and compute-to-threshold (test/reward)",
+    )
+    parser.add_argument(
+        "--lower-is-better", action="store_true", help="for --curve-metric (e.g. hallucination)"
+    )
+    parser.add_argument(
+        "--share", type=float, default=0.9, help="threshold: this share of the best gain (0.9)"
+    )
+    parser.add_argument(
+        "--reach",
+        nargs=2,
+        metavar=("A", "B"),
+        help="answer: does group A reach --share of B's gain at --reach-compute of B's compute?",
+    )
+    parser.add_argument(
+        "--reach-compute", type=float, default=0.5, help="share of B's compute for --reach (0.5)"
+    )
     return parser
 
 
@@ -615,6 +770,21 @@ def main(argv: list[str] | None = None) -> int:
             jobs += found
         metrics = tuple(args.metric or DEFAULT_METRICS)
         report = comparison_report(jobs, metrics, args.group_by, args.baseline)
+        if not 0 < args.share <= 1 or not 0 < args.reach_compute <= 1:
+            raise BadInput("--share and --reach-compute must be in (0, 1]")
+        from alignbench.curves import curve_report
+
+        curves = curve_report(
+            jobs,
+            args.curve_metric,
+            args.group_by,
+            share=args.share,
+            higher=not args.lower_is_better,
+            reach=tuple(args.reach) if args.reach else None,
+            reach_compute=args.reach_compute,
+        )
+        if curves:
+            report += "\n\n## Cost: the curves at equal compute\n\n" + curves
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -274,3 +274,80 @@ def test_seed_band_interpolates_onto_the_shared_range() -> None:
     assert grid.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert low[0] == 0.0 and high[0] == 1.0 and mean[0] == 0.5
     assert mean[-1] == pytest.approx((0.8 + 0.0) / 2)
+
+
+def test_hierarchical_interval_counts_world_to_world_variation() -> None:
+    """Seeds that agree within worlds but worlds that disagree give a wide interval."""
+    from alignbench.compare import hierarchical_ci
+
+    worlds = [[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5], [0.9, 0.9, 0.9, 0.9]]
+    low, high = hierarchical_ci(worlds)
+    assert low < 0.3 and high > 0.7  # the worlds' spread, not the (zero) seed spread
+    flat_low, flat_high = bootstrap_ci([v for w in worlds for v in w])
+    assert high - low > flat_high - flat_low  # 12 "independent" jobs would understate it
+    assert hierarchical_ci([[0.2, 0.4]]) == bootstrap_ci([0.2, 0.4])  # one world: seeds only
+    assert hierarchical_ci([[0.3]]) == (0.3, 0.3)
+
+
+def test_paired_difference_is_paired_by_world() -> None:
+    """A constant +0.1 in every world is certain, however much the worlds differ."""
+    from alignbench.compare import paired_difference_ci
+
+    base = {"w0": [0.1, 0.1], "w1": [0.5, 0.5], "w2": [0.9, 0.9]}
+    better = {w: [v + 0.1 for v in values] for w, values in base.items()}
+    point, low, high = paired_difference_ci(better, base)
+    assert point == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    assert paired_difference_ci(better, {"other": [0.0]}) is None
+
+
+def test_area_and_compute_to_threshold_by_hand() -> None:
+    """AUC = trapezoid mean; the threshold is crossed by linear interpolation; inf if never."""
+    from alignbench.curves import area_under_curve, compute_to_threshold
+
+    xs, ys = np.asarray([0.0, 1.0, 2.0]), np.asarray([0.0, 1.0, 1.0])
+    assert area_under_curve(xs, ys) == pytest.approx((0.5 + 1.0) / 2)
+    assert compute_to_threshold(xs, ys, 0.25) == pytest.approx(0.25)
+    assert compute_to_threshold(xs, ys, 1.5) == float("inf")
+    assert compute_to_threshold(xs, 1 - ys, 0.5, higher=False) == pytest.approx(0.5)
+
+
+def _world_sweep(sweep: Path) -> None:
+    """Two algorithms x 3 worlds x 2 seeds; `fast` gets all its gain by half the budget."""
+    for world, start in enumerate((0.0, 0.2, -0.2)):
+        for seed in range(2):
+            for algo, curve in (
+                ("slow", [0.0, 0.25, 0.5, 0.75, 1.0]),
+                ("fast", [0.0, 0.8, 1.0, 1.0, 1.0]),
+            ):
+                name = f"{algo}_w{world}_s{seed}"
+                ys = [start + c + seed / 100 for c in curve]
+                summary = {
+                    "status": "finished",
+                    "algorithm": algo,
+                    "test/reward": ys[-1],
+                    "initial": {"test/reward": start},
+                    "stage/sft": {"key": f"world{world}"},
+                }
+                _job(sweep, name, [f"algo={algo}", f"seed={seed}", f"world={world}"], summary)
+                lines = [
+                    {"kind": "eval", "step": i, "budget/flops": 1e9 * i, "test/reward": y}
+                    for i, y in enumerate(ys)
+                ]
+                (sweep / name / "metrics.jsonl").write_text(
+                    "".join(json.dumps(r) + "\n" for r in lines)
+                )
+
+
+def test_worlds_aggregate_and_the_reach_question_is_answered(tmp_path: Path, capsys) -> None:
+    """Groups span worlds (not split by them); the report answers the reach question."""
+    sweep = tmp_path / "sweep"
+    _world_sweep(sweep)
+    args = [str(sweep), "--metric", "test/reward", "--no-plots", "--baseline", "algo=slow"]
+    assert main([*args, "--reach", "algo=fast", "algo=slow"]) == 0
+    out = capsys.readouterr().out
+    assert "| `algo=fast` | 6/6 (3 worlds) |" in out and "world=" not in out.split("\n")[2]
+    assert "difference from `algo=slow`" in out and "world-to-world spread" in out
+    assert "Does `algo=fast` reach ≥ 90% of `algo=slow`'s gain" in out
+    assert "**Yes**" in out
+    assert main([*args, "--reach", "algo=slow", "algo=fast"]) == 0
+    assert "**No**" in capsys.readouterr().out  # at half budget slow has 0.5 of fast's 1.0
