@@ -258,15 +258,30 @@ def _config_value(folder: Path, key: str) -> Any:
     return node
 
 
+def common_overrides(jobs: list[dict[str, Any]]) -> list[str]:
+    """Overrides every job shares (e.g. ``+experiment=headline``): shown once, not in each name."""
+    if len(jobs) < 2:
+        return []
+    shared = set(jobs[0]["overrides"])
+    for job in jobs[1:]:
+        shared &= set(job["overrides"])
+    # The algorithm always names its group, shared or not.
+    return [o for o in jobs[0]["overrides"] if o in shared and _key(o) != "algo"]
+
+
 def group_name(
     overrides: list[str],
     summary: dict[str, Any] | None,
     group_by: list[str] | None = None,
     folder: Path | None = None,
+    common: list[str] | tuple[str, ...] = (),
 ) -> str:
-    """A job's group: its overrides without the seed, or just the ``group_by`` keys' values."""
+    """A job's group: its overrides without the seed (and without ``common`` ones), or just the
+    ``group_by`` keys' values."""
     if not group_by:
-        kept = [o for o in overrides if not o.lstrip("+~").startswith(IGNORED_KEYS)]
+        kept = [
+            o for o in overrides if not o.lstrip("+~").startswith(IGNORED_KEYS) and o not in common
+        ]
         if not any(o.startswith("algo=") for o in kept) and summary:
             kept.insert(0, f"algo={summary['algorithm']}")
         return " ".join(kept) or "default"
@@ -328,8 +343,9 @@ def world_of(summary: dict[str, Any]) -> str:
 def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) -> list[Group]:
     """Jobs grouped by :func:`group_name`, in the order they first appear."""
     groups: dict[str, Group] = {}
+    common = common_overrides(jobs)
     for job in jobs:
-        name = group_name(job["overrides"], job["summary"], group_by, job.get("path"))
+        name = group_name(job["overrides"], job["summary"], group_by, job.get("path"), common)
         groups.setdefault(name, Group(name)).jobs.append(job)
     return list(groups.values())
 
@@ -445,6 +461,9 @@ def comparison_report(
             "finished seeds."
         )
     notes += _failure_notes(jobs)
+    common = [o for o in common_overrides(jobs) if not o.lstrip("+~").startswith(IGNORED_KEYS)]
+    if common and not group_by:
+        notes.insert(0, "Every job shares: " + " ".join(f"`{o}`" for o in common) + ".")
     return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "")
 
 

@@ -351,3 +351,16 @@ def test_worlds_aggregate_and_the_reach_question_is_answered(tmp_path: Path, cap
     assert "**Yes**" in out
     assert main([*args, "--reach", "algo=slow", "algo=fast"]) == 0
     assert "**No**" in capsys.readouterr().out  # at half budget slow has 0.5 of fast's 1.0
+
+
+def test_overrides_shared_by_every_job_are_shown_once(tmp_path: Path, capsys) -> None:
+    """`+experiment=x` on every job is stated once, not repeated in every group name."""
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        for algo in ("ppo", "rrhf"):
+            overrides = [f"algo={algo}", f"seed={seed}", "+experiment=x", "threads=1"]
+            _job(sweep, f"{algo}{seed}", overrides, _summary(algo, 0.5))
+    assert main([str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| `algo=ppo` | 2/2 |" in out and "| `algo=rrhf` | 2/2 |" in out
+    assert "Every job shares: `+experiment=x`." in out and "threads" not in out
