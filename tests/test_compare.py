@@ -362,5 +362,5 @@ def test_overrides_shared_by_every_job_are_shown_once(tmp_path: Path, capsys) ->
             _job(sweep, f"{algo}{seed}", overrides, _summary(algo, 0.5))
     assert main([str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert "| `algo=ppo` | 2/2 |" in out and "| `algo=rrhf` | 2/2 |" in out
+    assert "| `algo=ppo` (baseline) | 2/2 |" in out and "| `algo=rrhf` | 2/2 |" in out
     assert "Every job shares: `+experiment=x`." in out and "threads" not in out
