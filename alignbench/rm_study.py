@@ -173,14 +173,8 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def report(
-    runs: list[dict[str, Any]],
-    context: dict[str, Any],
-    command: str,
-    budgets: list[int],
-    seeds: list[int],
-) -> str:
-    """The study as Markdown: setup, census, results with references, paired differences."""
+def provenance(argv: list[str], budgets: list[int], seeds: list[int]) -> dict[str, Any]:
+    """What the report says about how it was made: command, git commit, date, grid."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -190,15 +184,28 @@ def report(
         text=True,
         check=False,
     ).stdout.strip()
+    return {
+        "command": shlex.join(["python", "-m", "alignbench.rm_study", *argv]),
+        "commit": commit or "unknown",
+        "dirty": bool(dirty),
+        "date": datetime.date.today().isoformat(),
+        "budgets": budgets,
+        "seeds": seeds,
+    }
+
+
+def report(runs: list[dict[str, Any]], context: dict[str, Any]) -> str:
+    """The study as Markdown: setup, census, results with references, paired differences."""
+    budgets, seeds = context["budgets"], context["seeds"]
     first = runs[0]
     fb, rm = context["feedback"], context["stage_rm"]
     lines = [
         "# Stage-2 reward model: active learning vs random selection",
         "",
-        f"- Command: `{command}`",
-        f"- Commit: `{commit or 'unknown'}`"
-        + (" (working tree had uncommitted changes)" if dirty else ""),
-        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Command: `{context['command']}`",
+        f"- Commit: `{context['commit']}`"
+        + (" (working tree had uncommitted changes)" if context["dirty"] else ""),
+        f"- Date: {context['date']}",
         f"- Seeds: {len(seeds)} ({', '.join(map(str, seeds))}; each sets `feedback.seed` and "
         "`stage.rm.seed`); one world and one stage-1 SFT model "
         f"(`{context['sft_key']}`) for all runs.",
@@ -211,9 +218,12 @@ def report(
         f"split), {int(first.get('probe/pairs', 0))} orderable pairs: on known questions "
         "correct > abstain, correct > wrong, abstain > wrong; on unknown questions only "
         "abstain > wrong.",
-        "- Cells: mean over seeds [95 % percentile-bootstrap interval]. Held-out label accuracy "
-        "is measured on the groups early stopping watches, so it is optimistic; the probe is "
-        "independent of training.",
+        "- Cells: mean over seeds [95 % percentile-bootstrap interval]. The probe is the same "
+        "for every run and independent of training. Held-out label accuracy is measured on "
+        "each run's own held-out groups (a share of the groups *its* selection chose, also the "
+        "groups early stopping watches): optimistic, and not comparable between selections.",
+        "- Ordered gold pairs: strictly gold-ordered pairs in all labelled groups of a run (mean "
+        "over seeds). Best epoch: the epoch early stopping kept (0 = the untrained model).",
         "",
         f"## Contrast in the groups ({context['census_labels']} random groups of RL prompts)",
         "",
@@ -307,6 +317,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="selection strategies (default random,uncertainty,diversity)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"report path (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the Markdown from the raw numbers saved beside it (<out>.json)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. feedback.k=3")
     return parser.parse_args(argv)
 
@@ -315,17 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the study and write its Markdown report (and the raw numbers beside it as JSON)."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
+    out = Path(args.out)
+    if args.report_only:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        out.write_text(report(saved.pop("runs"), saved), encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = build_registry()
     seeds = list(range(args.seeds))
-    selections = args.selections
-    runs, context = run_study(registry, list(args.overrides), selections, args.budgets, seeds)
-    command = shlex.join(["python", "-m", "alignbench.rm_study", *argv])
-    out = Path(args.out)
+    runs, context = run_study(registry, list(args.overrides), args.selections, args.budgets, seeds)
+    context.update(provenance(argv, args.budgets, seeds))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(runs, context, command, args.budgets, seeds), encoding="utf-8")
     raw = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in runs]
     out.with_suffix(".json").write_text(json.dumps({"runs": raw, **context}, indent=2))
+    out.write_text(report(raw, context), encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

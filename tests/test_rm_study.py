@@ -40,3 +40,7 @@ def test_study_writes_its_table(tmp_path: Path, cache_dir: Path) -> None:
     assert len(raw["runs"]) == 3 * 2 * 2
     assert {r["seed"] for r in raw["runs"]} == {0, 1}
     assert all(0.0 <= r["probe/accuracy"] <= 1.0 for r in raw["runs"])
+    # The Markdown can be rewritten from the saved numbers alone, identically.
+    out.write_text("")
+    assert main(["--out", str(out), "--report-only"]) == 0
+    assert out.read_text() == text
