@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     runs, context = run_study(registry, list(args.overrides), args.selections, args.budgets, seeds)
     context.update(provenance(argv, args.budgets, seeds))
     out.parent.mkdir(parents=True, exist_ok=True)
-    raw = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in runs]
+    raw = [{k: v for k, v in r.items() if not isinstance(v, list | dict)} for r in runs]
     out.with_suffix(".json").write_text(json.dumps({"runs": raw, **context}, indent=2))
     out.write_text(report(raw, context), encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
