@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from alignbench import checkpoint
+from alignbench import checkpoint, jobdir
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import CONF_PACKAGE, ships_yaml, to_object
@@ -109,18 +109,6 @@ def _finished_summary(output_dir: Path, fingerprint: str) -> dict[str, Any] | No
     return summary if same else None
 
 
-def _move_aside(output_dir: Path) -> None:
-    """``rerun=true``: keep the previous results of this folder under ``previous-<time>/``."""
-    names = ("metrics.jsonl", "summary.json", "checkpoints", "wandb", "wandb_run_id")
-    old = [output_dir / n for n in names]
-    old = [p for p in old if p.exists()]
-    if old:
-        aside = output_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.mkdir(parents=True, exist_ok=True)
-        for path in old:
-            os.replace(path, aside / path.name)
-
-
 @torch.no_grad()
 def policy_as_reward_model(run: Run, rm_path: Path) -> dict[str, float]:
     """Held-out ranking accuracy of the trained policy used as a reward model (RRHF's view).
@@ -154,11 +142,18 @@ def run_job(
     registry: Registry | None = None,
     group: str | None = None,
     tags: list[str] | None = None,
+    claimed: bool = False,
 ) -> dict[str, Any]:
-    """Run one job (stage 1 if not cached, then the algorithm's loop); returns its summary."""
+    """Run one job (stage 1 if not cached, then the algorithm's loop); returns its summary.
+
+    ``claimed``: the caller already locked the folder, checked it and moved old results aside
+    (the command line does, see :mod:`alignbench.jobdir`); library callers leave it False.
+    """
     registry = registry or _REGISTRY or build_registry()
     if cfg.plugin_dirs:
         load_plugin_dirs(registry, list(cfg.plugin_dirs))
+    if not claimed:
+        jobdir.check_free(cfg, output_dir)
     fingerprint = config_fingerprint(cfg)
     finished = _finished_summary(output_dir, fingerprint)
     if finished is not None and not cfg.rerun:
@@ -168,8 +163,8 @@ def run_job(
         return {**finished, "skipped": True}
     resume_from = None if cfg.rerun else checkpoint.latest(output_dir)
     kept_lines = 0  # lines of metrics.jsonl written up to the checkpoint we resume from
-    if cfg.rerun:
-        _move_aside(output_dir)
+    if cfg.rerun and not claimed:
+        jobdir.move_aside(output_dir)
     elif resume_from is not None:
         saved = torch.load(resume_from / "state.pt", weights_only=True)
         kept_lines = int(saved["metrics_lines"])
@@ -178,6 +173,8 @@ def run_job(
                 f"{output_dir} holds a checkpoint of a different config — pass rerun=true to "
                 "start over (the old results are moved aside, not deleted)"
             )
+    if not claimed:  # library use: record the config the folder's results come from
+        jobdir.write_hydra_record(output_dir, cfg, None, None)
     started = time.perf_counter()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -295,20 +292,29 @@ def _job(cfg: DictConfig) -> None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     tags = WandbLogger.tags_from_overrides(list(hydra_cfg.overrides.task))
+    claimed = False  # until the folder is ours, a failure writes nothing into it
     try:
-        summary = run_job(cfg, output_dir, group=group, tags=tags)
+        with jobdir.locked(output_dir):
+            jobdir.check_free(cfg, output_dir)
+            if cfg.rerun:
+                jobdir.move_aside(output_dir)
+            jobdir.write_hydra_record(output_dir, cfg, hydra_cfg, list(hydra_cfg.overrides.task))
+            claimed = True
+            summary = run_job(cfg, output_dir, group=group, tags=tags, claimed=True)
     except Interrupted as exc:
         # Ctrl-C / SIGTERM stops the whole sweep, not just this job (its checkpoint is saved).
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except AlignbenchError as exc:
         _FAILED.append(str(output_dir))
-        _record_failure(cfg, output_dir, exc)
+        if claimed:
+            _record_failure(cfg, output_dir, exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return
     except Exception as exc:
         _FAILED.append(str(output_dir))
-        _record_failure(cfg, output_dir, exc)
+        if claimed:
+            _record_failure(cfg, output_dir, exc)
         log.exception("job failed")
         print(
             f"error: job {output_dir.name} failed: {type(exc).__name__}: "

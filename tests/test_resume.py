@@ -180,7 +180,6 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
         *TINY,
         "algo=rrhf,sft",
         "algo.policy_samples=0",
-        "algo.use_abstention=false",
         "--multirun",
         f"cache_dir={tmp_path / 'cache'}",
         "hydra.sweep.dir=sweep",

@@ -1,0 +1,167 @@
+"""A job folder: claimed (locked) by one process, never overwritten by a different config.
+
+Hydra would write ``.hydra/`` (the composed config and the overrides) into the job folder before
+the job function runs, so a refused re-run would still relabel an old result under new
+overrides. alignbench therefore turns Hydra's own writing off (``hydra.output_subdir: null``)
+and :func:`claim` writes ``.hydra/`` itself, only after checking that the folder is free:
+
+* another live process holds the folder's lock → refuse (two writers interleave records);
+* the folder holds results (a summary, step records, a checkpoint) of a different config →
+  refuse, naming the keys that differ, unless ``rerun=true`` (then they are moved aside);
+* otherwise write ``.hydra/`` and keep the lock until the job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from alignbench.checkpoint import NEUTRAL_KEYS
+from alignbench.errors import ConfigError
+
+HYDRA = ".hydra"
+LOCK = ".lock"
+#: What a job writes into its folder (moved aside together by ``rerun=true``).
+RESULTS = ("metrics.jsonl", "summary.json", "checkpoints", "wandb", "wandb_run_id", HYDRA)
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"algo.lr": 0.001, ...}`` of a config (DictConfig or plain dict), neutral keys left out."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    out: dict[str, Any] = {}
+    for key, value in (cfg or {}).items():
+        name = f"{prefix}{key}"
+        if not prefix and key in NEUTRAL_KEYS + ("hydra",):
+            continue
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ (or exist on one side only)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k, "∅") != new.get(k, "∅"))
+
+
+def _has_results(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RESULTS if name != HYDRA)
+
+
+def saved_config(folder: Path) -> dict[str, Any] | None:
+    """The flat config a folder's results were produced with, or None if it records none."""
+    path = folder / HYDRA / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+        # A record written by Hydra itself keeps interpolations (`${world}`): resolve them.
+        return flat_config(OmegaConf.to_container(OmegaConf.create(data), resolve=True))
+    except (yaml.YAMLError, ValueError, OmegaConfBaseException):
+        return None
+
+
+def check_free(cfg: DictConfig, folder: Path) -> None:
+    """Refuse (ConfigError, one line) a folder holding results of a different config."""
+    if cfg.get("rerun") or not _has_results(folder):
+        return
+    old = saved_config(folder)
+    new = flat_config(cfg)
+    if old is None:
+        raise ConfigError(
+            f"{folder} holds results but no record of their config (.hydra/config.yaml) — pass "
+            "rerun=true to move them aside, or choose another output folder"
+        )
+    changed = differing_keys(old, new)
+    if changed:
+        shown = ", ".join(changed[:6]) + (
+            f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
+        )
+        raise ConfigError(
+            f"{folder} holds results of a different config (differs in: {shown}) — pass "
+            "rerun=true to move them aside, or choose another hydra.sweep.dir / hydra.run.dir"
+        )
+
+
+def move_aside(folder: Path) -> Path | None:
+    """``rerun=true``: move the folder's results (``.hydra/`` included) to ``previous-<time>/``."""
+    old = [folder / name for name in RESULTS if (folder / name).exists()]
+    log = folder / "app.log"
+    if not old:
+        return None
+    aside = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in old + ([log] if log.exists() else []):
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def write_yaml_atomic(path: Path, data: Any) -> None:
+    """Write YAML via a temporary file and a rename (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def write_hydra_record(
+    folder: Path, cfg: DictConfig, hydra_cfg: Any, overrides: list[str] | None
+) -> None:
+    """What Hydra would have written into ``.hydra/``: config, hydra config and overrides
+    (the latter two only when known: a job run from Python has neither)."""
+    target = folder / HYDRA
+    target.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    write_yaml_atomic(target / "config.yaml", resolved)
+    if hydra_cfg is not None:
+        write_yaml_atomic(
+            target / "hydra.yaml",
+            {"hydra": OmegaConf.to_container(hydra_cfg, resolve=False, enum_to_str=True)},
+        )
+    if overrides is not None:
+        write_yaml_atomic(target / "overrides.yaml", list(overrides))
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold the folder's exclusive lock for the job's duration; refuse if another process has it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK, "a+")  # noqa: SIM115 (held open for the whole job)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"{folder} is being written by {holder} — wait for it to end (or stop it), "
+            "or choose another output folder"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def summary_status(folder: Path) -> dict[str, Any] | None:
+    """The folder's summary.json, or None (missing or unreadable)."""
+    try:
+        return json.loads((folder / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
