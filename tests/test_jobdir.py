@@ -80,9 +80,11 @@ def test_a_second_writer_is_refused(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ConfigError, match=f"being written by process {holder.pid}"):
-            with locked(tmp_path):
-                pass
+        with (
+            pytest.raises(ConfigError, match=f"being written by process {holder.pid}"),
+            locked(tmp_path),
+        ):
+            pass
     finally:
         holder.kill()
         holder.wait()
