@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -267,6 +268,30 @@ def run_job(
 _FAILED: list[str] = []
 
 
+class FailedJobs(Callback):
+    """Finds the failed jobs of a multirun in the parent process, whatever the launcher.
+
+    A parallel launcher (joblib, submitit) runs jobs in other processes, whose ``_FAILED`` the
+    parent never sees; so at the end of the multirun the parent reads the status of every job
+    folder written since the multirun started.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Note when the sweep started."""
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Add every job folder of the sweep whose summary says failed/interrupted to _FAILED."""
+        sweep = Path(config.hydra.sweep.dir)
+        for path in sorted(sweep.glob("*/summary.json")):
+            if path.stat().st_mtime < getattr(self, "started", 0.0) - 1:
+                continue  # an older run's folder (skipped this time)
+            status = (jobdir.summary_status(path.parent) or {}).get("status")
+            known = {str(Path(f).resolve()) for f in _FAILED}
+            if status in ("failed", "interrupted") and str(path.parent.resolve()) not in known:
+                _FAILED.append(str(path.parent))
+
+
 def _record_failure(cfg: DictConfig, output_dir: Path, exc: BaseException) -> None:
     """A failed summary.json for a job that failed before its run loop wrote one."""
     if (output_dir / "summary.json").exists():
@@ -427,7 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     if _FAILED:
-        print(f"{len(_FAILED)} job(s) failed: {', '.join(_FAILED)}", file=sys.stderr)
+        shown = ", ".join(_FAILED[:5]) + (
+            f" (+{len(_FAILED) - 5} more)" if len(_FAILED) > 5 else ""
+        )
+        print(
+            f"{len(_FAILED)} job(s) failed: {shown} — each folder's summary.json holds the error "
+            "and app.log the traceback",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -174,10 +174,13 @@ def test_nonfinite_loss_stops_before_the_weights_change(tiny_job, tmp_path: Path
     assert skipped["budget/steps"] == 2
 
 
-def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
-    """In a multirun, a failing job is recorded and reported; the others finish; exit code 1."""
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
+def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path, launcher: list[str]) -> None:
+    """In a multirun, a failing job is recorded and reported; the others finish; exit code 1 —
+    with the basic launcher and with joblib, whose workers are other processes."""
     args = [
         *TINY,
+        *launcher,
         "algo=rrhf,sft",
         "algo.policy_samples=0",
         "--multirun",
