@@ -22,6 +22,10 @@ from alignbench.run import Run
 log = logging.getLogger(__name__)
 
 
+#: With on_nonfinite=skip, this many non-finite batches in a row end the run with an error.
+MAX_SKIPPED_IN_A_ROW = 20
+
+
 class PromptStream:
     """Endless shuffled passes over a split, ``size`` rows at a time, from a seeded RNG."""
 
@@ -145,9 +149,25 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                     raise
                 log.warning("%s — batch skipped (on_nonfinite=skip)", exc)
                 state["skipped"] += 1
+                state["skipped_in_a_row"] = state.get("skipped_in_a_row", 0) + 1
                 run.step += 1
                 run.budget.charge(steps=1, flops=run.flops.total - flops_before)
+                if state["skipped_in_a_row"] >= MAX_SKIPPED_IN_A_ROW:
+                    # A reward or loss that stays non-finite would otherwise loop forever on a
+                    # budget that skipped batches barely spend (tokens, samples, seconds).
+                    raise NonFiniteError(
+                        f"{MAX_SKIPPED_IN_A_ROW} batches in a row were skipped as non-finite "
+                        f"(last: {exc}) — the run cannot make progress; fix the reward or "
+                        "lower the learning rate, or use on_nonfinite=stop"
+                    ) from None
+                if stop.signal is not None:  # a skipped batch still honours SIGTERM / Ctrl-C
+                    save()
+                    raise Interrupted(
+                        f"stopped by signal {stop.signal} at step {run.step}; checkpoint saved — "
+                        "run the same command again to resume"
+                    ) from None
                 continue
+            state["skipped_in_a_row"] = 0
             run.step += 1
             run.budget.charge(
                 steps=1,

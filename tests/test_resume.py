@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignbench import NonFiniteError
+from alignbench import Interrupted, NonFiniteError
 from alignbench.checkpoint import latest
 from tests.conftest import TINY
 
@@ -208,3 +208,44 @@ def test_same_command_lands_in_the_same_folder(tmp_path: Path, monkeypatch) -> N
     assert a == b and a != c
     assert a[1].startswith("hydra.sweep.dir=results/sweeps/algo-ppo+rrhf_seed-0+1_")
     assert _default_dirs(["hydra.run.dir=x", "hydra.sweep.dir=y"]) == []
+
+
+def test_a_reward_that_stays_nan_ends_the_run_instead_of_hanging(tiny_job, monkeypatch) -> None:
+    """on_nonfinite=skip with a token budget (which skipped batches never spend) stops after
+    MAX_SKIPPED_IN_A_ROW skipped batches with one clear error, instead of looping forever."""
+    from alignbench import loop
+    from alignbench_plugins.rewards import ExactMatchReward
+
+    monkeypatch.setattr(loop, "MAX_SKIPPED_IN_A_ROW", 5)
+    monkeypatch.setattr(
+        ExactMatchReward, "score", lambda self, rows, responses: [float("nan")] * len(rows)
+    )
+    with pytest.raises(NonFiniteError, match="5 batches in a row were skipped"):
+        tiny_job(
+            "algo=rrhf",
+            "reward=exact_match",
+            "on_nonfinite=skip",
+            "budget.kind=tokens",
+            "budget.amount=1000",
+        )
+
+
+def test_a_skipped_batch_still_honours_sigterm(tiny_job, tmp_path: Path, monkeypatch) -> None:
+    """A signal that arrives while batches are being skipped stops the run with a checkpoint."""
+    import os
+
+    from alignbench_plugins.rewards import ExactMatchReward
+
+    batches = []
+
+    def nan_then_signal(self, rows, responses):
+        if len(rows) == 4 * 5:  # a training batch (4 prompts x 5 candidates), not an eval set
+            batches.append(1)
+            if len(batches) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return [float("nan")] * len(rows)
+
+    monkeypatch.setattr(ExactMatchReward, "score", nan_then_signal)
+    with pytest.raises(Interrupted, match="stopped by signal"):
+        tiny_job("algo=rrhf", "reward=exact_match", "on_nonfinite=skip", "budget.amount=50")
+    assert latest(tmp_path / "out") is not None and len(batches) == 2
