@@ -55,6 +55,7 @@ from alignbench.reward_model import (
 )
 from alignbench.run import Run
 from alignbench.stages import sft_stage
+from alignbench.validation import check_known_keys, check_plugin_configs, check_ranges
 
 log = logging.getLogger("alignbench")
 
@@ -153,6 +154,7 @@ def run_job(
     registry = registry or _REGISTRY or build_registry()
     if cfg.plugin_dirs:
         load_plugin_dirs(registry, list(cfg.plugin_dirs))
+    check_ranges(cfg)  # the command line checked this already; library callers need it too
     if not claimed:
         jobdir.check_free(cfg, output_dir)
     fingerprint = config_fingerprint(cfg)
@@ -414,9 +416,12 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
         for combo in itertools.islice(itertools.product(*choices), MAX_VALIDATED_COMBINATIONS):
             try:
                 cfg = hydra.compose(config_name="config", overrides=list(combo))
-                OmegaConf.to_object(cfg)  # every node typed: a wrong type fails here
+                typed = OmegaConf.to_object(cfg)  # every node typed: a wrong type fails here
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
                 raise ConfigError(_one_line(exc)) from None
+            check_known_keys(typed)
+            check_ranges(cfg)
+            check_plugin_configs([typed.algo, typed.task, typed.reward, typed.feedback])
             Budget.from_config(to_object(cfg.budget))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import sys
@@ -18,10 +19,23 @@ from alignbench.run import Run
 log = logging.getLogger(__name__)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / inf float replaced by None (JSON has no NaN: a bare ``NaN`` in a
+    file breaks strict readers); containers are walked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temporary file and a rename, so no reader ever sees half a file."""
+    """Write strict JSON via a temporary file and a rename, so no reader ever sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, default=str, allow_nan=False)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 
@@ -38,7 +52,8 @@ class ResultsWriter:
         self._file = open(path, "a")  # noqa: SIM115 - closed at run end
 
     def _write(self, kind: str, step: int, metrics: dict[str, float]) -> None:
-        self._file.write(json.dumps({"kind": kind, "step": step, **metrics}, sort_keys=True) + "\n")
+        record = json_safe({"kind": kind, "step": step, **metrics})
+        self._file.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         self._file.flush()
 
     @hookimpl

@@ -71,6 +71,45 @@ def test_cli_prints_one_line_and_exits_nonzero(capsys, tmp_path, monkeypatch) ->
     assert not (tmp_path / "results").exists()  # nothing written
 
 
+#: Issue 11's out-of-range values: each refused in one exact line before anything is written.
+BAD_VALUES = [
+    (["seed=-1"], "seed=-1 — must be an integer in [0, 9223372036854775807]"),
+    (["seed=99999999999999999999"], "seed="),  # overflow: refused as a wrong type or range
+    (["world=-3"], "world=-3 — must be an integer in [0, 9223372036854775807]"),
+    (["algo.lr=nan"], "algo.lr=nan — must be a finite number"),
+    (["algo.max_new_tokens=0"], "algo.max_new_tokens=0 — must be >= 1"),
+    (["algo.prompts_per_step=0"], "algo.prompts_per_step=0 — must be >= 1"),
+    (["algo.temperature=0"], "algo.temperature=0.0 — must be > 0"),
+    (["stage.sft.batch_size=0"], "stage.sft.batch_size=0 — must be >= 1"),
+    (["eval.batch_size=0"], "eval.batch_size=0 — must be >= 1"),
+    (["algo.epochs=0"], "algo.epochs=0 — must be >= 1"),
+    (["algo=ppo", "algo.ppo_epochs=0"], "algo.ppo_epochs=0 — must be >= 1"),
+    (["algo=ppo", "algo.num_minibatches=0"], "algo.num_minibatches=0 — must be >= 1"),
+    (["algo=ppo", "algo.samples_per_prompt=0"], "algo.samples_per_prompt=0 — must be >= 1"),
+    (["stage.rm.heldout_share=1"], "stage.rm.heldout_share=1.0 — must be in [0, 1)"),
+    (["budget.amount=inf"], "budget.amount=inf — must be a finite number"),
+    (["checkpoint_every=-1"], "checkpoint_every=-1 — must be >= 0"),
+    (["eval.points=-1"], "eval.points=-1 — must be >= 0"),
+    (["task.eval_size=0"], "task.eval_size=0 — must be >= 1"),
+    (["feedback.k=1"], "feedback.k=1 — must be >= 2"),
+    (["feedback.k=0"], "feedback.k=0 — must be >= 2"),
+    (["+algo.lrr=0.1"], "unknown config key 'algo.lrr'"),
+    (["+model.foo=1"], "unknown config key 'model.foo'"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), BAD_VALUES)
+def test_out_of_range_values_fail_in_one_line_before_anything_runs(
+    capsys, tmp_path, monkeypatch, overrides, fragment
+) -> None:
+    """Every row of the README's bad-input catalogue: exit 2, one line, no results folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*overrides, "logger=none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
+
+
 def test_cli_rejects_non_positive_budget(capsys, tmp_path, monkeypatch) -> None:
     """A zero budget is refused with one line, before anything is trained."""
     monkeypatch.chdir(tmp_path)

@@ -142,3 +142,14 @@ def test_evaluations_happen_at_even_flop_points(tiny_job, tmp_path: Path) -> Non
         assert flops >= point  # past the point ...
         assert steps[steps.index(flops) - 1] < point  # ... at the first step that got there
     assert summary["world"] == 0
+
+
+def test_results_files_are_strict_json(tmp_path: Path) -> None:
+    """A NaN metric is written as null: summary.json and metrics.jsonl never hold bare NaN."""
+    from alignbench.observers import json_safe, write_json_atomic
+
+    write_json_atomic(tmp_path / "s.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": 2})
+    text = (tmp_path / "s.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": 2}
+    assert json_safe({"x": {"y": float("-inf")}}) == {"x": {"y": None}}
