@@ -57,7 +57,11 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _has_results(folder: Path) -> bool:
-    return any((folder / name).exists() for name in RESULTS if name != HYDRA)
+    """Step records, a checkpoint or a finished summary (a job that failed before its first
+    step left only its error, which a new run may replace)."""
+    if (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists():
+        return True
+    return (summary_status(folder) or {}).get("status") == "finished"
 
 
 def saved_config(folder: Path) -> dict[str, Any] | None:
