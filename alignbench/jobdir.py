@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from alignbench.checkpoint import NEUTRAL_KEYS
+from alignbench.checkpoint import NEUTRAL_KEYS, config_fingerprint
 from alignbench.errors import ConfigError
 
 HYDRA = ".hydra"
@@ -84,6 +84,8 @@ def check_free(cfg: DictConfig, folder: Path) -> None:
     old = saved_config(folder)
     new = flat_config(cfg)
     if old is None:
+        if (summary_status(folder) or {}).get("fingerprint") == config_fingerprint(cfg):
+            return  # no .hydra/ record, but the summary says it is this very config
         raise ConfigError(
             f"{folder} holds results but no record of their config (.hydra/config.yaml) — pass "
             "rerun=true to move them aside, or choose another output folder"
