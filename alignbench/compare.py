@@ -36,7 +36,18 @@ DEFAULT_METRICS = (
     "wall_time",
 )
 #: Keys that never name a group: the seed and the world are what a group is aggregated over.
-IGNORED_KEYS = ("seed", "world", "hydra.", "hydra/", "logger", "cache_dir", "threads")
+IGNORED_KEYS = (
+    "seed",
+    "world",
+    "hydra.",
+    "hydra/",
+    "logger",
+    "cache_dir",
+    "threads",
+    "cache_rebuild",
+    "rerun",
+    "checkpoint_every",
+)
 #: Metrics drawn as curves against the budget (evaluations on the dev and test splits).
 CURVE_PREFIXES = ("test/", "dev/")
 X_AXES = ("flops", "steps", "samples", "tokens", "seconds")
