@@ -181,7 +181,7 @@ def test_rm_stage_runs_is_cached_and_logs_proxy_and_gold(tiny_job) -> None:
     assert second["stage/rm"]["key"] == first["stage/rm"]["key"]
     assert noisy["stage/rm"]["key"] != first["stage/rm"]["key"]
     for summary in (first, second):
-        assert {"eval/reward", "eval/gold_reward"} <= set(summary)
+        assert {"test/reward", "test/gold_reward"} <= set(summary)
         assert summary["flops_by_model"]["reward_model"] > 0
         # Reported on the reward model's held-out groups whenever they have ordered gold pairs.
         has_pairs = summary["stage/rm"]["heldout_accuracy_gold"] is not None
