@@ -32,7 +32,7 @@ from alignbench.run import Run
 
 CHECKPOINTS = "checkpoints"
 #: Keys that do not change what a job computes (so changing them does not block a resume).
-NEUTRAL_KEYS = ("rerun", "logger", "threads", "checkpoint_every")
+NEUTRAL_KEYS = ("rerun", "logger", "threads", "checkpoint_every", "cache_rebuild")
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignbench import ops
+from alignbench import ops, provenance
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.budget import FlopCounter
 from alignbench.config import Decoding, FeedbackConfig, RMStageConfig, Selection, to_object
@@ -513,7 +513,19 @@ def reward_model_stage(
     sft_key: str,
 ) -> tuple[Path, dict[str, Any]]:
     """The folder of the stage-2 reward model, trained unless the cache already holds it."""
-    key = config_hash(sft_key, cfg.feedback, cfg.stage.rm, RM_STAGE_VERSION)
+    # The SFT model's weights (as verified by stage 1), the plugins' sources and the contents of
+    # their input files (a rankings file) are keyed, not only their names.
+    sft_files = json.loads((sft_path / "stage.json").read_text())["provenance"]["files"]
+    plugins = {"task": task, "feedback": source}
+    key = config_hash(
+        sft_key,
+        cfg.feedback,
+        cfg.stage.rm,
+        RM_STAGE_VERSION,
+        sft_files,
+        provenance.key_parts(plugins),
+        provenance.STAGE_THREADS,
+    )
 
     def build(folder: Path) -> dict[str, Any]:
         fb, rm_cfg = to_object(cfg.feedback), to_object(cfg.stage.rm)
@@ -566,7 +578,15 @@ def reward_model_stage(
             **stats,
         }
 
-    return cached_stage(cfg.cache_dir, "rm", key, build)
+    return cached_stage(
+        cfg.cache_dir,
+        "rm",
+        key,
+        build,
+        sources=provenance.RM_SOURCES,
+        plugins=plugins,
+        rebuild=cfg.cache_rebuild,
+    )
 
 
 def refresh_reward_model(

@@ -27,6 +27,7 @@ import numpy as np
 import alignbench
 from alignbench import DataError, FeedbackConfig, FeedbackSource, Group
 from alignbench.feedback import ranking_to_preference
+from alignbench.provenance import input_path
 
 
 @dataclass
@@ -119,10 +120,20 @@ class FileFeedback(FeedbackSource):
 
     config: FileConfig
 
+    def __init__(self, config: FileConfig, task: alignbench.Task) -> None:
+        super().__init__(config, task)
+        # A relative path is read from the folder the command was started from: the same file
+        # whose content the stage-2 cache key hashes (input_files).
+        self.path = input_path(config.path) if config.path else None
+
+    def input_files(self) -> list[Path]:
+        """The rankings file: its content, not only its name, is part of the stage-2 cache key."""
+        return [self.path] if self.path is not None else []
+
     def load_groups(self) -> list[Group]:
         """Every group of the file, validated before any is used."""
-        path = Path(self.config.path)
-        if not self.config.path or not path.is_file():
+        path = self.path
+        if path is None or not path.is_file():
             raise DataError(
                 f"feedback.path={self.config.path!r}: no such file — give a JSONL file of rankings"
             )
