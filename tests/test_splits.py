@@ -11,7 +11,7 @@ from alignbench.config import FeedbackConfig, ModelConfig, RMStageConfig
 from alignbench.models import build_model, build_tokenizer
 from alignbench.reward_model import collect_feedback
 from alignbench_plugins.facts import FactsConfig, FactsTask
-from alignbench_plugins.feedback import SimulatedConfig, SimulatedAnnotators
+from alignbench_plugins.feedback import SimulatedAnnotators, SimulatedConfig
 
 
 def test_reward_model_prompts_come_from_rl_never_dev_or_test(tmp_path: Path) -> None:
