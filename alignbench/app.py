@@ -46,6 +46,7 @@ from alignbench.errors import (
 from alignbench.loop import run_loop
 from alignbench.models import load_pretrained, response_logprobs
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
+from alignbench.provenance import git_commit
 from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
 from alignbench.reward_model import (
     load_groups,
@@ -63,6 +64,22 @@ log = logging.getLogger("alignbench")
 _REGISTRY: Registry | None = None
 #: How many sweep combinations are composed up front to catch config errors early.
 MAX_VALIDATED_COMBINATIONS = 64
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, torch, transformers and alignbench, recorded in every summary."""
+    import platform
+
+    import transformers
+
+    from alignbench import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "alignbench": __version__,
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -237,6 +254,9 @@ def run_job(
         "seed": cfg.seed,
         "world": cfg.world,
         "fingerprint": fingerprint,
+        # What produced these numbers: the code and the libraries.
+        "git_commit": git_commit(),
+        "versions": library_versions(),
         "output_dir": str(output_dir),
         **stages,
     }

@@ -231,6 +231,45 @@ def compare_to_baseline(values: list[float], baseline: list[float]) -> Compariso
 # --------------------------------------------------------------------------------------------
 
 
+def provenance_note(sweeps: list[Path], jobs: list[dict[str, Any]]) -> str:
+    """Where the numbers come from: the commands (from each sweep's ``multirun.yaml``), the
+    code (git commits recorded by the jobs or their stage-1 models) and the library versions."""
+    lines = []
+    for sweep in sweeps:
+        path = sweep / "multirun.yaml"
+        if path.is_file():
+            hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+            overrides = hydra_cfg.get("overrides", {})
+            hydra_args = [
+                o
+                for o in overrides.get("hydra", [])
+                if not o.startswith(("hydra.run.dir=", "hydra.mode="))
+            ]
+            args = [*overrides.get("task", []), *hydra_args]
+            lines.append(f"`python -m alignbench --multirun {' '.join(args)}` → `{sweep}`")
+    commits: set[str] = set()
+    versions: set[str] = set()
+    for job in jobs:
+        summary = job["summary"] or {}
+        stage = (summary.get("stage/sft") or {}).get("provenance") or {}
+        for commit in (summary.get("git_commit"), stage.get("git_commit")):
+            if commit:
+                commits.add(str(commit)[:12])
+        found = summary.get("versions") or stage
+        if found.get("torch"):
+            versions.add(f"torch {found['torch']}, transformers {found.get('transformers')}")
+    out = []
+    if lines:
+        out.append("Made by: " + "; ".join(lines) + ".")
+    if commits:
+        out.append(
+            "Code: commit " + ", ".join(sorted(commits)) + " (of the jobs and their SFT models)."
+        )
+    if versions:
+        out.append("Libraries: " + "; ".join(sorted(versions)) + ".")
+    return " ".join(out)
+
+
 def load_jobs(sweep: Path) -> list[dict[str, Any]]:
     """Every job folder of a sweep: its overrides, and its summary (None if it never finished)."""
     jobs = []
@@ -364,11 +403,16 @@ def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) ->
 def stage1_starts(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The initial evaluation of each stage-1 SFT model the jobs started from, by cache key."""
     starts: dict[str, dict[str, Any]] = {}
+    rewards = {(j["summary"] or {}).get("reward") for j in jobs if j["summary"]}
     for job in jobs:
         summary = job["summary"]
         if summary and "initial" in summary:
-            # Every job starting from one stage-1 model has the same initial evaluation.
-            starts.setdefault(summary.get("stage/sft", {}).get("key", "?"), summary["initial"])
+            # Every job starting from one stage-1 model has the same initial evaluation (but its
+            # `reward` metric is the job's reward: one row per reward when they differ).
+            key = (summary.get("stage/sft") or {}).get("key", "?")[:8]
+            if len(rewards) > 1:
+                key += f"` reward={summary.get('reward')} `"
+            starts.setdefault(key, summary["initial"])
     return starts
 
 
@@ -439,7 +483,7 @@ def comparison_report(
     lines = [_row(header), "|" + "---|" * len(header)]
     for key, initial in stage1_starts(jobs).items():
         cells = [_cell([initial[m]], m) if m in initial else "—" for m in metrics]
-        lines.append(_row([f"stage-1 SFT model `{key[:8]}`", "—", *cells]))
+        lines.append(_row([f"stage-1 SFT model `{key}`".replace("``", ""), "—", *cells]))
     results: dict[str, dict[str, Comparison]] = {}
     many_worlds = any(g.worlds > 1 for g in groups)
     for group in groups:
@@ -800,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs += found
         metrics = tuple(args.metric or DEFAULT_METRICS)
         report = comparison_report(jobs, metrics, args.group_by, args.baseline)
+        origin = provenance_note(list(args.sweep), jobs)
+        if origin:
+            report = origin + "\n\n" + report
         if not 0 < args.share <= 1 or not 0 < args.reach_compute <= 1:
             raise BadInput("--share and --reach-compute must be in (0, 1]")
         from alignbench.curves import curve_report

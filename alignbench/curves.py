@@ -137,7 +137,8 @@ def curve_report(
         reached = sum(not math.isinf(c) for c in costs)
         if costs:
             median = float(np.median(costs))
-            low, high = bootstrap_ci(costs, statistic=lambda r: np.median(r, axis=1))
+            with np.errstate(invalid="ignore"):  # medians of never-reached (inf) draws
+                low, high = bootstrap_ci(costs, statistic=lambda r: np.median(r, axis=1))
             cost_cell = f"{_fmt(median)} [{_fmt(low)}, {_fmt(high)}] ({reached}/{len(costs)})"
         else:
             cost_cell = "— (other worlds than the best group's)"

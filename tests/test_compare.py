@@ -364,3 +364,19 @@ def test_overrides_shared_by_every_job_are_shown_once(tmp_path: Path, capsys) ->
     out = capsys.readouterr().out
     assert "| `algo=ppo` (baseline) | 2/2 |" in out and "| `algo=rrhf` | 2/2 |" in out
     assert "Every job shares: `+experiment=x`." in out and "threads" not in out
+
+
+def test_report_states_command_commit_and_versions(tmp_path: Path, capsys) -> None:
+    """The report says which command, code commit and libraries made its numbers."""
+    sweep = tmp_path / "sweep"
+    summary = {**_summary("ppo", 0.5), "git_commit": "0123456789abcdef", "versions": {}}
+    summary["versions"] = {"torch": "2.13.0", "transformers": "5.0"}
+    _job(sweep, "0", ["algo=ppo", "seed=0"], summary)
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [algo=ppo, 'seed=0,1']\n"
+        "    hydra: [hydra.sweep.dir=sweep, hydra.mode=MULTIRUN]\n"
+    )
+    assert main([str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "`python -m alignbench --multirun algo=ppo seed=0,1 hydra.sweep.dir=sweep`" in out
+    assert "commit 0123456789ab" in out and "torch 2.13.0, transformers 5.0" in out
