@@ -807,6 +807,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-plots", action="store_true", help="write the table only")
     parser.add_argument(
+        "--where",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keep only jobs with this override, e.g. reward=abstention (repeatable)",
+    )
+    parser.add_argument(
         "--curve-metric",
         default="test/reward",
         help="the eval metric whose curves give AUC and compute-to-threshold (test/reward)",
@@ -842,6 +848,12 @@ def main(argv: list[str] | None = None) -> int:
                     "under results/sweeps/"
                 )
             jobs += found
+        for condition in args.where or []:
+            if "=" not in condition:
+                raise BadInput(f"--where {condition!r} — write it as KEY=VALUE, e.g. reward=rm")
+            jobs = [j for j in jobs if condition in [o.lstrip("+") for o in j["overrides"]]]
+            if not jobs:
+                raise BadInput(f"--where {condition}: no job has this override")
         metrics = tuple(args.metric or DEFAULT_METRICS)
         report = comparison_report(jobs, metrics, args.group_by, args.baseline)
         origin = provenance_note(list(args.sweep), jobs)

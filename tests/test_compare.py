@@ -380,3 +380,16 @@ def test_report_states_command_commit_and_versions(tmp_path: Path, capsys) -> No
     out = capsys.readouterr().out
     assert "`python -m alignbench --multirun algo=ppo seed=0,1 hydra.sweep.dir=sweep`" in out
     assert "commit 0123456789ab" in out and "torch 2.13.0, transformers 5.0" in out
+
+
+def test_where_keeps_only_matching_jobs(tmp_path: Path, capsys) -> None:
+    """`--where reward=x` keeps the jobs with that override; an unmatched one is one line."""
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0", ["algo=ppo", "reward=a", "seed=0"], _summary("ppo", 0.5))
+    _job(sweep, "1", ["algo=ppo", "reward=b", "seed=0"], _summary("ppo", 0.7))
+    args = [str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]
+    assert main([*args, "--where", "reward=b"]) == 0
+    out = capsys.readouterr().out
+    assert "0.700" in out and "0.500" not in out
+    assert main([*args, "--where", "reward=c"]) == 2
+    assert "no job has this override" in capsys.readouterr().err
