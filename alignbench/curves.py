@@ -19,7 +19,6 @@ import numpy as np
 from alignbench.compare import (
     Group,
     _finished,
-    bootstrap_ci,
     group_jobs,
     hierarchical_ci,
     load_curve,
@@ -75,6 +74,18 @@ def _starts(curves: list[tuple[str, Any, np.ndarray, np.ndarray]]) -> dict[str, 
     return {world: float(ys[0]) for world, _, _, ys in curves}
 
 
+def _median_interval(costs: list[float], samples: int = 10_000) -> tuple[float, float]:
+    """95 % bootstrap interval of the median of ``costs`` (inf = never reached is allowed)."""
+    data = np.asarray(costs, dtype=float)
+    if len(data) < 2:
+        return float(data[0]), float(data[0])
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(data, size=(samples, len(data)), replace=True), axis=1)
+    # "nearest": a quantile of draws that include inf is inf, never inf - inf = nan.
+    low, high = np.quantile(medians, [0.025, 0.975], method="nearest")
+    return float(low), float(high)
+
+
 def _fmt(x: float) -> str:
     return "∞" if math.isinf(x) else f"{x:.3g}"
 
@@ -111,7 +122,8 @@ def curve_report(
     finals = {name: world_finals(name) for name in curves}
     best = max(curves, key=lambda n: sign * np.mean(list(finals[n].values())))
     thresholds = {w: starts[w] + share * (finals[best][w] - starts[w]) for w in finals[best]}
-    budget = max(float(xs[-1]) for c in curves.values() for _, _, xs, _ in c)
+    # The compute every job reached (jobs overshoot their budget by part of a step).
+    budget = min(float(xs[-1]) for c in curves.values() for _, _, xs, _ in c)
     frac_names = [f"at {Fraction(f).limit_denominator(64)} of the budget" for f in FRACTIONS]
     header = [
         "group",
@@ -137,8 +149,7 @@ def curve_report(
         reached = sum(not math.isinf(c) for c in costs)
         if costs:
             median = float(np.median(costs))
-            with np.errstate(invalid="ignore"):  # medians of never-reached (inf) draws
-                low, high = bootstrap_ci(costs, statistic=lambda r: np.median(r, axis=1))
+            low, high = _median_interval(costs)
             cost_cell = f"{_fmt(median)} [{_fmt(low)}, {_fmt(high)}] ({reached}/{len(costs)})"
         else:
             cost_cell = "— (other worlds than the best group's)"
@@ -147,7 +158,7 @@ def curve_report(
             by: dict[str, list[float]] = {}
             for world, _, xs, ys in found:
                 x = fraction * budget
-                if xs[-1] >= x * 0.999:  # only where the job ran that far
+                if xs[-1] >= x:  # only where the job ran that far
                     by.setdefault(world, []).append(float(np.interp(x, xs, ys)))
             if by:
                 low, high = hierarchical_ci(list(by.values()))
