@@ -434,6 +434,28 @@ def label_groups(
 # -- the stage -----------------------------------------------------------------------------------
 
 
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, groups: list[Group]) -> None:
+    """Refuse groups whose words the tokenizer cannot represent (they would silently become
+    ``<unk>``: "Dakar" is not "dakar" to a case-sensitive word tokenizer), naming where they are
+    (``file:line`` for a file source) and the words."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    for group in groups:
+        unknown: list[str] = []
+        for text in [group.row["prompt"], *group.responses]:
+            for word in text.split():
+                if unk in tokenizer(word, add_special_tokens=False)["input_ids"]:
+                    unknown.append(word)
+        if unknown:
+            where = group.extras.get("where", f"the group for {group.row['prompt']!r}")
+            shown = ", ".join(repr(w) for w in dict.fromkeys(unknown))
+            raise DataError(
+                f"{where}: words the model's tokenizer does not know: {shown} — write them as the "
+                "task does (its prompts and answers are lower case, e.g. 'i do not know')"
+            )
+
+
 def collect_feedback(
     policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -448,6 +470,7 @@ def collect_feedback(
     """Labelled groups: the source's own, or sampled from ``policy`` and selected for labelling."""
     own = source.load_groups()
     if own is not None:
+        check_vocabulary(tokenizer, own)
         return own
     prompts = task.splits["rl"].to_list()
     size = min(

@@ -141,7 +141,14 @@ class FileFeedback(FeedbackSource):
             row["prompt"]: row for split in self.task.splits.values() for row in split.to_list()
         }
         groups = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte {exc.start} of the line) — save the "
+                    "file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             groups.append(self._parse(path, number, line, by_prompt))
@@ -166,7 +173,13 @@ class FileFeedback(FeedbackSource):
             or not all(isinstance(r, str) for r in responses)
         ):
             raise DataError(f"{where}: 'responses' must be a list of at least 2 strings")
-        if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
+        # Whole numbers only: 1.0 == 1 in Python would let [1.0, 0.0] through, and nested lists
+        # would sort without complaint.
+        if (
+            not isinstance(ranking, list)
+            or not all(type(i) is int for i in ranking)
+            or sorted(ranking) != list(range(len(responses)))
+        ):
             raise DataError(
                 f"{where}: 'ranking' must list every response index once, best first "
                 f"(a permutation of 0..{len(responses) - 1})"
@@ -177,7 +190,11 @@ class FileFeedback(FeedbackSource):
             gold = [self.task.gold_utility(row, r) for r in responses]
             gold = None if any(g is None for g in gold) else gold
         return Group(
-            row=row, responses=responses, gold=gold, preference=ranking_to_preference(ranking)
+            row=row,
+            responses=responses,
+            gold=gold,
+            preference=ranking_to_preference(ranking),
+            extras={"where": where},
         )
 
     def rank(self, groups: list[Group], rng: np.random.Generator) -> list[list[float] | None]:

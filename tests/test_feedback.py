@@ -149,6 +149,9 @@ def test_file_source_reads_rankings_and_knows_gold(tmp_path: Path, task) -> None
         ('{"prompt": "", "responses": ["a", "b"], "ranking": [0, 1]}', ":2: 'prompt' must be"),
         ('{"prompt": "q", "responses": ["a"], "ranking": [0]}', ":2: 'responses' must be a list"),
         ('{"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}', ":2: 'ranking' must list"),
+        ('{"prompt": "q", "responses": ["a", "b"], "ranking": [1.0, 0.0]}', ":2: 'ranking' must"),
+        ('{"prompt": "q", "responses": ["a", "b"], "ranking": [[1], 0]}', ":2: 'ranking' must"),
+        ('{"prompt": "q", "responses": ["a", "b"], "ranking": [true, 0]}', ":2: 'ranking' must"),
     ],
 )
 def test_file_source_errors_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -157,6 +160,30 @@ def test_file_source_errors_name_file_and_line(tmp_path: Path, line: str, messag
     with pytest.raises(DataError, match=message.replace("[", r"\[")) as info:
         _file(tmp_path, [ok, line, ok]).load_groups()
     assert "\n" not in str(info.value)
+
+
+def test_file_source_refuses_a_line_that_is_not_utf8(tmp_path: Path) -> None:
+    """A line in another encoding is one error naming the file and the line."""
+    source = _file(tmp_path, ['{"prompt": "q", "responses": ["a", "b"], "ranking": [1, 0]}'])
+    source.path.write_bytes(source.path.read_bytes() + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"rankings.jsonl:2: not UTF-8 text"):
+        source.load_groups()
+
+
+def test_rankings_with_words_the_tokenizer_lacks_are_refused(tmp_path: Path, task) -> None:
+    """ "Dakar" is not "dakar" to the word tokenizer: refused with file:line and the words."""
+    from alignbench.models import build_tokenizer
+    from alignbench.reward_model import check_vocabulary
+
+    row = task.splits["rl"][0]
+    line = {"prompt": row["prompt"], "responses": ["Dakar", "I do not know"], "ranking": [1, 0]}
+    ok = {"prompt": row["prompt"], "responses": [ABSTENTION, row["answer"]], "ranking": [1, 0]}
+    source = _file(tmp_path, [json.dumps(ok), json.dumps(line)])
+    tokenizer = build_tokenizer(source.task.vocabulary())
+    with pytest.raises(DataError, match=r"rankings.jsonl:2: .*'Dakar', 'I'") as info:
+        check_vocabulary(tokenizer, source.load_groups())
+    assert "\n" not in str(info.value)
+    check_vocabulary(tokenizer, source.load_groups()[:1])  # the lower-case line is fine
 
 
 def test_file_source_missing_or_empty(tmp_path: Path) -> None:
