@@ -59,7 +59,7 @@ def alignbench_register_algorithms(register):
 
 def test_builtins_come_through_the_entry_point_group(registry) -> None:
     """The built-in algorithms, rewards and task are registered by entry-point plugins."""
-    assert registry.names("algo") == ["ppo", "rrhf", "sft"]
+    assert registry.names("algo") == ["ppo", "rft", "rrhf", "sft"]
     assert registry.names("reward") == ["abstention", "exact_match", "rm"]
     assert registry.names("feedback") == ["file", "simulated"]
     assert registry.names("task") == ["facts", "rubric"]
@@ -188,7 +188,7 @@ def test_listing_command(tmp_path: Path) -> None:
     ).stdout
     info = json.loads(out)
     algos = {e["name"]: e for e in info["groups"]["algo"]}
-    assert set(algos) == {"ppo", "rrhf", "sft", "best_of_two"}
+    assert set(algos) == {"ppo", "rft", "rrhf", "sft", "best_of_two"}
     assert algos["best_of_two"]["origin"].endswith("best_of_two.py")
     assert algos["rrhf"]["plugin"] == "rrhf"
 
