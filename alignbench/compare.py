@@ -376,7 +376,8 @@ class Group:
             return out
         for summary in self.finished:
             out.setdefault(world_of(summary), []).append(float(summary[metric]))
-        return out
+        # Sorted: the bootstrap then depends on the values, not on the order jobs were listed.
+        return {world: sorted(out[world]) for world in sorted(out)}
 
     @property
     def worlds(self) -> int:
@@ -404,15 +405,15 @@ def stage1_starts(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The initial evaluation of each stage-1 SFT model the jobs started from, by cache key."""
     starts: dict[str, dict[str, Any]] = {}
     rewards = {(j["summary"] or {}).get("reward") for j in jobs if j["summary"]}
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: str((j["summary"] or {}).get("world"))):
         summary = job["summary"]
         if summary and "initial" in summary:
-            # Every job starting from one stage-1 model has the same initial evaluation (but its
-            # `reward` metric is the job's reward: one row per reward when they differ).
-            key = (summary.get("stage/sft") or {}).get("key", "?")[:8]
+            # Every job starting from one stage-1 model has the same initial evaluation, except
+            # its `…/reward`, which is the job's own reward: left out when rewards differ.
+            initial = summary["initial"]
             if len(rewards) > 1:
-                key += f"` reward={summary.get('reward')} `"
-            starts.setdefault(key, summary["initial"])
+                initial = {k: v for k, v in initial.items() if not k.endswith("/reward")}
+            starts.setdefault((summary.get("stage/sft") or {}).get("key", "?")[:8], initial)
     return starts
 
 
@@ -483,7 +484,7 @@ def comparison_report(
     lines = [_row(header), "|" + "---|" * len(header)]
     for key, initial in stage1_starts(jobs).items():
         cells = [_cell([initial[m]], m) if m in initial else "—" for m in metrics]
-        lines.append(_row([f"stage-1 SFT model `{key}`".replace("``", ""), "—", *cells]))
+        lines.append(_row([f"stage-1 SFT model `{key}`", "—", *cells]))
     results: dict[str, dict[str, Comparison]] = {}
     many_worlds = any(g.worlds > 1 for g in groups)
     for group in groups:
