@@ -413,7 +413,10 @@ def stage1_starts(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             initial = summary["initial"]
             if len(rewards) > 1:
                 initial = {k: v for k, v in initial.items() if not k.endswith("/reward")}
-            starts.setdefault((summary.get("stage/sft") or {}).get("key", "?")[:8], initial)
+            key = (summary.get("stage/sft") or {}).get("key", "?")[:8]
+            if summary.get("world") is not None:
+                key += f"` (world {summary['world']}) `"
+            starts.setdefault(key, initial)
     return starts
 
 
@@ -484,7 +487,7 @@ def comparison_report(
     lines = [_row(header), "|" + "---|" * len(header)]
     for key, initial in stage1_starts(jobs).items():
         cells = [_cell([initial[m]], m) if m in initial else "—" for m in metrics]
-        lines.append(_row([f"stage-1 SFT model `{key}`", "—", *cells]))
+        lines.append(_row([f"stage-1 SFT model `{key}`".replace(" ``", ""), "—", *cells]))
     results: dict[str, dict[str, Comparison]] = {}
     many_worlds = any(g.worlds > 1 for g in groups)
     for group in groups:
