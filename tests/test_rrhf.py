@@ -53,7 +53,8 @@ def _best_shares(tiny_job, registry, *overrides: str) -> dict[str, float]:
     recorder = BestRecorder()
     registry.pm.register(recorder, name="recorder")
     try:
-        tiny_job(*overrides, "budget.amount=6", registry=registry)
+        # Each config in its own folder: a folder never takes results of another config.
+        tiny_job(*overrides, "budget.amount=6", registry=registry, out=str(hash(overrides)))
     finally:
         registry.pm.unregister(name="recorder")
     keys = {k for s in recorder.stats for k in s if k.startswith("rrhf/best_is_")}

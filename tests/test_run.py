@@ -33,7 +33,7 @@ SUMMARY_KEYS = {
 
 def _numbers(summary: dict) -> dict:
     """Everything in a summary that must be reproducible (not timings, not paths)."""
-    skip = ("budget/seconds", "wall_time", "output_dir", "stage/sft")
+    skip = ("budget/seconds", "wall_time", "output_dir", "stage/sft", "git_commit")
     return {k: v for k, v in summary.items() if k not in skip and k != "initial"}
 
 
