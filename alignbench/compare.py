@@ -273,7 +273,13 @@ def provenance_note(sweeps: list[Path], jobs: list[dict[str, Any]]) -> str:
 def load_jobs(sweep: Path) -> list[dict[str, Any]]:
     """Every job folder of a sweep: its overrides, and its summary (None if it never finished)."""
     jobs = []
-    for folder in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+
+    def order(folder: Path) -> tuple[int, str]:
+        # Hydra numbers job folders (`12_sft_…`): job 12 before job 100, as the sweep ran them.
+        head = folder.name.split("_", 1)[0]
+        return (int(head) if head.isdigit() else -1, folder.name)
+
+    for folder in sorted((p for p in sweep.iterdir() if (p / ".hydra").is_dir()), key=order):
         overrides_path = folder / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
         summary_path = folder / "summary.json"
