@@ -12,6 +12,7 @@ entry instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -24,13 +25,13 @@ import transformers
 
 PACKAGE = Path(__file__).resolve().parent
 #: Core modules whose code determines stage 1 (SFT).
+#: Not config.py: the stage's resolved config values are in its key already, and the schema's
+#: code changes nearly every release without changing what a stage builds.
 SFT_SOURCES = (
     "batch.py",
     "budget.py",
-    "config.py",
     "models.py",
     "ops.py",
-    "provenance.py",
     "stages.py",
     "task.py",
 )
@@ -113,8 +114,18 @@ def key_parts(plugins: dict[str, object]) -> dict[str, Any]:
 
 
 def core_hashes(sources: tuple[str, ...]) -> dict[str, str]:
-    """``{module file: sha256}`` of the core modules a stage runs."""
-    return {name: sha256_file(PACKAGE / name) for name in sources}
+    """``{module file: sha256}`` of the core modules a stage runs, as this process loaded them.
+
+    Hashed once per process (the first time they are asked for, right after start-up): a long
+    sweep whose source files are edited while it runs keeps running the code it imported, so it
+    must be judged by that code's hashes, not by the files now on disk.
+    """
+    return dict(_hashes_at_start(tuple(sources)))
+
+
+@functools.cache
+def _hashes_at_start(sources: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, sha256_file(PACKAGE / name)) for name in sources)
 
 
 def git_commit() -> str | None:

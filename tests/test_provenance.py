@@ -79,7 +79,7 @@ def test_stage_json_records_provenance(cache: Path) -> None:
     record = json.loads((path / "stage.json").read_text())["provenance"]
     assert record["git_commit"] is None or len(record["git_commit"]) == 40
     assert len(record["code_sha256"]) == len(record["core_sha256"]) == 64
-    assert {"models.py", "stages.py", "batch.py", "ops.py", "budget.py", "config.py"} <= set(
+    assert {"models.py", "stages.py", "batch.py", "ops.py", "budget.py"} <= set(
         record["core_files"]
     )
     assert record["plugins"]["task"]["class"] == "alignbench_plugins.facts.FactsTask"
@@ -257,3 +257,18 @@ def test_sft_model_does_not_depend_on_the_callers_rng(built: Path, tmp_path: Pat
     assert sha256_file(path / "model.safetensors") == sha256_file(
         _entry(built) / "model.safetensors"
     )
+
+
+def test_core_code_is_hashed_once_per_process(monkeypatch) -> None:
+    """A running sweep is judged by the code it imported, not by files edited since."""
+    from alignbench import provenance
+
+    provenance._hashes_at_start.cache_clear()
+    calls = []
+    real = provenance.sha256_file
+    monkeypatch.setattr(provenance, "sha256_file", lambda p: calls.append(p) or real(p))
+    first = provenance.core_hashes(provenance.SFT_SOURCES)
+    again = provenance.core_hashes(provenance.SFT_SOURCES)
+    assert first == again and len(calls) == len(provenance.SFT_SOURCES)
+    assert "config.py" not in first  # config values are in the key; its code builds nothing
+    provenance._hashes_at_start.cache_clear()
