@@ -43,6 +43,12 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stateful_parts(obj: Any) -> dict[str, tuple[str, Any]]:
+    """An algorithm's trainable modules, optimisers and objects with ``state_dict`` (what a
+    checkpoint saves and a skipped batch restores)."""
+    return _parts(obj)
+
+
 def _parts(obj: Any) -> dict[str, tuple[str, Any]]:
     """Attributes of ``obj`` holding state: trainable modules, optimisers, stateful objects."""
     found: dict[str, tuple[str, Any]] = {}

@@ -12,6 +12,6 @@ class DefaultScore:
 
     @hookimpl(trylast=True)
     def alignbench_score(self, run: Run, batch: Batch) -> Batch:
-        """Set ``batch.rewards`` from ``run.reward``."""
-        batch.rewards = run.reward.score_batch(batch)
+        """Set ``batch.rewards`` from ``run.reward`` (shape-checked by ``run.rewards``)."""
+        batch.rewards = run.rewards(batch)
         return batch

@@ -7,7 +7,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.config import EvalConfig
-from alignbench.reward import Reward
+from alignbench.reward import Reward, checked_rewards
 from alignbench.sampling import SamplingParams, sample
 from alignbench.task import Task
 
@@ -40,7 +40,9 @@ def evaluate(
         rows = task.splits[split].to_list()
         responses = generate_greedy(model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
         values = task.metrics(rows, responses)
-        values["reward"] = float(reward(rows, responses).mean())
+        name = str(getattr(reward.config, "name", type(reward).__name__))
+        scores = checked_rewards(reward(rows, responses), len(rows), name)
+        values["reward"] = float(scores.mean())
         gold = [task.gold_utility(row, r) for row, r in zip(rows, responses, strict=True)]
         if gold and None not in gold:
             # The truth next to the proxy: over-optimisation shows as a growing gap.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -13,9 +15,10 @@ import torch
 from datasets import Dataset
 
 from alignbench import checkpoint
+from alignbench.batch import Batch
 from alignbench.budget import StepTimer
 from alignbench.config import to_object
-from alignbench.errors import DataError, Interrupted, NonFiniteError
+from alignbench.errors import DataError, Interrupted, NonFiniteError, PluginError
 from alignbench.evaluation import evaluate
 from alignbench.run import Run
 
@@ -52,6 +55,58 @@ class PromptStream:
         """Continue from a saved position."""
         self.rng.bit_generator.state = state["rng"]
         self.order = list(state["order"])
+
+
+def check_scored(run: Run, batch: Any) -> Batch:
+    """The score hook's answer must be the batch with one reward per sequence (else one line)."""
+    if not isinstance(batch, Batch):
+        raise PluginError(
+            f"alignbench_score returned {type(batch).__name__}, not the Batch — a score hook "
+            "must set batch.rewards and return the batch"
+        )
+    rewards, n = batch.rewards, batch.num_sequences
+    if not isinstance(rewards, torch.Tensor) or tuple(rewards.shape) != (n,):
+        shape = list(rewards.shape) if isinstance(rewards, torch.Tensor) else type(rewards).__name__
+        raise PluginError(
+            f"the score hook gave rewards of shape {shape} for {n} responses — "
+            f"a reward returns one float per response: shape [{n}]"
+        )
+    return batch
+
+
+def check_stats(stats: Any) -> dict[str, float]:
+    """The update hook's answer must be a dict of finite numbers (its metrics); NaN is an error
+    (the run's on_nonfinite policy applies), anything else one line naming what came back."""
+    if not isinstance(stats, dict):
+        raise PluginError(
+            f"alignbench_update returned {type(stats).__name__} — it must return a dict of "
+            "metrics (name -> number), e.g. {'loss/total': 0.3}"
+        )
+    for name, value in stats.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PluginError(
+                f"alignbench_update returned {name!r}: {value!r} — every metric must be a number"
+            )
+        if not math.isfinite(value):
+            raise NonFiniteError(f"update statistic {name} is not finite ({value})")
+    return stats
+
+
+def snapshot(run: Run, algorithm: Any) -> dict[str, Any]:
+    """In-memory copy of everything an update may change: the policy and the algorithm's
+    trainable modules, optimisers and stateful helpers (as a checkpoint would save them)."""
+    parts = {"policy": ("module", run.policy)}
+    parts.update(checkpoint.stateful_parts(algorithm) if algorithm is not None else {})
+    return {
+        name: (kind, value, copy.deepcopy(value.state_dict()))
+        for name, (kind, value) in parts.items()
+    }
+
+
+def restore(run: Run, algorithm: Any, saved: dict[str, Any]) -> None:
+    """Put back what :func:`snapshot` copied (a skipped batch then changed nothing)."""
+    for _, value, state in saved.values():
+        value.load_state_dict(state)
 
 
 def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
@@ -141,9 +196,17 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                         refresh_stats = run.reward.refresh(run)
                         state["refreshed"] += 1
                     batch = hook.alignbench_rollout(run=run, prompts=prompts)
-                    batch = hook.alignbench_score(run=run, batch=batch)
+                    batch = check_scored(run, hook.alignbench_score(run=run, batch=batch))
                     run.check_finite(**{"objective/reward": batch.rewards})
-                    stats = hook.alignbench_update(run=run, batch=batch)
+                    # Skip mode: an update that fails half-way (PPO steps once per mini-batch)
+                    # must leave no trace, so what it may change is copied first.
+                    before = snapshot(run, algorithm) if cfg.on_nonfinite == "skip" else None
+                    try:
+                        stats = check_stats(hook.alignbench_update(run=run, batch=batch))
+                    except NonFiniteError:
+                        if before is not None:
+                            restore(run, algorithm, before)
+                        raise
             except NonFiniteError as exc:
                 if cfg.on_nonfinite != "skip":
                     raise

@@ -14,6 +14,20 @@ if TYPE_CHECKING:
     from alignbench.run import Run
 
 
+def checked_rewards(values: Any, n: int, name: str) -> torch.Tensor:
+    """``values`` if it is a tensor of shape ``[n]``; else one line naming the reward and the shape
+    (N+1 values, or ``[[x]] * N``, would otherwise broadcast or crash deep inside an algorithm)."""
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (n,):
+        shape = list(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        from alignbench.errors import PluginError
+
+        raise PluginError(
+            f"reward {name!r} gave rewards of shape {shape} for {n} responses — a reward "
+            f"returns one float per response: shape [{n}]"
+        )
+    return values
+
+
 class Reward:
     """Scores responses: ``reward(rows, responses) -> Tensor[N]``, one float per response.
 

@@ -15,7 +15,7 @@ from alignbench.batch import Batch, collate
 from alignbench.budget import Budget, FlopCounter
 from alignbench.errors import NonFiniteError
 from alignbench.models import freeze, load_pretrained
-from alignbench.reward import Reward
+from alignbench.reward import Reward, checked_rewards
 from alignbench.sampling import SamplingParams, sample
 from alignbench.task import Task
 
@@ -51,6 +51,11 @@ class Run:
                 raise NonFiniteError(
                     f"step {self.step + 1}: {name} is not finite ({value.float().mean().item()})"
                 )
+
+    def rewards(self, batch: Batch) -> torch.Tensor:
+        """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``."""
+        name = str(getattr(self.reward.config, "name", type(self.reward).__name__))
+        return checked_rewards(self.reward.score_batch(batch), batch.num_sequences, name)
 
     def track(self, model: PreTrainedModel, name: str) -> PreTrainedModel:
         """Charge ``model``'s forward and backward passes to the budget under ``name``."""

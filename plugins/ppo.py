@@ -231,7 +231,7 @@ class PPO:
         """Sequence reward on the last response token, ``-beta * KL`` on every token."""
         c = self.config
         mask = batch.response_mask.float()
-        scores = run.reward.score_batch(batch).float()
+        scores = run.rewards(batch).float()
         batch.rewards = scores.clone()
         eos = run.tokenizer.eos_token_id
         lengths = batch.response_mask.sum(-1)

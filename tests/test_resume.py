@@ -250,3 +250,94 @@ def test_a_skipped_batch_still_honours_sigterm(tiny_job, tmp_path: Path, monkeyp
     with pytest.raises(Interrupted, match="stopped by signal"):
         tiny_job("algo=rrhf", "reward=exact_match", "on_nonfinite=skip", "budget.amount=50")
     assert latest(tmp_path / "out") is not None and len(batches) == 2
+
+
+@pytest.mark.parametrize(
+    ("rewards", "message"),
+    [
+        (lambda n: [0.0] * (n + 1), r"rewards of shape \[(\d+)\] for \d+ responses"),
+        (lambda n: [[0.0]] * n, r"rewards of shape \[(\d+), 1\] for \1 responses"),
+    ],
+)
+def test_a_reward_of_the_wrong_shape_is_one_line(tiny_job, monkeypatch, rewards, message) -> None:
+    """N+1 rewards, or [[x]] * N, name the reward and the expected shape (every algorithm)."""
+    from alignbench import PluginError
+    from alignbench_plugins.rewards import ExactMatchReward
+
+    monkeypatch.setattr(ExactMatchReward, "score", lambda self, rows, rs: rewards(len(rows)))
+    for algo in ("rrhf", "ppo"):
+        extra = ["algo.samples_per_prompt=5"] if algo == "ppo" else []
+        with pytest.raises(PluginError, match=f"reward 'exact_match' gave {message}") as info:
+            tiny_job(f"algo={algo}", "reward=exact_match", *extra, out=algo)
+        assert "\n" not in str(info.value) and "one float per response" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("returned", "error", "message"),
+    [
+        (None, "PluginError", "alignbench_update returned NoneType"),
+        ("done", "PluginError", "alignbench_update returned str"),
+        ({"loss": "x"}, "PluginError", "'loss': 'x' — every metric must be a number"),
+        ({"loss": float("nan")}, "NonFiniteError", "update statistic loss is not finite"),
+    ],
+)
+def test_an_update_must_return_finite_numbers(tiny_job, returned, error, message) -> None:
+    """A wrong return of the update hook is one line, not silently lost metrics."""
+    from alignbench import hookimpl
+    from alignbench.registry import build_registry
+
+    class Wrong:
+        @hookimpl(wrapper=True)
+        def alignbench_update(self):
+            yield
+            return returned
+
+    registry = build_registry()
+    registry.pm.register(Wrong(), name="wrong")
+    with pytest.raises(Exception, match=message) as info:
+        tiny_job("algo=sft", registry=registry)
+    assert type(info.value).__name__ == error
+
+
+def test_a_skipped_batch_leaves_the_weights_as_they_were(tiny_job, monkeypatch) -> None:
+    """PPO steps once per mini-batch; a non-finite loss in a later one must not leave the
+    earlier steps applied while the batch is reported as skipped."""
+    from alignbench import Run, hookimpl
+    from alignbench.registry import build_registry
+
+    seen = {}
+    original = Run.check_finite
+    calls = []
+
+    def failing_late(self, **values):
+        if "loss/total" in values or "loss/policy" in values:
+            calls.append(1)
+            if len(calls) == 1:
+                seen["before"] = {k: v.clone() for k, v in self.policy.state_dict().items()}
+            if len(calls) == 3:  # the third mini-batch of the first step: two already stepped
+                raise NonFiniteError("step 1: loss/policy is not finite (nan)")
+        return original(self, **values)
+
+    monkeypatch.setattr(Run, "check_finite", failing_late)
+    captured = {}
+
+    class Capture:
+        @hookimpl(wrapper=True)
+        def alignbench_update(self, run):
+            captured.setdefault("run", run)
+            return (yield)
+
+    registry = build_registry()
+    registry.pm.register(Capture(), name="capture")
+    summary = tiny_job(
+        "algo=ppo",
+        "algo.samples_per_prompt=2",
+        "algo.num_minibatches=4",
+        "algo.ptx_coef=0",
+        "on_nonfinite=skip",
+        "budget.amount=1",
+        registry=registry,
+    )
+    assert summary["status"] == "finished" and summary["steps"] == 1
+    after = captured["run"].policy.state_dict()
+    assert all(torch.equal(seen["before"][k], after[k]) for k in after)
