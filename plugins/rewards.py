@@ -105,6 +105,8 @@ class LearnedReward(Reward):
             "model": self.model.state_dict(),
             "groups": json.dumps(groups),
             "rng": self.rng.bit_generator.state,
+            # The sampler of fresh groups: without it a resumed run samples other groups.
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -114,6 +116,8 @@ class LearnedReward(Reward):
         self.model.load_state_dict(state["model"])
         self.groups = [Group(**g) for g in json.loads(state["groups"])]
         self.rng.bit_generator.state = state["rng"]
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def refresh(self, run: Run) -> dict[str, float]:
         """Rank fresh groups from the current policy and keep training the reward model."""
