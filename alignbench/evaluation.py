@@ -40,7 +40,7 @@ def evaluate(
         rows = task.splits[split].to_list()
         responses = generate_greedy(model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
         values = task.metrics(rows, responses)
-        name = str(getattr(reward.config, "name", type(reward).__name__))
+        name = str(getattr(getattr(reward, "config", None), "name", type(reward).__name__))
         scores = checked_rewards(reward(rows, responses), len(rows), name)
         values["reward"] = float(scores.mean())
         gold = [task.gold_utility(row, r) for row, r in zip(rows, responses, strict=True)]

@@ -54,7 +54,8 @@ class Run:
 
     def rewards(self, batch: Batch) -> torch.Tensor:
         """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``."""
-        name = str(getattr(self.reward.config, "name", type(self.reward).__name__))
+        config = getattr(self.reward, "config", None)
+        name = str(getattr(config, "name", type(self.reward).__name__))
         return checked_rewards(self.reward.score_batch(batch), batch.num_sequences, name)
 
     def track(self, model: PreTrainedModel, name: str) -> PreTrainedModel:
