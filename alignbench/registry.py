@@ -104,7 +104,9 @@ def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not take the others down
+        # A broken third-party plugin must not take the others down; one that calls sys.exit at
+        # import is reported, not obeyed.
+        except (Exception, SystemExit) as exc:
             registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
             log.warning("plugin %r (%s) failed to load and is skipped: %s", ep.name, dist, exc)
             continue
@@ -133,7 +135,7 @@ def load_plugin_dirs(registry: Registry, plugin_dirs: list[str]) -> None:
                 continue
             try:
                 module = _import_file(file)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit at import: reported, not obeyed
                 registry.failed[name] = f"{type(exc).__name__}: {exc}"
                 log.warning("plugin file %s failed to import and is skipped: %s", file, exc)
                 continue

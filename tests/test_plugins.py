@@ -105,6 +105,16 @@ def test_broken_plugin_is_named_and_others_keep_working(tmp_path: Path) -> None:
     assert "best_of_two" in registry.names("algo")
 
 
+def test_plugin_calling_sys_exit_at_import_is_reported_not_obeyed(tmp_path: Path) -> None:
+    """`sys.exit()` in a plugin file does not end the command; the file is marked as failed."""
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "good.py").write_text(PLUGIN_FILE)
+    registry = build_registry([str(tmp_path)])
+    [(name, error)] = registry.failed.items()
+    assert name.endswith("quits.py") and error.startswith("SystemExit")
+    assert "best_of_two" in registry.names("algo")
+
+
 def test_duplicate_name_is_an_error(tmp_path: Path) -> None:
     """Two plugins registering the same algorithm name is an error naming both."""
     (tmp_path / "a.py").write_text(PLUGIN_FILE)
