@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from alignbench.errors import (
     PluginError,
 )
 from alignbench.loop import run_loop
-from alignbench.models import load_pretrained, response_logprobs
+from alignbench.models import load_pretrained, response_logprobs, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
 from alignbench.provenance import git_commit
 from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
@@ -267,6 +268,7 @@ def run_job(
         if rm_path is not None:
             summary.update(policy_as_reward_model(run, rm_path))
         summary["initial"] = result["initial"]
+        summary["model_dir"] = str(export_policy(run, output_dir / "model"))
         summary["status"] = "finished"
     except BaseException as exc:
         summary["status"] = "interrupted" if isinstance(exc, Interrupted) else "failed"
@@ -284,6 +286,17 @@ def run_job(
                 pm.unregister(name=name)
             flops.close()
     return summary
+
+
+def export_policy(run: Run, folder: Path) -> Path:
+    """Write the trained policy and its tokenizer as a Hugging Face folder (what a user takes
+    home: ``AutoModelForCausalLM.from_pretrained(folder)``), atomically: temp folder, rename."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(run.policy, run.tokenizer, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
 
 
 #: Jobs of this process that failed (a multirun goes on; the exit code says something failed).
@@ -376,7 +389,11 @@ def _job(cfg: DictConfig) -> None:
         if k.startswith("test/") and k.count("_") < 2  # overall metrics, not per-kind ones
     )
     note = " (already finished: skipped)" if summary.get("skipped") else ""
-    print(f"[alignbench] {cfg.algo.name} seed={cfg.seed}{note}: {shown} → {output_dir}", flush=True)
+    model = f" (model: {summary['model_dir']})" if summary.get("model_dir") else ""
+    print(
+        f"[alignbench] {cfg.algo.name} seed={cfg.seed}{note}: {shown} → {output_dir}{model}",
+        flush=True,
+    )
 
 
 def _parse_overrides(overrides: list[str]) -> list[Override]:

@@ -32,7 +32,7 @@ from alignbench.errors import ConfigError
 HYDRA = ".hydra"
 LOCK = ".lock"
 #: What a job writes into its folder (moved aside together by ``rerun=true``).
-RESULTS = ("metrics.jsonl", "summary.json", "checkpoints", "wandb", "wandb_run_id", HYDRA)
+RESULTS = ("metrics.jsonl", "summary.json", "checkpoints", "model", "wandb", "wandb_run_id", HYDRA)
 
 
 def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -26,7 +26,15 @@ ALGOS = {
 
 def _numbers(summary: dict) -> dict:
     # Timings, paths and provenance (the commit moves on between two runs of a test) aside.
-    skip = ("budget/seconds", "wall_time", "output_dir", "stage/sft", "skipped", "git_commit")
+    skip = (
+        "budget/seconds",
+        "wall_time",
+        "output_dir",
+        "model_dir",
+        "stage/sft",
+        "skipped",
+        "git_commit",
+    )
     return {k: v for k, v in summary.items() if k not in skip}
 
 

@@ -33,7 +33,7 @@ SUMMARY_KEYS = {
 
 def _numbers(summary: dict) -> dict:
     """Everything in a summary that must be reproducible (not timings, not paths)."""
-    skip = ("budget/seconds", "wall_time", "output_dir", "stage/sft", "git_commit")
+    skip = ("budget/seconds", "wall_time", "output_dir", "model_dir", "stage/sft", "git_commit")
     return {k: v for k, v in summary.items() if k not in skip and k != "initial"}
 
 
@@ -153,3 +153,20 @@ def test_results_files_are_strict_json(tmp_path: Path) -> None:
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": 2}
     assert json_safe({"x": {"y": float("-inf")}}) == {"x": {"y": None}}
+
+
+def test_a_finished_job_exports_a_loadable_model(tiny_job, tmp_path: Path, cache_dir) -> None:
+    """Every finished job leaves its trained policy as a Hugging Face folder that loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    summary = tiny_job("algo=rrhf")
+    folder = Path(summary["model_dir"])
+    assert folder == tmp_path / "out" / "model"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert (folder / "generation_config.json").is_file()
+    ids = tokenizer("what is the colour of", return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape[-1] == len(tokenizer)
+    # The trained policy, not the SFT model it started from.
+    start = load_pretrained(cache_dir / "sft" / summary["stage/sft"]["key"])[0].state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
