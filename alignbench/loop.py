@@ -20,6 +20,7 @@ from alignbench.budget import StepTimer
 from alignbench.config import to_object
 from alignbench.errors import DataError, Interrupted, NonFiniteError, PluginError
 from alignbench.evaluation import evaluate
+from alignbench.reward import checked_rewards
 from alignbench.run import Run
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,7 @@ def check_scored(run: Run, batch: Any) -> Batch:
             f"alignbench_score returned {type(batch).__name__}, not the Batch — a score hook "
             "must set batch.rewards and return the batch"
         )
-    rewards, n = batch.rewards, batch.num_sequences
-    if not isinstance(rewards, torch.Tensor) or tuple(rewards.shape) != (n,):
-        shape = list(rewards.shape) if isinstance(rewards, torch.Tensor) else type(rewards).__name__
-        raise PluginError(
-            f"the score hook gave rewards of shape {shape} for {n} responses — "
-            f"a reward returns one float per response: shape [{n}]"
-        )
+    checked_rewards(batch.rewards, batch.num_sequences, "set by the score hook")
     return batch
 
 
