@@ -6,8 +6,16 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, the
 """
 
 from alignbench import ops
-from alignbench.batch import Batch
-from alignbench.config import AlgorithmConfig, FeedbackConfig, RewardConfig, TaskConfig
+
+# Helpers the built-in plugins use, public so that every plugin can use them the same way.
+from alignbench.batch import Batch, collate, encode_responses  # noqa: E402
+from alignbench.config import (
+    AlgorithmConfig,
+    FeedbackConfig,
+    RewardConfig,
+    TaskConfig,
+    to_object,  # noqa: E402
+)
 from alignbench.errors import (
     AlignbenchError,
     ConfigError,
@@ -20,10 +28,24 @@ from alignbench.errors import (
     UnknownReward,
     UnknownTask,
 )
-from alignbench.feedback import FeedbackSource, Group
+from alignbench.feedback import FeedbackSource, Group, ranking_to_preference
 from alignbench.hookspecs import Register, hookimpl, hookspec
 from alignbench.loop import PromptStream
+from alignbench.models import (  # noqa: E402
+    ScalarHeadModel,
+    load_pretrained,
+    response_logits,
+    response_logprobs,
+    response_values,
+    token_logprobs,
+)
+from alignbench.provenance import input_path  # noqa: E402
 from alignbench.reward import Reward
+from alignbench.reward_model import (  # noqa: E402
+    load_groups,
+    refresh_reward_model,
+    sequence_rewards,
+)
 from alignbench.run import Run
 from alignbench.sampling import SamplingParams
 from alignbench.task import ABSTAIN, CORRECT, WRONG, Task
@@ -60,4 +82,18 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "ops",
+    "ScalarHeadModel",
+    "collate",
+    "encode_responses",
+    "input_path",
+    "load_groups",
+    "load_pretrained",
+    "ranking_to_preference",
+    "refresh_reward_model",
+    "response_logits",
+    "response_logprobs",
+    "response_values",
+    "sequence_rewards",
+    "to_object",
+    "token_logprobs",
 ]

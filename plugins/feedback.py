@@ -25,9 +25,14 @@ from pathlib import Path
 import numpy as np
 
 import alignbench
-from alignbench import DataError, FeedbackConfig, FeedbackSource, Group
-from alignbench.feedback import ranking_to_preference
-from alignbench.provenance import input_path
+from alignbench import (
+    DataError,
+    FeedbackConfig,
+    FeedbackSource,
+    Group,
+    input_path,
+    ranking_to_preference,
+)
 
 
 @dataclass

@@ -22,11 +22,17 @@ from typing import Any
 import torch
 
 import alignbench
-from alignbench import AlgorithmConfig, Batch, ConfigError, PromptStream, Run, SamplingParams, ops
-from alignbench.batch import encode_responses
-from alignbench.models import (
+from alignbench import (
+    AlgorithmConfig,
+    Batch,
+    ConfigError,
+    PromptStream,
+    Run,
+    SamplingParams,
     ScalarHeadModel,
+    encode_responses,
     load_pretrained,
+    ops,
     response_logits,
     response_logprobs,
     response_values,

@@ -11,11 +11,23 @@ import numpy as np
 import torch
 
 import alignbench
-from alignbench import ABSTAIN, CORRECT, Batch, FeedbackSource, Group, Reward, RewardConfig, Run
-from alignbench.batch import collate, encode_responses
-from alignbench.config import to_object
-from alignbench.models import ScalarHeadModel
-from alignbench.reward_model import load_groups, refresh_reward_model, sequence_rewards
+from alignbench import (
+    ABSTAIN,
+    CORRECT,
+    Batch,
+    FeedbackSource,
+    Group,
+    Reward,
+    RewardConfig,
+    Run,
+    ScalarHeadModel,
+    collate,
+    encode_responses,
+    load_groups,
+    refresh_reward_model,
+    sequence_rewards,
+    to_object,
+)
 
 
 @dataclass

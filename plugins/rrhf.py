@@ -23,9 +23,15 @@ from typing import Any
 import torch
 
 import alignbench
-from alignbench import AlgorithmConfig, Batch, Run, SamplingParams, ops
-from alignbench.batch import encode_responses
-from alignbench.models import response_logprobs
+from alignbench import (
+    AlgorithmConfig,
+    Batch,
+    Run,
+    SamplingParams,
+    encode_responses,
+    ops,
+    response_logprobs,
+)
 
 ABSENT = "absent"
 

@@ -244,3 +244,20 @@ def test_third_party_entry_point_cannot_shadow_a_builtin(monkeypatch) -> None:
     assert registry.origins["facts"].startswith("alignbench ")
     [(name, error)] = registry.failed.items()
     assert name == "someone-elses-package:facts" and "already taken" in error
+
+
+def test_builtin_plugins_import_only_the_public_api() -> None:
+    """No module under plugins/ imports `alignbench.<internal>`: the built-ins prove the API."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "plugins"
+    offenders = []
+    for file in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            offenders += [f"{file.name}: {n}" for n in names if n.startswith("alignbench.")]
+    assert offenders == []
