@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import os
 import random
@@ -118,12 +117,8 @@ def _check_run_hooks(pm: Any, algorithm_name: str | None) -> None:
 
 def _finished_summary(output_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The summary of a finished job with the same config in ``output_dir``, if there is one."""
-    path = output_dir / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    summary = jobdir.summary_status(output_dir)
+    if summary is None:
         return None
     same = summary.get("fingerprint") == fingerprint and summary.get("status") == "finished"
     return summary if same else None
