@@ -18,8 +18,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "aggregate_loss",
+    "clipped_surrogate",
+    "discounted_returns",
     "gae",
+    "group_advantages",
     "kl_penalty",
+    "kl_shaped_rewards",
+    "leave_one_out_advantages",
     "masked_mean",
     "masked_var",
     "masked_whiten",
@@ -27,7 +33,9 @@ __all__ = [
     "random_argmax",
     "rank_loss",
     "ranking_rm_loss",
+    "reinforce_pp_advantages",
     "sequence_scores",
+    "token_entropy",
     "value_loss",
 ]
 
@@ -221,3 +229,152 @@ def ranking_rm_loss(rewards: torch.Tensor, preference: torch.Tensor) -> torch.Te
     margins = rewards.unsqueeze(2) - rewards.unsqueeze(1)
     losses = -F.logsigmoid(margins)
     return masked_mean(losses, better)
+
+
+# --- critic-free policy gradient (GRPO, RLOO, REINFORCE++) ---
+
+SCALE_KINDS = ("group", "batch", "none")
+LOSS_TYPES = ("seq_mean", "token_mean", "dr_grpo")
+
+
+def group_advantages(
+    rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
+    """GRPO's group-relative advantage of each of K responses to each of B prompts.
+
+    ``A[b, k] = (r[b, k] - mean_k r[b]) / (std + eps)`` with ``std`` the unbiased standard deviation
+    of the prompt's group (``scale="group"``, the paper), of the whole batch (``"batch"``), or no
+    division at all (``"none"``: Dr. GRPO, Liu et al. 2025, which finds the division biases
+    updates towards questions that are too easy or too hard). ``rewards`` ``[B, K]``, K >= 2;
+    returns ``[B, K]``. Source: Shao et al. 2024, "DeepSeekMath", sec. 4.1.2 (outcome supervision).
+    """
+    if rewards.shape[1] < 2:
+        raise ValueError(f"group advantages need K >= 2 responses per prompt, got {rewards.shape}")
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale == "group":
+        return centered / (rewards.std(dim=1, keepdim=True) + eps)
+    if scale == "batch":
+        return centered / (rewards.std() + eps)
+    if scale == "none":
+        return centered
+    raise ValueError(f"unknown advantage scale {scale!r}: use one of {', '.join(SCALE_KINDS)}")
+
+
+def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO: each response's reward minus the mean reward of the other K - 1 responses.
+
+    ``A[b, i] = r[b, i] - (sum_k r[b, k] - r[b, i]) / (K - 1) = K / (K - 1) * (r[b, i] - mean_k
+    r[b])``: an unbiased baseline, since it does not depend on response i. ``rewards`` ``[B, K]``,
+    K >= 2; returns ``[B, K]``. Source: Ahmadian et al. 2024, "Back to Basics: Revisiting
+    REINFORCE Style Optimization for Learning from Human Feedback in LLMs", eq. 5 (after Kool
+    et al. 2019).
+    """
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"a leave-one-out baseline needs K >= 2 responses, got {rewards.shape}")
+    baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+    return rewards - baseline
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, elementwise (per token ``[N, T]`` or per sequence ``[N]``).
+
+    ``ratio = exp(logp - old_logp)``; loss ``= max(-A * ratio, -A * clip(ratio, 1 - clip_low,
+    1 + clip_high))`` (``clip_high`` defaults to ``clip_low``; DAPO's "clip-higher" raises it).
+    Returns ``(loss, clipped)``, both shaped like ``logprobs``; ``clipped`` is 1 where the clipped
+    term was the active one. Unreduced, so the caller chooses how to aggregate (see
+    :func:`aggregate_loss`); :func:`policy_loss` is its token mean. Source: Schulman et al. 2017,
+    eq. 7; Yu et al. 2025 (DAPO), sec. 3.1.
+    """
+    high = clip_low if clip_high is None else clip_high
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + high)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).to(logprobs.dtype)
+
+
+def aggregate_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_tokens: int | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss ``[N, T]`` to a scalar, the three ways GRPO variants do.
+
+    * ``seq_mean``: mean over each sequence's tokens, then over sequences (GRPO, Shao et al.
+      2024, eq. 3: ``1/G sum_i 1/|o_i| sum_t``); a long response's tokens weigh less.
+    * ``token_mean``: mean over every valid token of the batch (DAPO, Yu et al. 2025, eq. 8).
+    * ``dr_grpo``: sum over every valid token divided by the constant ``N * max_tokens``
+      (Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-Like Training"): no length bias at all.
+    """
+    if loss_type == "seq_mean":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if loss_type == "token_mean":
+        return masked_mean(per_token, mask)
+    if loss_type == "dr_grpo":
+        if not max_tokens:
+            raise ValueError("loss_type dr_grpo needs max_tokens (the generation limit)")
+        kept = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))
+        return kept.sum() / (per_token.shape[0] * max_tokens)
+    raise ValueError(f"unknown loss_type {loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
+
+
+def kl_shaped_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Per-token rewards: ``-beta * kl_t`` on every valid token, plus the score on the last one.
+
+    ``scores`` ``[N]`` (one reward per response), ``kl`` ``[N, T]`` (a per-token KL estimate, see
+    :func:`kl_penalty`); returns ``[N, T]``, 0 on padding. Source: Ziegler et al. 2019, eq. 2 (the
+    KL-shaped reward PPO and REINFORCE++ optimise).
+    """
+    valid = mask.bool()
+    rewards = torch.where(valid, -beta * kl, torch.zeros_like(kl))
+    last = (valid.sum(-1) - 1).clamp(min=0)
+    rows = torch.arange(rewards.shape[0])
+    rewards[rows, last] = rewards[rows, last] + scores.to(rewards.dtype)
+    return rewards
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Reward-to-go ``G_t = sum_{s >= t} gamma^(s - t) r_s`` within each response, ``[N, T]``.
+
+    No critic: this is :func:`gae` with values 0 and lambda 1. 0 on padding.
+    """
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)
+    return returns
+
+
+def reinforce_pp_advantages(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    gamma: float = 1.0,
+    subtract_mean: bool = True,
+) -> torch.Tensor:
+    """REINFORCE++ advantages: KL-shaped returns, normalised over the whole batch.
+
+    ``r_t = -beta * kl_t (+ score on the last token)``, ``G_t = sum_{s >= t} gamma^(s - t) r_s``,
+    then ``A = (G - mean(G)) / std(G)`` over every valid token of the batch: the batch mean is the
+    global baseline that replaces GRPO's per-prompt one. ``subtract_mean=False`` only divides by
+    ``std(G)``, for a baseline already subtracted from ``scores`` (ReMax's greedy reward, Li et al.
+    2024). Unbiased std, ``+ 1e-8`` inside the square root. ``scores`` ``[N]``, ``kl`` and
+    ``mask`` ``[N, T]``; returns ``[N, T]``, 0 on padding. Source: Hu 2025, "REINFORCE++: A
+    Simple and Efficient Approach for Aligning Large Language Models", sec. 3 (token-level KL
+    penalty; global advantage normalisation).
+    """
+    returns = discounted_returns(kl_shaped_rewards(scores, kl, mask, beta), mask, gamma)
+    if subtract_mean:
+        return masked_whiten(returns, mask)
+    scaled = returns * torch.rsqrt(masked_var(returns, mask) + 1e-8)
+    return torch.where(mask.bool(), scaled, torch.zeros_like(scaled))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy ``-sum_v p_v log p_v`` of each position: ``[N, T, V]`` logits -> ``[N, T]``."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
