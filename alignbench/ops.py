@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 __all__ = [
     "aggregate_loss",
+    "best_worst_pairs",
     "clipped_surrogate",
     "discounted_returns",
+    "dpo_loss",
     "gae",
     "group_advantages",
     "kl_penalty",
@@ -30,6 +32,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "preference_pairs",
     "random_argmax",
     "rank_loss",
     "ranking_rm_loss",
@@ -378,3 +381,91 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy ``-sum_v p_v log p_v`` of each position: ``[N, T, V]`` logits -> ``[N, T]``."""
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+# --- preference optimisation (DPO, IPO, cDPO) ---
+
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "conservative")
+
+
+def preference_pairs(preference: torch.Tensor) -> torch.Tensor:
+    """Every strictly ordered pair of every group: ``[P, 3]`` rows ``(b, i, j)``, i preferred to j.
+
+    ``preference`` ``[B, K]`` is higher for a better-ranked response; ties and NaN (an absent or
+    unlabelled response) make no pair. These are exactly the pairs :func:`ranking_rm_loss`
+    averages over (all C(K, 2) pairs of a fully ranked group), in row-major order of ``(b, i, j)``.
+    Source: Ouyang et al. 2022 (InstructGPT), eq. 1: all C(K, 2) comparisons of a ranked group.
+    """
+    better = preference.unsqueeze(2) > preference.unsqueeze(1)  # [B, K, K]: i preferred to j
+    return torch.nonzero(better)
+
+
+def best_worst_pairs(
+    rewards: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chosen (best) and rejected (worst) response of each group of K scored responses.
+
+    ``rewards`` ``[B, K]`` (NaN = absent); returns ``(chosen [B], rejected [B], decided [B])``:
+    indices of a maximum and of a minimum of each row, each tie broken at random by
+    :func:`random_argmax`, and ``decided = max > min`` (False where every reward ties: such a
+    group has no preference to learn from, and its indices are meaningless). Source: the
+    best-vs-worst pair of online iterative DPO, Dong et al. 2024, "RLHF Workflow: From Reward
+    Modeling to Online RLHF".
+    """
+    chosen = random_argmax(rewards, generator)
+    rejected = random_argmax(-rewards, generator)
+    rows = torch.arange(rewards.shape[0])
+    decided = rewards[rows, chosen] > rewards[rows, rejected]
+    return chosen, rejected, decided
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DPO loss of B preference pairs and the implicit rewards of both sides.
+
+    Inputs are sequence log-probabilities ``[B]`` (sums over response tokens) of the chosen and
+    rejected responses under the policy and the frozen reference. With
+    ``h = (pi_c - ref_c) - (pi_r - ref_r)`` and ``s = log sigmoid``, the loss is the mean over
+    pairs of:
+
+    * ``sigmoid``: ``-s(beta * h)`` (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7);
+    * ``conservative``: ``-(1 - eps) * s(beta * h) - eps * s(-beta * h)`` with
+      ``eps = label_smoothing`` in [0, 0.5), the chance a label is flipped (cDPO: Mitchell 2023,
+      "A note on DPO with noisy preferences and relationship to IPO");
+    * ``ipo``: ``(h - 1 / (2 * beta)) ** 2``, beta playing IPO's tau (Azar et al. 2023, "A General
+      Theoretical Paradigm to Understand Learning from Human Preferences", eq. 17). On sequence
+      sums, as in the paper (TRL divides the log-probabilities by the length first).
+
+    Returns ``(loss, chosen_rewards [B], rejected_rewards [B])`` where the implicit reward is
+    ``beta * (pi - ref)``, detached (for logging: accuracy is ``chosen > rejected``).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    h = chosen_logratio - rejected_logratio
+    if loss_type not in PREFERENCE_LOSSES:
+        raise ValueError(
+            f"unknown loss_type {loss_type!r}: use one of {', '.join(PREFERENCE_LOSSES)}"
+        )
+    if loss_type != "conservative" and label_smoothing != 0:
+        raise ValueError(f"label_smoothing applies to loss_type conservative, not {loss_type}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        eps = label_smoothing
+        losses = -(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+    return (
+        losses.mean(),
+        beta * chosen_logratio.detach(),
+        beta * rejected_logratio.detach(),
+    )
