@@ -1,0 +1,208 @@
+"""GRPO: Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", sec. 4.1).
+
+PPO without a critic. K responses are sampled for every prompt; a response's advantage is its
+reward relative to the others of its group (``ops.group_advantages``), the same for all its tokens.
+The policy takes PPO's clipped step on it, and the KL to the frozen SFT reference is a term of the
+*loss* (k3 estimator), not a reward penalty as in PPO. Two hooks, in the order they run:
+
+* rollout: sample K responses per prompt; the reference's log-probs when ``beta > 0`` (with
+  ``beta = 0`` no reference model exists: nothing is loaded, run or charged);
+* update: group-relative advantages, then ``ppo_epochs`` passes over shuffled mini-batches of the
+  clipped loss plus ``beta * KL``, reduced over tokens as ``loss_type`` says.
+
+Scoring is the core's default (the configured reward); the recipe card is :class:`GRPOConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import alignbench
+from alignbench import (
+    AlgorithmConfig,
+    Batch,
+    ConfigError,
+    Run,
+    SamplingParams,
+    ops,
+    response_logits,
+    response_logprobs,
+    token_logprobs,
+)
+
+
+@dataclass
+class GRPOConfig(AlgorithmConfig):
+    """GRPO recipe card: what each key does and where its default comes from.
+
+    [S24] Shao et al. 2024, "DeepSeekMath" (GRPO); [Y25] Yu et al. 2025, "DAPO"; [L25] Liu et al.
+    2025, "Understanding R1-Zero-Like Training" (Dr. GRPO); [TRL] Hugging Face TRL's GRPOConfig.
+    """
+
+    # K, the group: [S24] samples 64 per question; 4 gives a step the same 64 sequences as PPO's
+    # default (16 prompts x 4), so the two compare at equal batch size.
+    samples_per_prompt: int = 4
+    # Advantage = (r - group mean) / scale: `group` std [S24], `batch` std [TRL scale_rewards],
+    # `none` = Dr. GRPO [L25] (the division favours groups that are all right or all wrong).
+    scale_rewards: str = "group"
+    # PPO clip epsilon [S24, TRL: 0.2]; clip_eps_high > 0 is DAPO's "clip-higher" upper bound
+    # ([Y25] 0.28); 0 = symmetric.
+    clip_eps: float = 0.2
+    clip_eps_high: float = 0.0
+    # KL-to-reference weight in the loss [S24: 0.04]. 0 = no reference model is loaded (TRL's
+    # default today): the policy is then anchored only by the clip.
+    beta: float = 0.04
+    # [S24] eq. 4 uses k3 (unbiased, never negative), as TRL does.
+    kl_estimator: str = "k3"
+    # How per-token losses become one number: `seq_mean` (mean per response, then over
+    # responses: [S24] eq. 3), `token_mean` (over all tokens of the batch: [Y25] eq. 8, TRL's
+    # "dapo"), `dr_grpo` (sum / (max_new_tokens x responses): [L25], no length bias).
+    loss_type: str = "seq_mean"
+    # [S24]: "the policy model only has a single update following each exploration stage";
+    # TRL num_iterations=1. More epochs or mini-batches make the clipped ratio bite.
+    ppo_epochs: int = 1
+    num_minibatches: int = 1
+    # The PPO policy lr tuned on this task (README; [S24] used 1e-6 on a 7B model).
+    lr: float = 3e-4
+    # [TRL] max_grad_norm 1.0, no weight decay.
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    # Sample from the full distribution ([S24, TRL]: temperature 1): the ratio assumes it.
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # Answers are at most 4 words + eos on the facts task (as PPO).
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        """Refuse option values GRPO cannot run with (one line naming the key and the fix)."""
+        if self.samples_per_prompt < 2:
+            raise ConfigError(
+                f"algo.samples_per_prompt={self.samples_per_prompt} — group-relative advantages "
+                "need K >= 2 responses per prompt"
+            )
+        for key, value, allowed in (
+            ("scale_rewards", self.scale_rewards, ops.SCALE_KINDS),
+            ("loss_type", self.loss_type, ops.LOSS_TYPES),
+            ("kl_estimator", self.kl_estimator, ops.KL_KINDS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"algo.{key}={value!r} — use one of {', '.join(allowed)}")
+        if not self.clip_eps > 0 or self.clip_eps_high < 0 or self.beta < 0:
+            raise ConfigError(
+                f"algo.clip_eps={self.clip_eps}, clip_eps_high={self.clip_eps_high}, "
+                f"beta={self.beta} — clip_eps must be > 0, clip_eps_high and beta >= 0"
+            )
+
+
+class GRPO:
+    """GRPO as a run-hook implementer (rollout and update; the default score)."""
+
+    def __init__(self, run: Run, config: GRPOConfig) -> None:
+        config.validate()
+        self.config = config
+        # beta = 0: no reference at all, so it costs neither memory nor FLOPs.
+        self.reference = run.load_sft_model("reference") if config.beta > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.params = SamplingParams(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
+
+    @alignbench.hookimpl
+    def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
+        """K samples per prompt with the sampler's log-probs (the "old" policy of the ratio)."""
+        c = self.config
+        batch = run.sample(run.policy, prompts, c.samples_per_prompt, self.params)
+        if self.reference is not None:
+            with torch.no_grad():
+                batch.extras["ref_logprobs"] = response_logprobs(
+                    self.reference,
+                    batch.input_ids,
+                    batch.attention_mask,
+                    batch.prompt_length,
+                    c.temperature,
+                )
+        return batch
+
+    @alignbench.hookimpl
+    def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
+        """Group-relative advantages, then clipped-ratio epochs with the KL term in the loss."""
+        c, mask = self.config, batch.response_mask
+        rewards = batch.grouped(batch.rewards.float())
+        # One advantage per response, shared by all of its tokens.
+        advantages = ops.group_advantages(rewards, c.scale_rewards).view(-1, 1).expand(mask.shape)
+        ref = batch.extras.get("ref_logprobs")
+        n = batch.num_sequences
+        size = max(1, math.ceil(n / c.num_minibatches))
+        stats: dict[str, list[float]] = {}
+        run.policy.train()
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(n, generator=run.generator)
+            for start in range(0, n, size):
+                rows, m = order[start : start + size], mask[order[start : start + size]]
+                logits = response_logits(
+                    run.policy,
+                    batch.input_ids[rows],
+                    batch.attention_mask[rows],
+                    batch.prompt_length,
+                )
+                logprobs = token_logprobs(logits, batch.response_ids[rows], c.temperature)
+                old = batch.logprobs[rows]
+                per_token, clipped = ops.clipped_surrogate(
+                    logprobs, old, advantages[rows], c.clip_eps, c.clip_eps_high or None
+                )
+                pg_loss = ops.aggregate_loss(per_token, m, c.loss_type, c.max_new_tokens)
+                loss, parts = pg_loss, {"loss/policy": pg_loss.item()}
+                if ref is not None:
+                    kl = ops.kl_penalty(logprobs, ref[rows], c.kl_estimator)
+                    kl_loss = ops.aggregate_loss(kl, m, c.loss_type, c.max_new_tokens)
+                    loss = loss + c.beta * kl_loss
+                    parts["loss/kl"] = kl_loss.item()
+                run.check_finite(**{"loss/total": loss})
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
+                run.check_finite(**{"policy/grad_norm": grad_norm})
+                self.optimizer.step()
+                with torch.no_grad():
+                    delta = logprobs - old
+                    entropy = ops.token_entropy(logits / c.temperature)
+                    parts.update(
+                        {
+                            "loss/total": loss.item(),
+                            "policy/clipfrac": ops.masked_mean(clipped, m).item(),
+                            "policy/approxkl": 0.5 * ops.masked_mean(delta**2, m).item(),
+                            "policy/ratio": ops.masked_mean(delta.exp(), m).item(),
+                            "policy/grad_norm": grad_norm.item(),
+                            "objective/entropy": ops.masked_mean(entropy, m).item(),
+                        }
+                    )
+                for key, value in parts.items():
+                    stats.setdefault(key, []).append(value)
+        run.policy.eval()
+        out = {key: sum(values) / len(values) for key, values in stats.items()}
+        # Groups whose rewards are all equal have zero advantage: no signal (only the KL term).
+        out["grpo/frac_reward_zero_std"] = (rewards.std(dim=1) == 0).float().mean().item()
+        out["grpo/advantage_abs"] = advantages.abs().mean().item()
+        if ref is not None:
+            k1 = ops.kl_penalty(batch.logprobs, ref, "k1")
+            k3 = ops.kl_penalty(batch.logprobs, ref, "k3")
+            out["objective/kl"] = ops.sequence_scores(k1, mask, 0.0).mean().item()
+            out["objective/kl_k3"] = ops.sequence_scores(k3, mask, 0.0).mean().item()
+            out["objective/kl_coef"] = c.beta
+        return out
+
+
+@alignbench.hookimpl
+def alignbench_register_algorithms(register: alignbench.Register) -> None:
+    """Register ``grpo``."""
+    register("grpo", GRPO, GRPOConfig)

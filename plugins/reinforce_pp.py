@@ -1,0 +1,202 @@
+"""REINFORCE++ (Hu 2025): PPO's token-level machinery without the critic.
+
+Every token pays ``-beta * KL`` to the frozen SFT reference and the last one also gets the
+sequence reward (``ops.kl_shaped_rewards``, as in PPO); the return of a token is its reward-to-go
+(no value function), and the advantages are the returns normalised over the *whole batch*
+(``ops.reinforce_pp_advantages``): the batch mean is the baseline, so no per-prompt group is
+needed. The policy takes PPO's clipped step (``ops.policy_loss``).
+
+``baseline: greedy`` is ReMax's baseline instead (Li et al. 2024): each prompt's greedy answer is
+decoded and scored too, its reward is subtracted from the sampled responses' rewards, and the
+advantages are only rescaled by the batch std. The greedy decoding and its reward are charged.
+
+* rollout: sample K responses per prompt; the reference's log-probs; the greedy answers (ReMax);
+* update: shaped returns, global normalisation, ``ppo_epochs`` passes of the clipped loss.
+
+Scoring is the core's default (the configured reward); the recipe card is
+:class:`ReinforcePPConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import alignbench
+from alignbench import (
+    AlgorithmConfig,
+    Batch,
+    ConfigError,
+    Run,
+    SamplingParams,
+    ops,
+    response_logprobs,
+)
+
+BASELINES = ("global", "greedy")
+
+
+@dataclass
+class ReinforcePPConfig(AlgorithmConfig):
+    """REINFORCE++ recipe card: what each key does and where its default comes from.
+
+    [H25] Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language
+    Models"; [L24] Li et al. 2024, "ReMax: A Simple, Effective, and Efficient Reinforcement
+    Learning Method for Aligning LLMs"; [Z19] Ziegler et al. 2019.
+    """
+
+    # Responses per prompt. The global baseline needs no groups ([H25] samples 1); 4 gives a step
+    # the same 64 sequences as PPO's default (16 prompts x 4).
+    samples_per_prompt: int = 4
+    # `global`: advantages whitened over the batch [H25]; `greedy`: minus the reward of the
+    # prompt's greedy answer, then scaled by the batch std [L24] (one extra decoding per prompt).
+    baseline: str = "global"
+    # Token-level KL penalty in the reward [H25: 0.01 for general alignment, 0.001 for math];
+    # 0 = no reference model is loaded or charged.
+    beta: float = 0.01
+    # [H25] KL_t = log pi(y_t) - log pi_sft(y_t), i.e. k1, as PPO here [Z19].
+    kl_estimator: str = "k1"
+    # No discounting within a response [H25, Z19].
+    gamma: float = 1.0
+    # PPO clip epsilon [H25: 0.2].
+    clip_eps: float = 0.2
+    # One pass over each rollout (the ratio starts at 1; more passes or mini-batches let the
+    # clip bite, [H25] uses mini-batch updates on large batches).
+    ppo_epochs: int = 1
+    num_minibatches: int = 1
+    # The PPO policy lr tuned on this task (README; [H25] 5e-7 on billion-parameter models).
+    lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    # Sample from the full distribution (temperature 1, no top-k / top-p): the ratio assumes it.
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # Answers are at most 4 words + eos on the facts task (as PPO).
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        """Refuse option values REINFORCE++ cannot run with (one line naming the key and fix)."""
+        for key, value, allowed in (
+            ("baseline", self.baseline, BASELINES),
+            ("kl_estimator", self.kl_estimator, ops.KL_KINDS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"algo.{key}={value!r} — use one of {', '.join(allowed)}")
+        if not self.clip_eps > 0 or self.beta < 0:
+            raise ConfigError(
+                f"algo.clip_eps={self.clip_eps}, beta={self.beta} — clip_eps must be > 0, beta >= 0"
+            )
+
+
+class ReinforcePP:
+    """REINFORCE++ (or ReMax, with ``baseline=greedy``) as a run-hook implementer."""
+
+    def __init__(self, run: Run, config: ReinforcePPConfig) -> None:
+        config.validate()
+        self.config = config
+        self.reference = run.load_sft_model("reference") if config.beta > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.params = SamplingParams(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
+
+    @alignbench.hookimpl
+    def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
+        """K samples per prompt; the reference's log-probs; ReMax's greedy answers and rewards."""
+        c = self.config
+        batch = run.sample(run.policy, prompts, c.samples_per_prompt, self.params)
+        with torch.no_grad():
+            if self.reference is not None:
+                batch.extras["ref_logprobs"] = response_logprobs(
+                    self.reference,
+                    batch.input_ids,
+                    batch.attention_mask,
+                    batch.prompt_length,
+                    c.temperature,
+                )
+            if c.baseline == "greedy":
+                greedy = run.sample(
+                    run.policy,
+                    prompts,
+                    1,
+                    SamplingParams(max_new_tokens=c.max_new_tokens, greedy=True),
+                    source="greedy",
+                )
+                # Scored like every response, so a learned reward model's passes are charged.
+                baseline = run.rewards(greedy).float()
+                batch.extras["baseline"] = baseline.repeat_interleave(c.samples_per_prompt)
+        return batch
+
+    @alignbench.hookimpl
+    def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
+        """Globally normalised KL-shaped returns, then clipped-ratio passes (token mean)."""
+        c, mask, x = self.config, batch.response_mask, batch.extras
+        scores = batch.rewards.float()
+        if c.baseline == "greedy":
+            scores = scores - x["baseline"]
+        ref = x.get("ref_logprobs")
+        kl = (
+            ops.kl_penalty(batch.logprobs, ref, c.kl_estimator)
+            if ref is not None
+            else torch.zeros_like(batch.logprobs)
+        )
+        advantages = ops.reinforce_pp_advantages(
+            scores, kl, mask, c.beta, c.gamma, subtract_mean=c.baseline == "global"
+        )
+        n = batch.num_sequences
+        size = max(1, math.ceil(n / c.num_minibatches))
+        stats: dict[str, list[float]] = {}
+        run.policy.train()
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(n, generator=run.generator)
+            for start in range(0, n, size):
+                rows = order[start : start + size]
+                m, old = mask[rows], batch.logprobs[rows]
+                logprobs = response_logprobs(
+                    run.policy,
+                    batch.input_ids[rows],
+                    batch.attention_mask[rows],
+                    batch.prompt_length,
+                    c.temperature,
+                )
+                loss, clipfrac = ops.policy_loss(logprobs, old, advantages[rows], m, c.clip_eps)
+                run.check_finite(**{"loss/policy": loss})
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
+                run.check_finite(**{"policy/grad_norm": grad_norm})
+                self.optimizer.step()
+                delta = logprobs.detach() - old
+                for key, value in (
+                    ("loss/policy", loss.item()),
+                    ("policy/clipfrac", clipfrac.item()),
+                    ("policy/approxkl", 0.5 * ops.masked_mean(delta**2, m).item()),
+                    ("policy/ratio", ops.masked_mean(delta.exp(), m).item()),
+                    ("policy/grad_norm", grad_norm.item()),
+                ):
+                    stats.setdefault(key, []).append(value)
+        run.policy.eval()
+        out = {key: sum(values) / len(values) for key, values in stats.items()}
+        if c.baseline == "greedy":
+            out["remax/greedy_reward"] = x["baseline"].mean().item()
+        if ref is not None:
+            sequence_kl = ops.sequence_scores(kl, mask, 0.0)
+            out["objective/kl"] = sequence_kl.mean().item()
+            out["objective/kl_coef"] = c.beta
+            out["objective/non_score_reward"] = (-c.beta * sequence_kl).mean().item()
+        return out
+
+
+@alignbench.hookimpl
+def alignbench_register_algorithms(register: alignbench.Register) -> None:
+    """Register ``reinforce_pp``."""
+    register("reinforce_pp", ReinforcePP, ReinforcePPConfig)
