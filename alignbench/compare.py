@@ -299,6 +299,30 @@ def load_jobs(sweep: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+def drop_duplicates(jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Jobs with the same config (fingerprint) counted once, and a note naming each duplicate.
+
+    The same config in two folders (a sweep extended under an older naming scheme, or one job
+    in two compared sweeps) is one measurement, not two seeds.
+    """
+    kept: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    notes = []
+    for job in jobs:
+        fingerprint = (job["summary"] or {}).get("fingerprint")
+        if fingerprint and fingerprint in seen:
+            first = seen[fingerprint]
+            notes.append(
+                f"- `{job['sweep']}/{job['folder']}` has the same config as "
+                f"`{first['sweep']}/{first['folder']}`: counted once"
+            )
+            continue
+        if fingerprint:
+            seen[fingerprint] = job
+        kept.append(job)
+    return kept, notes
+
+
 def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
@@ -864,8 +888,12 @@ def main(argv: list[str] | None = None) -> int:
             jobs = [j for j in jobs if condition in [o.lstrip("+") for o in j["overrides"]]]
             if not jobs:
                 raise BadInput(f"--where {condition}: no job has this override")
+        jobs, duplicates = drop_duplicates(jobs)
         metrics = tuple(args.metric or DEFAULT_METRICS)
         report = comparison_report(jobs, metrics, args.group_by, args.baseline)
+        if duplicates:
+            print(f"warning: {len(duplicates)} duplicate job(s) counted once", file=sys.stderr)
+            report += "\n\nDuplicate configs (counted once):\n\n" + "\n".join(duplicates)
         origin = provenance_note(list(args.sweep), jobs)
         if origin:
             report = origin + "\n\n" + report

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,33 @@ HYDRA = ".hydra"
 LOCK = ".lock"
 #: What a job writes into its folder (moved aside together by ``rerun=true``).
 RESULTS = ("metrics.jsonl", "summary.json", "checkpoints", "model", "wandb", "wandb_run_id", HYDRA)
+
+
+#: Overrides already in a job folder's name (``<algo>_<task>_seed<seed>_…``), left out of its slug.
+_NAMED = ("algo", "task", "seed")
+_UNNAMED = (*NEUTRAL_KEYS, "cache_dir")
+
+
+def job_name(overrides: Any) -> str:
+    """A sweep job's folder name from its overrides: stable when the sweep is extended.
+
+    Hydra numbers job folders in launch order, so adding a value to a sweep renumbers them and
+    the same config lands in a new folder (run twice, counted as two seeds). The name is a
+    readable slug of the overrides that change the numbers plus a hash of them, so the same
+    config always finds its folder (and is skipped once finished), whatever else the sweep holds.
+    """
+    items = sorted(str(o).lstrip("+") for o in (overrides or []))
+    # cache_dir only says where stage caches live (keyed by content): not part of the config.
+    kept = [o for o in items if o.split("=", 1)[0].split(".", 1)[0] not in _UNNAMED]
+    digest = hashlib.sha1("\x00".join(kept).encode()).hexdigest()[:8]
+    shown = [o for o in kept if o.split("=", 1)[0] not in _NAMED]
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "+".join(shown))[:60].strip("-_+")
+    return f"{slug}_{digest}" if slug else digest
+
+
+# `hydra.sweep.subdir` in conf/config.yaml names each job folder with it (registered on import,
+# also in a parallel launcher's worker processes, which import this module to run a job).
+OmegaConf.register_new_resolver("alignbench.job_name", job_name, replace=True)
 
 
 def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -393,3 +393,16 @@ def test_where_keeps_only_matching_jobs(tmp_path: Path, capsys) -> None:
     assert "0.700" in out and "0.500" not in out
     assert main([*args, "--where", "reward=c"]) == 2
     assert "no job has this override" in capsys.readouterr().err
+
+
+def test_a_duplicate_config_is_counted_once(tmp_path: Path, capsys) -> None:
+    """Two folders holding the same config (same fingerprint) are one measurement, not 2 seeds."""
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0_ppo", ["algo=ppo", "seed=0"], {**_summary("ppo", 0.4), "fingerprint": "f0"})
+    _job(sweep, "1_ppo", ["algo=ppo", "seed=1"], {**_summary("ppo", 0.2), "fingerprint": "f1"})
+    _job(sweep, "2_ppo", ["algo=ppo", "seed=0"], {**_summary("ppo", 0.4), "fingerprint": "f0"})
+    assert main([str(sweep), "--metric", "test/hallucination_unknown", "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "| 2/2 |" in captured.out  # two jobs, not three
+    assert "`sweep/2_ppo` has the same config as `sweep/0_ppo`: counted once" in captured.out
+    assert "1 duplicate job(s) counted once" in captured.err

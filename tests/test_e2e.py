@@ -36,18 +36,20 @@ def test_multirun_writes_one_job_per_algorithm_and_hits_the_cache(tmp_path: Path
     args = ["algo=sft,rrhf", "--multirun", *TINY, "hydra.sweep.dir=sweep1"]
     first = _cli(args, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    summaries = sorted((tmp_path / "sweep1").glob("*/summary.json"))
-    assert [p.parent.name for p in summaries] == ["0_sft_facts_seed0", "1_rrhf_facts_seed0"]
+    summaries = sorted((tmp_path / "sweep1").glob("*/summary.json"), reverse=True)
+    names = [p.parent.name for p in summaries]
+    # Named by config (`<algo>_<task>_seed<N>_<other overrides>_<hash>`), not by launch order.
+    assert [n.split("_", 3)[:3] for n in names] == [["sft", "facts", "seed0"], ["rrhf", "facts", "seed0"]]
     for path in summaries:
         summary = json.loads(path.read_text())
         assert summary["status"] == "finished"
         assert (path.parent / ".hydra" / "config.yaml").exists()
-    assert "sweep1/1_rrhf_facts_seed0" in first.stdout  # says where the results are
+    assert f"sweep1/{names[1]}" in first.stdout  # says where the results are
     cached = json.loads(summaries[1].read_text())["stage/sft"]["cache_hit"]
     assert cached is True  # the second job of the sweep reused the first one's SFT model
     second = _cli([*args[:-1], "hydra.sweep.dir=sweep2"], tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
-    again = json.loads(next((tmp_path / "sweep2").glob("0_*/summary.json")).read_text())
+    again = json.loads(next((tmp_path / "sweep2").glob("sft_*/summary.json")).read_text())
     assert again["stage/sft"]["cache_hit"] is True
 
 

@@ -90,3 +90,33 @@ def test_a_second_writer_is_refused(tmp_path: Path) -> None:
         holder.wait()
     with locked(tmp_path):  # free again once the holder is gone
         pass
+
+
+def test_job_names_depend_on_the_config_not_the_launch_order() -> None:
+    """Same overrides in any order → same name; neutral keys don't count; any change does."""
+    from alignbench.jobdir import job_name
+
+    base = job_name(["algo=ppo", "seed=1", "reward=exact_match"])
+    assert base == job_name(["reward=exact_match", "seed=1", "algo=ppo", "threads=2"])
+    assert base == job_name(["reward=exact_match", "seed=1", "algo=ppo", "logger=none"])
+    assert base.startswith("reward=exact_match_")  # readable; algo/task/seed are in the prefix
+    assert base != job_name(["algo=ppo", "seed=2", "reward=exact_match"])
+    assert job_name([]) != job_name(["algo.lr=0.1"])
+    assert "/" not in job_name(["feedback.path=/some/where/rankings.jsonl"])
+
+
+@pytest.mark.slow
+def test_extending_a_sweep_finds_its_finished_jobs(tmp_path: Path) -> None:
+    """A sweep extended in the same folder skips the finished job instead of running it again
+    under a new number (which compare would then count as an extra seed)."""
+    common = [*TINY, "algo=sft", "--multirun", f"cache_dir={tmp_path / 'c'}", "hydra.sweep.dir=s"]
+    first = _run([*common, "seed=0"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (done,) = (tmp_path / "s").glob("*/summary.json")
+    before = done.read_bytes()
+    second = _run([*common, "seed=1,0"], tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "already finished: skipped" in second.stdout
+    folders = sorted(p.parent.name for p in (tmp_path / "s").glob("*/summary.json"))
+    assert len(folders) == 2 and done.parent.name in folders
+    assert done.read_bytes() == before  # the finished job was not run again

@@ -125,14 +125,14 @@ def test_sigterm_stops_the_whole_sweep(tmp_path: Path) -> None:
     ]
     job = _cli(args, tmp_path)
     deadline = time.time() + 300
-    metrics = tmp_path / "sweep" / "0_rrhf_facts_seed0" / "metrics.jsonl"
+    found = lambda: next((tmp_path / "sweep").glob("rrhf_facts_seed0_*/metrics.jsonl"), None)  # noqa: E731
     while time.time() < deadline and (
-        not metrics.exists() or metrics.read_text().count('"step"') < 2
+        found() is None or found().read_text().count('"step"') < 2
     ):
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=120) == 130
-    assert not list((tmp_path / "sweep").glob("1_sft*"))
+    assert not list((tmp_path / "sweep").glob("sft_*"))
 
 
 def test_checkpoint_writes_are_atomic_and_pickle_free(tiny_job, tmp_path: Path) -> None:
@@ -200,9 +200,9 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path, launcher: list[
     assert done.wait(timeout=600) == 1
     err = done.stderr.read()
     assert "K >= 2" in err and "1 job(s) failed" in err
-    failed = json.loads(next((tmp_path / "sweep").glob("0_rrhf*/summary.json")).read_text())
+    failed = json.loads(next((tmp_path / "sweep").glob("rrhf_*/summary.json")).read_text())
     assert failed["status"] == "failed" and "ConfigError" in failed["error"]
-    ok = json.loads(next((tmp_path / "sweep").glob("1_sft*/summary.json")).read_text())
+    ok = json.loads(next((tmp_path / "sweep").glob("sft_*/summary.json")).read_text())
     assert ok["status"] == "finished"
 
 
