@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Glob, IntervalSweep, Override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -34,7 +34,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from alignbench import checkpoint, jobdir
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
-from alignbench.config import CONF_PACKAGE, ships_yaml, to_object
+from alignbench.config import CONF_PACKAGE, shipped_yaml_names, ships_yaml, to_object
 from alignbench.defaults import DefaultScore
 from alignbench.errors import (
     UNKNOWN_BY_GROUP,
@@ -43,8 +43,9 @@ from alignbench.errors import (
     Interrupted,
     PluginError,
 )
+from alignbench.feedback import Group
 from alignbench.loop import run_loop
-from alignbench.models import load_pretrained, response_logprobs, save_pretrained
+from alignbench.models import check_loadable, load_pretrained, response_logprobs, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
 from alignbench.provenance import git_commit
 from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
@@ -55,8 +56,13 @@ from alignbench.reward_model import (
     reward_model_stage,
 )
 from alignbench.run import Run
-from alignbench.stages import sft_stage
-from alignbench.validation import check_known_keys, check_plugin_configs, check_ranges
+from alignbench.stages import model_source, sft_stage
+from alignbench.validation import (
+    check_choices,
+    check_known_keys,
+    check_plugin_configs,
+    check_ranges,
+)
 
 log = logging.getLogger("alignbench")
 
@@ -89,13 +95,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-RUN_HOOKS = ("alignbench_rollout", "alignbench_update", "alignbench_score")
+RUN_HOOKS = ("alignbench_rollout", "alignbench_update", "alignbench_score", "alignbench_respond")
 
 
-def _check_run_hooks(pm: Any, algorithm_name: str | None) -> None:
-    """Exactly one implementer of rollout and update (the algorithm), at most one score override.
+def _check_run_hooks(pm: Any, algorithm_name: str | None, trains: bool = True) -> None:
+    """Exactly one implementer of rollout and update (the algorithm), at most one score override,
+    and respond answered by the algorithm or by no one.
 
     With ``algorithm_name=None`` (before the algorithm is registered) no plugin may implement them.
+    An algorithm with ``trains = False`` (best-of-N) need not implement rollout and update.
     """
     for hook in RUN_HOOKS:
         names = implementers(pm, hook)
@@ -106,7 +114,7 @@ def _check_run_hooks(pm: Any, algorithm_name: str | None) -> None:
                     "algorithm object, not to plugin modules"
                 )
             continue
-        required = hook != "alignbench_score"
+        required = trains and hook in ("alignbench_rollout", "alignbench_update")
         if names != [algorithm_name] and (required or names):
             raise PluginError(
                 f"{hook} must be implemented by the algorithm alone, found: "
@@ -168,6 +176,7 @@ def run_job(
     if cfg.plugin_dirs:
         load_plugin_dirs(registry, list(cfg.plugin_dirs))
     check_ranges(cfg)  # the command line checked this already; library callers need it too
+    check_choices(to_object(cfg))
     if not claimed:
         jobdir.check_free(cfg, output_dir)
     fingerprint = config_fingerprint(cfg)
@@ -182,7 +191,7 @@ def run_job(
     if cfg.rerun and not claimed:
         jobdir.move_aside(output_dir)
     elif resume_from is not None:
-        saved = torch.load(resume_from / "state.pt", weights_only=True)
+        saved = checkpoint.verify(resume_from)  # a damaged checkpoint is refused here, whole
         kept_lines = int(saved["metrics_lines"])
         if saved["fingerprint"] != fingerprint:
             raise ConfigError(
@@ -210,6 +219,15 @@ def run_job(
         )
         model = load_reward_model(rm_path, sft_path)
         reward.use_reward_model(model, tokenizer, source, cfg, rm_path)
+
+    def ranked_groups(split: str) -> list[Group]:
+        # Stage 2 on demand (an offline algorithm's data), cached like the reward model's.
+        source = registry.get("feedback", cfg.feedback.name).cls(to_object(cfg.feedback), task)
+        path, stages["stage/rm"] = reward_model_stage(
+            cfg, task, source, sft_path, stage_info["key"]
+        )
+        return load_groups(path / f"{split}.jsonl")
+
     policy.eval()
     flops = FlopCounter()
     flops.track(policy, "policy")
@@ -227,6 +245,7 @@ def run_job(
         generator=torch.Generator().manual_seed(cfg.seed),
         output_dir=output_dir,
         pm=registry.pm,
+        groups_loader=ranked_groups,
     )
     pm = registry.pm
     reward.setup(run)
@@ -257,7 +276,7 @@ def run_job(
         **stages,
     }
     try:
-        _check_run_hooks(pm, f"algorithm:{cfg.algo.name}")
+        _check_run_hooks(pm, f"algorithm:{cfg.algo.name}", getattr(algorithm, "trains", True))
         result = run_loop(run, algorithm, resume_from)
         summary.update(result["final"])
         if rm_path is not None:
@@ -398,7 +417,32 @@ def _parse_overrides(overrides: list[str]) -> list[Override]:
         raise ConfigError(f"cannot parse the command line: {str(exc).splitlines()[0]}") from None
 
 
-def _values(override: Override) -> list[str]:
+def _values(override: Override, registry: Registry, sampled: bool = False) -> list[str]:
+    """The values a (sweep) override stands for, as strings; ConfigError where none can be listed.
+
+    ``glob(...)`` is matched against the group's options; ``interval(...)`` is sampled by a
+    sweeper (``sampled``: one was chosen), so its two bounds stand for it here.
+    """
+    value = override.value()
+    key = override.key_or_group.lstrip("+~")
+    if isinstance(value, IntervalSweep):
+        if not sampled:
+            raise ConfigError(
+                f"{key}=interval(...) needs a sweeper that samples it (e.g. "
+                "hydra/sweeper=optuna); the basic sweeper takes a list, range() or choice()"
+            )
+        return [str(value.start), str(value.end)]
+    if isinstance(value, Glob):
+        if key not in UNKNOWN_BY_GROUP:
+            raise ConfigError(
+                f"{key}=glob(...) selects options of a config group (e.g. algo=glob(*)); "
+                f"{key} is not a group — give a list of values instead"
+            )
+        options = sorted(set(registry.names(key)) | set(shipped_yaml_names(key)))
+        picked = value.filter(options)
+        if not picked:
+            raise ConfigError(f"{key}={override.input_line.split('=', 1)[1]} matches no option")
+        return picked
     if override.is_sweep_override():
         return [str(v) for v in override.sweep_string_iterator()]
     return [override.get_value_element_as_str()]
@@ -434,16 +478,22 @@ def _one_line(exc: BaseException) -> str:
 def validate(registry: Registry, raw_overrides: list[str]) -> None:
     """Check group names against the registry and compose each job's config; raise ConfigError."""
     overrides = _parse_overrides(raw_overrides)
+    # A sweeper other than the basic one (Optuna, Nevergrad, ...) samples interval(...) itself.
+    sampled = any(
+        o.key_or_group == "hydra/sweeper" and o.get_value_element_as_str() != "basic"
+        for o in overrides
+    )
     for o in overrides:
         group = o.key_or_group.lstrip("+")
         if group in UNKNOWN_BY_GROUP and o.package is None and not o.is_delete():
-            for name in _values(o):
+            for name in _values(o, registry, sampled):
                 # A shipped YAML variant of a registered plugin (e.g. algo=ppo_plain) is a choice
                 # too; its `name` key says which plugin runs it.
                 if not ships_yaml(group, name):
                     registry.get(group, name)
     user = [o for o in overrides if not o.key_or_group.startswith("hydra")]
-    choices = [[f"{o.get_key_element()}={v}" for v in _values(o)] for o in user]
+    choices = [[f"{o.get_key_element()}={v}" for v in _values(o, registry, sampled)] for o in user]
+    loadable: set[str] = set()  # model folders / hub ids already checked
     with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         for combo in itertools.islice(itertools.product(*choices), MAX_VALIDATED_COMBINATIONS):
             try:
@@ -452,7 +502,12 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
                 raise ConfigError(_one_line(exc)) from None
             check_known_keys(typed)
+            check_choices(typed)
             check_ranges(cfg)
+            if cfg.model.name_or_path and cfg.model.name_or_path not in loadable:
+                # Before stage 1 and before any folder: not after SFT trained for nothing.
+                check_loadable(model_source(cfg.model.name_or_path))
+                loadable.add(cfg.model.name_or_path)
             check_plugin_configs([typed.algo, typed.task, typed.reward, typed.feedback])
             Budget.from_config(to_object(cfg.budget))
 

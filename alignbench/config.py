@@ -132,7 +132,9 @@ class WandbConfig:
     """Weights & Biases settings; offline unless the user asks for online."""
 
     enabled: bool = True
-    mode: str = "offline"
+    mode: str = field(
+        default="offline", metadata={"choices": ("offline", "online", "disabled", "shared")}
+    )
     project: str = "alignbench"
     entity: str | None = None
 
@@ -162,7 +164,7 @@ class RMStageConfig:
     """Stage 2: the reward model trained on the ranked groups."""
 
     # Initialise the trunk from the SFT model, or train from scratch.
-    init: str = "sft"
+    init: str = field(default="sft", metadata={"choices": ("sft", "scratch")})
     epochs: int = 20
     lr: float = 3e-4
     batch_size: int = 16
@@ -251,6 +253,15 @@ def ships_yaml(group: str, name: str) -> bool:
         return resources.files(CONF_PACKAGE).joinpath(group, f"{name}.yaml").is_file()
     except ModuleNotFoundError:
         return False
+
+
+def shipped_yaml_names(group: str) -> list[str]:
+    """The names of the ``conf/<group>/*.yaml`` files in the packaged config folder."""
+    try:
+        folder = resources.files(CONF_PACKAGE).joinpath(group)
+        return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def store_plugin_schema(group: str, name: str, schema: type) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -57,6 +58,19 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaFo
         bos_token_id=None,
     )
     return LlamaForCausalLM(config)
+
+
+def check_loadable(path: str | Path) -> None:
+    """Raise ConfigError (the same line as :func:`load_pretrained`) unless ``path`` holds a model
+    config: reads ``config.json`` only (the local folder or the hub cache), no weights."""
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model.name_or_path={str(path)!r} cannot be loaded ({str(exc).splitlines()[0]}) — "
+            "give a local folder saved with save_pretrained, or leave it empty for the "
+            "built-in model"
+        ) from None
 
 
 def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:

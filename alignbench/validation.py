@@ -148,6 +148,23 @@ def check_known_keys(obj: Any, prefix: str = "") -> None:
         check_known_keys(value, f"{prefix}{key}.")
 
 
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Refuse a value outside a field's ``choices`` (``field(metadata={"choices": (...)})``), for
+    every dataclass in the config, a plugin's included: a typo such as ``algo.critic=sepparate``
+    is one line at start-up, not an error after stage 1 has trained."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name, None)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"{prefix}{f.name}={value!r} is not a choice — use one of: "
+                + ", ".join(str(c) for c in choices)
+            )
+        check_choices(value, f"{prefix}{f.name}.")
+
+
 def check_plugin_configs(objects: list[Any]) -> None:
     """Call ``validate()`` of every config object that has one (a plugin's own range checks)."""
     for obj in objects:

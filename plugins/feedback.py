@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ class SimulatedConfig(FeedbackConfig):
     error_rate: float = 0.0
     annotators: int = 1
     annotator_bias: float = 0.0
-    aggregate: str = "mean_rank"
+    aggregate: str = field(default="mean_rank", metadata={"choices": ("mean_rank", "majority")})
     unlabelled_share: float = 0.0
     # Annotators may call two equally good responses a tie (no pair is trained on); without it
     # a tie is broken by a coin, which teaches a reward model noise.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,8 +45,9 @@ class PPOConfig(AlgorithmConfig):
     """PPO settings; ``conf/algo/ppo.yaml`` says what each does and where its default comes from."""
 
     samples_per_prompt: int = 4
-    critic: str = "separate"
-    critic_init: str = "sft"
+    # `choices` are checked at start-up (alignbench/validation.py), before stage 1 trains.
+    critic: str = field(default="separate", metadata={"choices": ("separate", "shared")})
+    critic_init: str = field(default="sft", metadata={"choices": ("sft", "reward_model")})
     lr: float = 3e-4
     critic_lr: float = 1e-4
     ppo_epochs: int = 2
@@ -58,7 +59,7 @@ class PPOConfig(AlgorithmConfig):
     lam: float = 0.95
     whiten_advantages: bool = True
     kl_coef: float = 0.05
-    kl_estimator: str = "k1"
+    kl_estimator: str = field(default="k1", metadata={"choices": ops.KL_KINDS})
     adaptive_kl: bool = False
     target_kl: float = 0.5
     kl_horizon: int = 10000

@@ -1,0 +1,106 @@
+"""Issue 18's validation gaps: each one line, exit 2, before stage 1 and before any folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from alignbench import ConfigError
+from alignbench.app import main, validate
+from alignbench.validation import check_choices
+
+GAPS = [
+    (
+        ["algo=ppo", "algo.critic=sepparate"],
+        "error: algo.critic='sepparate' is not a choice — use one of: separate, shared",
+    ),
+    (
+        ["algo=ppo", "algo.kl_estimator=k4"],
+        "error: algo.kl_estimator='k4' is not a choice — use one of: k1, k2, k3",
+    ),
+    (
+        ["algo=ppo", "algo.critic_init=rm"],
+        "error: algo.critic_init='rm' is not a choice — use one of: sft, reward_model",
+    ),
+    (
+        ["logger.wandb.mode=ofline"],
+        "error: logger.wandb.mode='ofline' is not a choice — use one of: offline, online,",
+    ),
+    (
+        ["algo=ppo", "algo.samples_per_prompt=0"],
+        "error: algo.samples_per_prompt=0 — must be >= 1; set algo.samples_per_prompt accordingly",
+    ),
+    (
+        ["model.name_or_path=no/such-model-here"],
+        "error: model.name_or_path='no/such-model-here' cannot be loaded (",
+    ),
+    (
+        ["algo.lr=interval(0.1,0.2)"],
+        "error: algo.lr=interval(...) needs a sweeper that samples it (e.g. hydra/sweeper=optuna)",
+    ),
+    (
+        ["algo.lr=glob(*)"],
+        "error: algo.lr=glob(...) selects options of a config group (e.g. algo=glob(*))",
+    ),
+    (["algo=glob(zz*)"], "error: algo=glob(zz*) matches no option"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "start"), GAPS)
+def test_gap_is_one_line_before_anything_is_written(
+    capsys, tmp_path, monkeypatch, overrides, start
+) -> None:
+    """`python -m alignbench <bad> --multirun`: exit 2, one line, no results folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*overrides, "logger=none", "--multirun"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(start), err
+    assert not (tmp_path / "results").exists()
+
+
+def test_local_model_folder_without_a_config_is_refused(capsys, tmp_path, monkeypatch) -> None:
+    """A folder that is not a saved model fails at start-up, naming the folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty-model").mkdir()
+    assert main(["model.name_or_path=empty-model", "logger=none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "empty-model" in err and "cannot be loaded" in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo.lr=range(0.1,0.3,0.1)"],
+        ["seed=range(3)"],
+        ["algo.lr=choice(0.1,0.2)"],
+        ["algo=glob(*,exclude=[rf*,ppo_plain])"],
+        ["hydra/sweeper=optuna", "algo.lr=interval(0.0001,0.001)"],
+    ],
+)
+def test_hydra_sweep_syntax_passes_validation(registry, overrides) -> None:
+    """range/choice/glob are enumerated; interval with a sampling sweeper checks its bounds."""
+    validate(registry, overrides)
+
+
+def test_interval_bounds_are_range_checked(registry) -> None:
+    """With a sampling sweeper the bounds of interval(...) still go through the range checks."""
+    with pytest.raises(ConfigError, match=r"algo.lr=-0.1 — must be a learning rate > 0"):
+        validate(registry, ["hydra/sweeper=optuna", "algo.lr=interval(-0.1,0.1)"])
+
+
+def test_choices_metadata_is_checked_for_any_dataclass() -> None:
+    """A plugin declares `choices` in field metadata and gets the same check, no code of its own."""
+
+    @dataclass
+    class Inner:
+        mode: str = field(default="a", metadata={"choices": ("a", "b")})
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+
+    check_choices(Outer())
+    with pytest.raises(ConfigError, match=r"^inner.mode='c' is not a choice — use one of: a, b$"):
+        check_choices(Outer(Inner("c")), "")
