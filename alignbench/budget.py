@@ -46,6 +46,7 @@ class FlopCounter:
         self.by_model: dict[str, float] = {}
         self._paused = 0
         self._handles: list[Any] = []
+        self._tallies: list[dict[str, float]] = []
 
     def track(self, model: torch.nn.Module, name: str) -> torch.nn.Module:
         """Charge every forward (and the backward through its output) of ``model`` to ``name``."""
@@ -73,6 +74,9 @@ class FlopCounter:
         return model
 
     def _charge(self, name: str, flops: float) -> None:
+        if self._tallies:  # measured, not spent: see measured()
+            self._tallies[-1][name] = self._tallies[-1].get(name, 0.0) + flops
+            return
         self.total += flops
         self.by_model[name] = self.by_model.get(name, 0.0) + flops
 
@@ -84,6 +88,17 @@ class FlopCounter:
             yield
         finally:
             self._paused -= 1
+
+    @contextlib.contextmanager
+    def measured(self) -> Iterator[dict[str, float]]:
+        """Count what runs inside into the yielded ``{model: flops}`` instead of the budget (the
+        inference cost of answering an evaluation: reported, never spent; paused still wins)."""
+        tally: dict[str, float] = {}
+        self._tallies.append(tally)
+        try:
+            yield tally
+        finally:
+            self._tallies.pop()
 
     def close(self) -> None:
         """Remove the hooks from every tracked model."""

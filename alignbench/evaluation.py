@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignbench.budget import FlopCounter
 from alignbench.config import EvalConfig
+from alignbench.errors import PluginError
 from alignbench.reward import Reward, checked_rewards
 from alignbench.sampling import SamplingParams, sample
 from alignbench.task import Task
@@ -33,15 +37,37 @@ def evaluate(
     task: Task,
     reward: Reward,
     cfg: EvalConfig,
+    respond: Callable[[list[dict[str, Any]]], list[str] | None] | None = None,
+    flops: FlopCounter | None = None,
 ) -> dict[str, float]:
-    """``{<prefix>/<metric>: value}`` for every eval set of the task, plus ``<prefix>/reward``."""
+    """``{<prefix>/<metric>: value}`` for every eval set of the task, plus ``<prefix>/reward``.
+
+    ``respond(rows)`` answers instead of greedy decoding when it returns a list (an algorithm's
+    ``alignbench_respond``, e.g. best-of-N). With ``flops``, nothing is charged to the budget and
+    the FLOPs spent answering are reported as ``<prefix>/flops_per_question``.
+    """
     metrics: dict[str, float] = {}
     for prefix, split in task.eval_sets.items():
         rows = task.splits[split].to_list()
-        responses = generate_greedy(model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
+        with flops.measured() if flops else contextlib.nullcontext({}) as tally:
+            responses = respond(rows) if respond is not None else None
+            if responses is None:
+                responses = generate_greedy(
+                    model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size
+                )
+        if len(responses) != len(rows):
+            raise PluginError(
+                f"alignbench_respond gave {len(responses)} responses for {len(rows)} questions "
+                "— it must answer every row, in order"
+            )
         values = task.metrics(rows, responses)
         name = str(getattr(getattr(reward, "config", None), "name", type(reward).__name__))
-        scores = checked_rewards(reward(rows, responses), len(rows), name)
+        with flops.paused() if flops else contextlib.nullcontext():  # scoring is not answering
+            scores = checked_rewards(reward(rows, responses), len(rows), name)
+        if flops is not None:
+            # What answering one question cost: a policy's greedy decode, or N samples + N
+            # reward forwards for best-of-N (a rule reward costs no FLOPs in this count).
+            values["flops_per_question"] = sum(tally.values()) / max(1, len(rows))
         values["reward"] = float(scores.mean())
         gold = [task.gold_utility(row, r) for row, r in zip(rows, responses, strict=True)]
         if gold and None not in gold:

@@ -116,6 +116,17 @@ def alignbench_update(run: Run, batch: Batch) -> dict[str, float]:
     """
 
 
+@hookspec(firstresult=True)
+def alignbench_respond(run: Run, rows: list[dict[str, Any]]) -> list[str] | None:
+    """Answer evaluation questions: called for each eval set at every evaluation but step 0.
+
+    Optional, answered by the algorithm alone (an inference-time method such as best-of-N).
+    ``rows`` are the eval split's rows; return one response text per row, in order. Without an
+    implementation the core decodes ``run.policy`` greedily. The FLOPs spent here are measured
+    (``<prefix>/flops_per_question``), never charged to the training budget.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Observer hooks: every implementer is called (results writer, W&B, progress bar, user plugins).
 # ---------------------------------------------------------------------------------------------

@@ -124,10 +124,25 @@ def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
     return stats
 
 
-def run_eval(run: Run, step: int) -> dict[str, float]:
-    """Evaluate the policy (not charged to the budget) and tell the observers."""
-    with run.flops.paused():
-        metrics = evaluate(run.policy, run.tokenizer, run.task, run.reward, to_object(run.cfg.eval))
+def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
+    """Evaluate the policy (not charged to the budget) and tell the observers.
+
+    The algorithm's ``alignbench_respond`` answers, when it implements it, every evaluation but
+    the ``initial`` one: that is the stage-1 model's greedy answers, every comparison's start.
+    """
+
+    def respond(rows: list[dict[str, Any]]) -> list[str] | None:
+        return run.pm.hook.alignbench_respond(run=run, rows=rows)
+
+    metrics = evaluate(
+        run.policy,
+        run.tokenizer,
+        run.task,
+        run.reward,
+        to_object(run.cfg.eval),
+        respond=None if initial else respond,
+        flops=run.flops,
+    )
     metrics.update(run.budget.metrics())
     run.pm.hook.alignbench_on_eval(run=run, step=step, metrics=metrics)
     return metrics
@@ -171,15 +186,17 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
         stream.load_state_dict(state["stream"])
         log.info("resumed from %s at step %d", resume_from, run.step)
     else:
-        state["initial"] = run_eval(run, 0)
+        state["initial"] = run_eval(run, 0, initial=True)
     rounds = run.reward.rounds
+    # An inference-time method (best-of-N) declares `trains = False`: no step, no budget spent.
+    trains = getattr(algorithm, "trains", True)
 
     def save() -> None:
         if algorithm is not None:
             checkpoint.save(run, algorithm, {**state, "stream": stream.state_dict()})
 
     with StopRequested() as stop:
-        while not run.budget.exhausted:
+        while trains and not run.budget.exhausted:
             prompts = stream.next()
             refresh_stats: dict[str, float] = {}
             flops_before = run.flops.total

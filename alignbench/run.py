@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import Batch, collate
 from alignbench.budget import Budget, FlopCounter
-from alignbench.errors import NonFiniteError
+from alignbench.errors import NonFiniteError, PluginError
+from alignbench.feedback import Group
 from alignbench.models import freeze, load_pretrained
 from alignbench.reward import Reward, checked_rewards
 from alignbench.sampling import SamplingParams, sample
@@ -42,6 +44,17 @@ class Run:
     output_dir: Path
     pm: pluggy.PluginManager
     step: int = 0
+    #: Loads stage 2's ranked groups by split (set by the core; see :meth:`ranked_groups`).
+    groups_loader: Callable[[str], list[Group]] | None = None
+
+    def ranked_groups(self, split: str = "train") -> list[Group]:
+        """Stage 2's ranked groups from the ``feedback=`` source: ``train`` (what the reward
+        model trains on) or ``heldout``; built (and cached) on first use, for any reward."""
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split={split!r} — use train or heldout")
+        if self.groups_loader is None:
+            raise PluginError("this run has no stage-2 feedback (it was not started by run_job)")
+        return self.groups_loader(split)
 
     def check_finite(self, **values: torch.Tensor | None) -> None:
         """Raise NonFiniteError naming the first quantity holding a NaN or inf (call it before
