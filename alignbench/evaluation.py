@@ -39,8 +39,12 @@ def evaluate(
     cfg: EvalConfig,
     respond: Callable[[list[dict[str, Any]]], list[str] | None] | None = None,
     flops: FlopCounter | None = None,
+    samples: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, float]:
     """``{<prefix>/<metric>: value}`` for every eval set of the task, plus ``<prefix>/reward``.
+
+    With ``samples`` (a dict), ``samples[prefix]`` receives the completions behind the metrics:
+    one record per row (:func:`completion_records`), at no extra generation.
 
     ``respond(rows)`` answers instead of greedy decoding when it returns a list (an algorithm's
     ``alignbench_respond``, e.g. best-of-N). With ``flops``, nothing is charged to the budget and
@@ -74,4 +78,38 @@ def evaluate(
             # The truth next to the proxy: over-optimisation shows as a growing gap.
             values["gold_reward"] = sum(gold) / len(gold)
         metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
+        if samples is not None:
+            samples[prefix] = completion_records(task, rows, responses, scores.tolist(), gold)
     return metrics
+
+
+#: Row fields copied into a completion record when the task's rows have them.
+SAMPLE_FIELDS = ("kind", "known", "answer")
+
+
+def completion_records(
+    task: Task,
+    rows: list[dict[str, Any]],
+    responses: list[str],
+    rewards: list[float],
+    gold: list[float | None],
+) -> list[dict[str, Any]]:
+    """One record per row: prompt, response, reward, gold reward, the task's verdict (``correct``
+    / ``abstain`` / ``wrong``, None if the task has no judge) and the row's entity kind."""
+    records = []
+    for row, response, reward, utility in zip(rows, responses, rewards, gold, strict=True):
+        try:
+            verdict: str | None = task.judge(row, response)
+        except NotImplementedError:
+            verdict = None
+        records.append(
+            {
+                "prompt": row.get("prompt"),
+                "response": response,
+                "reward": float(reward),
+                "gold_reward": utility,
+                "verdict": verdict,
+                **{key: row[key] for key in SAMPLE_FIELDS if key in row},
+            }
+        )
+    return records

@@ -142,11 +142,17 @@ def alignbench_on_step_end(run: Run, step: int, metrics: dict[str, float]) -> No
 
 
 @hookspec
-def alignbench_on_eval(run: Run, step: int, metrics: dict[str, float]) -> None:
+def alignbench_on_eval(
+    run: Run, step: int, metrics: dict[str, float], samples: dict[str, list[dict[str, Any]]]
+) -> None:
     """Observe an evaluation: at step 0, at each of ``eval.points`` budget points, and at the end.
 
     ``metrics`` are keyed by the task's eval sets (for ``facts``: ``dev/…`` for tuning, ``test/…``
-    for reports, ``eval_rl/…`` on RL prompts) plus the ``budget/…`` counters. Return value ignored.
+    for reports, ``eval_rl/…`` on RL prompts) plus the ``budget/…`` counters. ``samples`` maps
+    each eval set's prefix to the completions the metrics were computed from, one dict per row:
+    ``prompt``, ``response``, ``reward``, ``gold_reward``, ``verdict`` and, where the task's rows
+    have them, ``kind``, ``known``, ``answer`` (the results writer saves them as
+    ``completions/<prefix>_step<N>.jsonl``). Return value ignored.
     """
 
 

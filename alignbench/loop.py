@@ -134,6 +134,8 @@ def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
     def respond(rows: list[dict[str, Any]]) -> list[str] | None:
         return run.pm.hook.alignbench_respond(run=run, rows=rows)
 
+    samples: dict[str, list[dict[str, Any]]] = {}  # the completions behind the metrics
+
     metrics = evaluate(
         run.policy,
         run.tokenizer,
@@ -142,9 +144,10 @@ def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
         to_object(run.cfg.eval),
         respond=None if initial else respond,
         flops=run.flops,
+        samples=samples,
     )
     metrics.update(run.budget.metrics())
-    run.pm.hook.alignbench_on_eval(run=run, step=step, metrics=metrics)
+    run.pm.hook.alignbench_on_eval(run=run, step=step, metrics=metrics, samples=samples)
     return metrics
 
 

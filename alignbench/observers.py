@@ -39,6 +39,28 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def completions_path(output_dir: Path, prefix: str, step: int) -> Path:
+    """Where the completions of eval set ``prefix`` at ``step`` are saved (JSON lines)."""
+    return output_dir / "completions" / f"{prefix}_step{step}.jsonl"
+
+
+def write_completions(
+    output_dir: Path, step: int, samples: dict[str, list[dict[str, Any]]]
+) -> list[Path]:
+    """Write ``completions/<prefix>_step<step>.jsonl`` for every eval set, each atomically (temp
+    file, rename): a record per row, so a user can read what the model says."""
+    written = []
+    for prefix, records in samples.items():
+        path = completions_path(output_dir, prefix, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        lines = (json.dumps(json_safe(r), sort_keys=True, allow_nan=False) for r in records)
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
 class ResultsWriter:
     """Writes ``metrics.jsonl`` (a line per step and per evaluation) and ``summary.json``."""
 
@@ -62,9 +84,12 @@ class ResultsWriter:
         self._write("step", step, metrics)
 
     @hookimpl
-    def alignbench_on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        """Append the evaluation's metrics."""
+    def alignbench_on_eval(
+        self, step: int, metrics: dict[str, float], samples: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        """Append the evaluation's metrics; save its completions, one file per eval set."""
         self._write("eval", step, metrics)
+        write_completions(self.output_dir, step, samples)
 
     @hookimpl
     def alignbench_on_run_end(self, summary: dict[str, Any]) -> None:
@@ -88,6 +113,7 @@ class WandbLogger:
 
     def __init__(self, run: Run, group: str | None, tags: list[str] | None = None) -> None:
         self.wandb: Any = None
+        self.module: Any = None  # the wandb module, for wandb.Table
         self._logging = False
         self._warned = False
         self._defined: set[str] = set()
@@ -95,6 +121,7 @@ class WandbLogger:
         try:
             import wandb
 
+            self.module = wandb  # for wandb.Table
             os.environ.setdefault("WANDB_SILENT", "true")
             # One W&B run per job folder: a resumed job continues the same run (same id).
             run.output_dir.mkdir(parents=True, exist_ok=True)
@@ -185,9 +212,21 @@ class WandbLogger:
         self._log(metrics)
 
     @hookimpl
-    def alignbench_on_eval(self, metrics: dict[str, float]) -> None:
-        """Log the evaluation's metrics against the FLOPs spent."""
-        self._log(metrics)
+    def alignbench_on_eval(
+        self, metrics: dict[str, float], samples: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        """Log the evaluation's metrics, and its completions as one table per eval set
+        (``completions/<prefix>``), against the FLOPs spent."""
+        tables: dict[str, Any] = {}
+        if self._logging and samples:
+            try:
+                for prefix, records in samples.items():
+                    columns = list(dict.fromkeys(k for r in records for k in r))
+                    rows = [[r.get(c) for c in columns] for r in records]
+                    tables[f"completions/{prefix}"] = self.module.Table(columns=columns, data=rows)
+            except Exception as exc:
+                self._fail(exc)
+        self._log({**metrics, **tables})
 
     @hookimpl
     def alignbench_on_run_end(self, summary: dict[str, Any]) -> None:

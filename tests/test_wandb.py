@@ -38,6 +38,13 @@ class FakeRun:
         self.calls.append(("finish", exit_code))
 
 
+class FakeTable:
+    """What ``wandb.Table`` was given."""
+
+    def __init__(self, columns: list[str], data: list[list[Any]]) -> None:
+        self.columns, self.data = columns, data
+
+
 @pytest.fixture
 def fake_wandb(monkeypatch: pytest.MonkeyPatch) -> Callable[..., SimpleNamespace]:
     """Install a fake ``wandb`` in ``sys.modules``; returns a recorder of its calls."""
@@ -54,6 +61,7 @@ def fake_wandb(monkeypatch: pytest.MonkeyPatch) -> Callable[..., SimpleNamespace
 
         module = types.ModuleType("wandb")
         module.init = init  # type: ignore[attr-defined]
+        module.Table = FakeTable  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, "wandb", module)
         return record
 
@@ -78,7 +86,7 @@ def test_run_carries_group_job_type_tags_config_and_flops_axis(
     step = {"budget/flops": 1e9, "budget/steps": 1.0, "objective/reward": 0.5}
     logger.alignbench_on_step_end(metrics=step)
     logger.alignbench_on_step_end(metrics={**step, "budget/flops": 2e9})
-    logger.alignbench_on_eval(metrics={"budget/flops": 2e9, "test/accuracy_known": 0.9})
+    logger.alignbench_on_eval(metrics={"budget/flops": 2e9, "test/accuracy_known": 0.9}, samples={})
     summary = {"status": "finished", "test/accuracy_known": 0.9, "stage/sft": {"key": "k"}}
     logger.alignbench_on_run_end(summary=summary)
 
@@ -130,7 +138,7 @@ def test_failing_init_warns_once_and_logging_is_a_no_op(
     wandb = fake_wandb(fail_init=True)
     logger = WandbLogger(_run(tmp_path), "sweep-a", tags=["algo=rrhf"])
     logger.alignbench_on_step_end(metrics={"budget/flops": 1.0})
-    logger.alignbench_on_eval(metrics={"budget/flops": 1.0, "test/reward": 0.0})
+    logger.alignbench_on_eval(metrics={"budget/flops": 1.0, "test/reward": 0.0}, samples={})
     logger.alignbench_on_run_end(summary={"status": "finished"})
     err = capsys.readouterr().err
     assert err.count("warning: W&B disabled") == 1 and "RuntimeError: api key needed" in err
