@@ -12,6 +12,7 @@ as PNGs. Everything is printed and written to ``<first sweep dir>/comparison.md`
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -327,15 +328,75 @@ def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
+@functools.lru_cache(maxsize=4096)
+def _job_config(folder: Path) -> Any:
+    """The job's composed config (``.hydra/config.yaml``) as plain data, read once."""
+    path = folder / ".hydra" / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
 def _config_value(folder: Path, key: str) -> Any:
     """A dotted key's value in the job's composed config (``.hydra/config.yaml``), or None."""
-    path = folder / ".hydra" / "config.yaml"
-    node: Any = yaml.safe_load(path.read_text()) if path.exists() else None
+    node: Any = _job_config(folder)
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict):  # a config group: show the choice by its name
         node = node.get("name")
     return node
+
+
+def short_number(text: str) -> str:
+    """A float written short (``100000000000.0`` → ``1e11``, ``0.0003`` → ``3e-4``); other text,
+    integers included, unchanged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not any(c in text for c in ".eE") or not math.isfinite(number):
+        return text
+    positional = np.format_float_positional(number, trim="-")
+    scientific = np.format_float_scientific(number, trim="-", exp_digits=1).replace("e+", "e")
+    return scientific if len(scientific) < len(positional) else positional
+
+
+def short_override(override: str) -> str:
+    """``key=value`` with its value through :func:`short_number` (``budget.amount=1e11``)."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{short_number(value)}" if sep else override
+
+
+def _same_value(found: Any, text: str) -> bool:
+    """Whether a config value and an override's value text are the same value."""
+    if found is None or isinstance(found, dict | list):
+        return False
+    try:
+        if not isinstance(found, bool):
+            return math.isclose(float(found), float(text), rel_tol=1e-12)
+    except ValueError:
+        pass
+    return str(found).lower() == text.lower()
+
+
+def default_overrides(job: dict[str, Any], jobs: list[dict[str, Any]]) -> list[str]:
+    """The job's overrides that only restate a default: a job of the table without that override
+    (and with the same choice of the key's config group) has the same value for the key."""
+    folder = job.get("path")
+    out = []
+    for override in job["overrides"]:
+        key = _key(override)
+        if key == "algo" or "=" not in override or folder is None:
+            continue  # the algorithm always names its group
+        value, group = override.split("=", 1)[1], key.split(".")[0]
+        for other in jobs:
+            there = other.get("path")
+            if there is None or any(_key(o) == key for o in other["overrides"]):
+                continue
+            if "." in key and _config_value(there, group) != _config_value(folder, group):
+                continue  # `algo.lr=1e-3` restates PPO's default only if the other job is PPO
+            if _same_value(_config_value(there, key), value):
+                out.append(override)
+                break
+    return out
 
 
 def common_overrides(jobs: list[dict[str, Any]]) -> list[str]:
@@ -360,7 +421,9 @@ def group_name(
     ``group_by`` keys' values."""
     if not group_by:
         kept = [
-            o for o in overrides if not o.lstrip("+~").startswith(IGNORED_KEYS) and o not in common
+            short_override(o)
+            for o in overrides
+            if not o.lstrip("+~").startswith(IGNORED_KEYS) and o not in common
         ]
         if not any(o.startswith("algo=") for o in kept) and summary:
             kept.insert(0, f"algo={summary['algorithm']}")
@@ -369,7 +432,7 @@ def group_name(
     parts = []
     for key in group_by:
         if key in by_key:
-            parts.append(by_key[key])
+            parts.append(short_override(by_key[key]))
             continue
         value = summary.get(NAME_KEYS[key]) if summary and key in NAME_KEYS else None
         if value is None and folder is not None:
@@ -426,9 +489,110 @@ def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) ->
     groups: dict[str, Group] = {}
     common = common_overrides(jobs)
     for job in jobs:
-        name = group_name(job["overrides"], job["summary"], group_by, job.get("path"), common)
+        # Overrides that restate a default would split one configuration into two groups.
+        noise = [*common, *default_overrides(job, jobs)] if not group_by else common
+        name = group_name(job["overrides"], job["summary"], group_by, job.get("path"), noise)
         groups.setdefault(name, Group(name)).jobs.append(job)
     return list(groups.values())
+
+
+def _task_of(job: dict[str, Any]) -> str | None:
+    """The job's task: its name and config, without the seed (the seed is the world)."""
+    config = _job_config(job["path"]) if job.get("path") is not None else None
+    task = dict((config or {}).get("task") or {})
+    task.pop("seed", None)
+    if not task:
+        return (job["summary"] or {}).get("task")
+    name = task.pop("name", "?")
+    return f"{name} {json.dumps(task, sort_keys=True)}"
+
+
+def _budget_of(job: dict[str, Any]) -> str | None:
+    """The job's budget as ``<kind> <amount>`` (``flops 6e11``)."""
+    config = _job_config(job["path"]) if job.get("path") is not None else None
+    budget = (config or {}).get("budget") or {}
+    if "kind" not in budget:
+        return None
+    return f"{budget['kind']} {short_number(str(float(budget.get('amount', 0))))}"
+
+
+def _shown(values: list[str]) -> str:
+    """Values for a one-line warning: tasks by name alone when their names differ."""
+    names = [v.split(" {", 1)[0] for v in values]
+    return ", ".join(names if len(set(names)) == len(names) else values)
+
+
+def mixing_warnings(groups: list[Group]) -> list[str]:
+    """One line for each thing the table mixes without grouping it apart: tasks, budgets and
+    stage-1 SFT models (per world). A group holding several is always warned about; groups that
+    differ are, unless their names say how (an override of the key or an experiment)."""
+    warnings = []
+    kinds = [
+        ("tasks", _task_of, ("task", "experiment"), "--group-by task"),
+        ("budgets", _budget_of, ("budget", "experiment"), "--group-by budget.amount"),
+    ]
+    for what, value_of, keys, fix in kinds:
+        values = {
+            g.name: sorted({v for j in g.jobs if _finished(j["summary"]) if (v := value_of(j))})
+            for g in groups
+        }
+        mixed = [(name, found) for name, found in values.items() if len(found) > 1]
+        if mixed:
+            name, found = mixed[0]
+            more = f" (and {len(mixed) - 1} more groups)" if len(mixed) > 1 else ""
+            warnings.append(
+                f"warning: group `{name}` mixes {what}: {_shown(found)}{more} — keep them "
+                f"apart with {fix} or --where"
+            )
+        elif len({v[0] for v in values.values() if v}) > 1 and not _named_apart(groups, keys):
+            shown = "; ".join(f"`{n}`: {_shown(v)}" for n, v in values.items() if v)
+            warnings.append(
+                f"warning: the groups were run with different {what} ({shown}) — compare them "
+                f"at one (--where) or name it ({fix})"
+            )
+    sft = _sft_warning(groups)
+    return warnings + ([sft] if sft else [])
+
+
+def _named_apart(groups: list[Group], keys: tuple[str, ...]) -> bool:
+    """Whether every group's name carries an override of one of ``keys``."""
+    return all(
+        any(part.lstrip("+~").startswith(keys) for part in g.name.split(" ")) for g in groups
+    )
+
+
+def _sft_warning(groups: list[Group]) -> str | None:
+    """A line when one world's jobs start from different stage-1 SFT models (other model or
+    stage.sft settings, other code, a rebuilt cache), unless the group names say why."""
+    for group in groups:
+        by_world: dict[str, set[str]] = {}
+        for summary in group.finished:
+            key = (summary.get("stage/sft") or {}).get("key")
+            if key:
+                by_world.setdefault(str(summary.get("world")), set()).add(str(key)[:8])
+        for world, keys in sorted(by_world.items()):
+            if len(keys) > 1:
+                return (
+                    f"warning: group `{group.name}` mixes stage-1 SFT models in world {world}: "
+                    f"{', '.join(sorted(keys))} — their model, stage.sft settings or code differ; "
+                    "compare jobs of one SFT model (--where, or rerun with cache_rebuild=true)"
+                )
+    starts: dict[str, dict[str, str]] = {}
+    for group in groups:
+        for summary in group.finished:
+            key = (summary.get("stage/sft") or {}).get("key")
+            if key:
+                starts.setdefault(str(summary.get("world")), {})[group.name] = str(key)[:8]
+    for world, by_group in sorted(starts.items()):
+        if len(set(by_group.values())) > 1 and not _named_apart(
+            groups, ("model", "stage", "task", "experiment")
+        ):
+            shown = "; ".join(f"`{n}`: {k}" for n, k in by_group.items())
+            return (
+                f"warning: in world {world} the groups start from different stage-1 SFT models "
+                f"({shown}) — their model, stage.sft settings or code differ; compare them apart"
+            )
+    return None
 
 
 def stage1_starts(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -550,9 +714,16 @@ def comparison_report(
             "finished seeds."
         )
     notes += _failure_notes(jobs)
-    common = [o for o in common_overrides(jobs) if not o.lstrip("+~").startswith(IGNORED_KEYS)]
+    common = [
+        short_override(o)
+        for o in common_overrides(jobs)
+        if not o.lstrip("+~").startswith(IGNORED_KEYS)
+    ]
     if common and not group_by:
         notes.insert(0, "Every job shares: " + " ".join(f"`{o}`" for o in common) + ".")
+    warnings = mixing_warnings(groups)
+    if warnings:
+        notes.insert(0, "\n".join(f"**{w}**" for w in warnings))
     return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "")
 
 
@@ -891,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs, duplicates = drop_duplicates(jobs)
         metrics = tuple(args.metric or DEFAULT_METRICS)
         report = comparison_report(jobs, metrics, args.group_by, args.baseline)
+        for line in mixing_warnings(group_jobs(jobs, args.group_by)):
+            print(line, file=sys.stderr)
         if duplicates:
             print(f"warning: {len(duplicates)} duplicate job(s) counted once", file=sys.stderr)
             report += "\n\nDuplicate configs (counted once):\n\n" + "\n".join(duplicates)
