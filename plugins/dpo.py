@@ -144,7 +144,11 @@ class DPO:
             with torch.no_grad():
                 computed = sequence_logprobs(self.reference, batch, rows).view(-1, 2)
             cache[torch.tensor(list(first))] = computed
-        batch.extras.update(ref_logprobs=cache[torch.tensor(index)], reference_forwards=len(first))
+        batch.extras.update(
+            pair_index=torch.tensor(index),
+            ref_logprobs=cache[torch.tensor(index)],
+            reference_forwards=len(first),
+        )
         return batch
 
     @alignbench.hookimpl
