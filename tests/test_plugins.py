@@ -59,11 +59,14 @@ def alignbench_register_algorithms(register):
 
 def test_builtins_come_through_the_entry_point_group(registry) -> None:
     """The built-in algorithms, rewards and task are registered by entry-point plugins."""
-    assert registry.names("algo") == ["ppo", "rft", "rrhf", "sft"]
+    assert registry.names("algo") == [
+        *("best_of_n", "dpo", "grpo", "online_dpo", "ppo"),
+        *("reinforce_pp", "rft", "rloo", "rrhf", "sft"),
+    ]
     assert registry.names("reward") == ["abstention", "exact_match", "rm"]
     assert registry.names("feedback") == ["file", "simulated"]
     assert registry.names("task") == ["facts", "rubric"]
-    for name in ("ppo", "rrhf", "rewards", "facts", "feedback", "rubric"):
+    for name in ("ppo", "rrhf", "rewards", "facts", "feedback", "rubric", "grpo", "rloo"):
         assert "entry point alignbench_plugins." in registry.origins[name]
 
 
@@ -198,7 +201,10 @@ def test_listing_command(tmp_path: Path) -> None:
     ).stdout
     info = json.loads(out)
     algos = {e["name"]: e for e in info["groups"]["algo"]}
-    assert set(algos) == {"ppo", "rft", "rrhf", "sft", "best_of_two"}
+    assert set(algos) == {
+        *("best_of_n", "dpo", "grpo", "online_dpo", "ppo", "reinforce_pp"),
+        *("rft", "rloo", "rrhf", "sft", "best_of_two"),
+    }
     assert algos["best_of_two"]["origin"].endswith("best_of_two.py")
     assert algos["rrhf"]["plugin"] == "rrhf"
 
