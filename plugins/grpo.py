@@ -148,7 +148,8 @@ class GRPO:
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n, generator=run.generator)
             for start in range(0, n, size):
-                rows, m = order[start : start + size], mask[order[start : start + size]]
+                rows = order[start : start + size]
+                m, old = mask[rows], batch.logprobs[rows]
                 logits = response_logits(
                     run.policy,
                     batch.input_ids[rows],
@@ -156,7 +157,6 @@ class GRPO:
                     batch.prompt_length,
                 )
                 logprobs = token_logprobs(logits, batch.response_ids[rows], c.temperature)
-                old = batch.logprobs[rows]
                 per_token, clipped = ops.clipped_surrogate(
                     logprobs, old, advantages[rows], c.clip_eps, c.clip_eps_high or None
                 )

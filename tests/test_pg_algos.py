@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.test_flops import _one_step, forward, generation, sizes
 from tests.test_ppo import TOY_REWARD
 
 ALGOS = ("grpo", "rloo", "reinforce_pp")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _policy_sizes(tmp_path: Path, summary: dict) -> tuple[int, int]:
@@ -257,3 +259,17 @@ def test_reward_rises_on_a_toy_task(toy, overrides) -> None:
     start = sum(s["objective/reward"] for s in steps[:3]) / 3
     end = sum(s["objective/reward"] for s in steps[-3:]) / 3
     assert end > start + 0.3, (start, end)
+
+
+# ------------------------------------------------------------------------------------ docs
+
+
+def test_worked_example_quotes_grpo_py_verbatim() -> None:
+    """Every code block of the guide's GRPO walk-through is a verbatim excerpt of grpo.py."""
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = guide.split("## Worked example: GRPO in one afternoon\n")[1].split("\n## ")[0]
+    blocks = re.findall(r"^```python\n(.*?)^```$", section, flags=re.MULTILINE | re.DOTALL)
+    source = (ROOT / "plugins" / "grpo.py").read_text(encoding="utf-8")
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert block in source, block
