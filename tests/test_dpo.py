@@ -82,6 +82,7 @@ def test_reference_is_charged_once_per_pair(tmp_path, cache_dir) -> None:
     assert stats.stats[-1]["dpo/reference_pairs"] == 0
 
 
+@pytest.mark.slow
 def test_stop_and_resume_gives_the_same_numbers(tmp_path, cache_dir) -> None:
     """Stopped after step 3 (mid-pass, the reference cache half full) and resumed: the same pairs
     in the same order, no reference forward repeated, the same numbers as a straight run."""
