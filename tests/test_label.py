@@ -319,3 +319,17 @@ def test_format_errors_are_one_line(tmp_path: Path) -> None:
     written = export_groups(groups, "argilla", tmp_path / "records.json")
     assert written == [tmp_path / "records.json"]
     shutil.copy(FIXTURES / "groups.jsonl", tmp_path / "g.jsonl")
+
+
+@pytest.mark.slow
+def test_export_groups_samples_from_the_sft_model(tmp_path: Path) -> None:
+    """``export-groups --sample`` trains (or reuses) stage 1 and samples K responses per prompt."""
+    from tests.conftest import TINY
+
+    out = tmp_path / "groups.jsonl"
+    overrides = [x for x in TINY if x.startswith(("task.", "model.", "stage."))]
+    argv = ["export-groups", "--sample", "--count", "5", "--out", str(out), *overrides]
+    assert main([*argv, f"cache_dir={tmp_path / 'cache'}", "feedback.k=3", "threads=1"]) == 0
+    groups = read_groups(out)
+    assert len(groups) == 5 and all(len(g.responses) == 3 for g in groups)
+    assert all(g.sources is not None and g.row["prompt"] == g.prompt for g in groups)
