@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint format clean
+.PHONY: install run test test-fast test-lowest lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,9 +31,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+## The fast tests against the lowest versions pyproject.toml allows, in their own venv
+## (.venv-lowest); not part of `make test` / CI (the install alone takes minutes). See .ci/lowest.
+test-lowest:
+	bash .ci/lowest
+
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lowest build *.egg-info .pytest_cache .ruff_cache
