@@ -339,6 +339,10 @@ class FailedJobs(Callback):
             known = {str(Path(f).resolve()) for f in _FAILED}
             if status in ("failed", "interrupted") and str(path.parent.resolve()) not in known:
                 _FAILED.append(str(path.parent))
+        # The sweep's answer: its comparison table, plots and exported models.
+        from alignbench.answer import print_answer  # compare and matplotlib only when needed
+
+        print_answer(sweep)
 
 
 def _record_failure(cfg: DictConfig, output_dir: Path, exc: BaseException) -> None:
