@@ -1,10 +1,13 @@
 """The one sampling routine every algorithm and the evaluation use.
 
-K responses per prompt with temperature / top-k / top-p (or greedy), stopping at eos, through the
-model's KV cache. It returns a :class:`~alignbench.batch.Batch` in the shared layout with the
-sampler's per-token log-probabilities, computed as ``log_softmax(logits / temperature)`` of the
-*unfiltered* distribution, which is exactly what a training forward recomputes; top-k / top-p
-only decide which token is drawn. Deterministic under a ``torch.Generator``.
+K responses per prompt with temperature / top-k / top-p (or greedy), stopping at eos (the whole
+batch stops once every sequence has), through the model's KV cache. Prompts of different lengths
+are left-padded; the decode steps run through :mod:`alignbench.decoding` (a static-cache decoder
+for Llama-shaped models, ``model(...)`` otherwise), which give the same tokens and log-probs.
+It returns a :class:`~alignbench.batch.Batch` in the shared layout with the sampler's per-token
+log-probabilities, computed as ``log_softmax(logits / temperature)`` of the *unfiltered*
+distribution, which is exactly what a training forward recomputes; top-k / top-p only decide
+which token is drawn. Deterministic under a ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import Batch, decode_responses, encode_prompts, pad_prompts
+from alignbench.decoding import decoder
 from alignbench.models import position_ids
 
 
@@ -76,11 +80,12 @@ def sample(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache, logits = out.cache, out.logits[:, -1].float()
+    logits = out.logits[:, -1].float()
     next_position = position_ids(mask)[:, -1:] + 1
+    # The last sampled token is never fed back: max_new_tokens - 1 decode steps at most.
+    steps = decoder(model, out.cache, mask, max(0, params.max_new_tokens - 1))
     tokens, logprobs = [], []
     finished = torch.zeros(n, dtype=torch.bool)
-    alive = torch.ones(n, dtype=torch.long)
     response_mask = []
     for t in range(params.max_new_tokens):
         if t < params.min_new_tokens:
@@ -90,26 +95,19 @@ def sample(
             token = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
         else:
-            scaled = logits / params.temperature
+            # Dividing by 1.0 changes nothing: skip the pass over the vocabulary.
+            scaled = logits if params.temperature == 1.0 else logits / params.temperature
             filtered = _filter_logits(scaled, params.top_k, params.top_p)
             token = torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator)[:, 0]
             logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None])[:, 0]
-        token = torch.where(finished, torch.full_like(token, pad), token)
+        token = token.masked_fill(finished, pad)
         response_mask.append((~finished).long())
-        logprobs.append(torch.where(finished, torch.zeros_like(logp), logp))
+        logprobs.append(logp.masked_fill(finished, 0.0))
         tokens.append(token)
         finished = finished | (token == eos)
         if bool(finished.all()) or t == params.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, alive[:, None]], dim=1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_position,
-            cache=cache,
-            use_cache=True,
-        )
-        cache, logits = out.cache, out.logits[:, -1].float()
+        logits = steps.step(token, next_position, t).float()
         next_position = next_position + 1
     model.train(was_training)
     r_ids = torch.stack(tokens, 1)

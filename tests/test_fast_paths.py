@@ -26,6 +26,7 @@ from transformers import LlamaForCausalLM
 from alignbench.batch import Batch, decode_responses, encode_prompts, pad_prompts
 from alignbench.budget import FlopCounter
 from alignbench.config import ModelConfig
+from alignbench.decoding import StaticCacheDecoder
 from alignbench.models import build_model, build_tokenizer, position_ids
 from alignbench.sampling import SamplingParams, _filter_logits, sample
 from tests.conftest import TINY, compose
@@ -171,18 +172,31 @@ def models() -> dict[str, Any]:
     out = {"tokenizer": tokenizer}
     out["mha"] = build_model(
         ModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4), tokenizer
-    )
+    ).eval()
     config = copy.deepcopy(out["mha"].config)
     config.num_key_value_heads = 2
     config.attention_bias = True
     config.mlp_bias = True
     out["gqa_bias"] = LlamaForCausalLM(config).eval()
+    # Eager attention: not the static-cache decoder's case, so decoded through model(...).
+    out["eager"] = copy.deepcopy(out["mha"])
+    out["eager"].set_attn_implementation("eager")
     return out
+
+
+def test_the_static_cache_decoder_is_taken_only_where_it_is_exact(models) -> None:
+    """Plain Llamas take the fast path; eager attention or a hook inside falls back to model()."""
+    assert StaticCacheDecoder.supports(models["mha"])
+    assert StaticCacheDecoder.supports(models["gqa_bias"])
+    assert not StaticCacheDecoder.supports(models["eager"])
+    hooked = copy.deepcopy(models["mha"])
+    hooked.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert not StaticCacheDecoder.supports(hooked)
 
 
 @pytest.mark.parametrize("prompts", list(PROMPT_SETS))
 @pytest.mark.parametrize("setting", list(SETTINGS))
-@pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
+@pytest.mark.parametrize("arch", ["mha", "gqa_bias", "eager"])
 def test_sampler_equals_the_plain_decode_loop(models, prompts: str, setting: str, arch: str):
     """Same tokens, log-probs, masks and generator state as the loop through ``model(...)``."""
     model, tokenizer = models[arch], models["tokenizer"]
