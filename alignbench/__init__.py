@@ -48,7 +48,7 @@ from alignbench.reward_model import (  # noqa: E402
 )
 from alignbench.run import Run
 from alignbench.sampling import SamplingParams
-from alignbench.task import ABSTAIN, CORRECT, WRONG, Task
+from alignbench.task import ABSTAIN, CORRECT, WRONG, Task, normalize_answer
 
 __version__ = "0.1.0"
 
@@ -88,6 +88,7 @@ __all__ = [
     "input_path",
     "load_groups",
     "load_pretrained",
+    "normalize_answer",
     "ranking_to_preference",
     "refresh_reward_model",
     "response_logits",

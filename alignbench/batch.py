@@ -59,7 +59,17 @@ class Batch:
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt text (no special tokens)."""
+    """Token ids of each prompt: one user turn through the tokenizer's chat template, ending
+    where the assistant's answer starts, when it has one; else the text as it is."""
+    if getattr(tokenizer, "chat_template", None):
+        # Rendered to text, then encoded without adding special tokens: a template that writes
+        # its own bos token would otherwise get a second one.
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
     return [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
 
 

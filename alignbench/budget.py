@@ -27,10 +27,17 @@ UNITS = tuple(kind.value for kind in BudgetKind)
 
 
 def _matmul_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(body parameters, output-head parameters), both excluding the input embedding."""
+    """(body parameters, output-head parameters), both excluding the embedding lookups."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skip = {id(p) for p in embedding.parameters()} if embedding is not None else set()
+    # Other embedding tables (GPT-2's learned positions) are lookups too: no multiplies.
+    skip |= {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding) and m is not head
+        for p in m.parameters()
+    }
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     body = sum(p.numel() for p in model.parameters() if id(p) not in skip | head_ids)
     # A tied head shares the embedding matrix; it still multiplies, so count it for the head.

@@ -109,8 +109,12 @@ class FeedbackConfig:
 class ModelConfig:
     """The base language model: built from these numbers, or loaded from ``name_or_path``."""
 
-    # A Hugging Face model id or local folder; empty builds a small Llama from the keys below.
+    # A local folder saved with save_pretrained (any causal LM and its tokenizer; a hub id is
+    # refused: nothing is downloaded at run time); empty builds a small Llama from the keys below.
     name_or_path: str = ""
+    # Prompts go through the tokenizer's chat template when it has one (`auto`), or as plain
+    # text (`none`). The built-in word tokenizer has none.
+    chat_template: str = field(default="auto", metadata={"choices": ("auto", "none")})
     hidden_size: int = 128
     intermediate_size: int = 256
     num_layers: int = 4

@@ -20,8 +20,10 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from alignbench.config import ModelConfig
 from alignbench.errors import ConfigError
@@ -60,40 +62,90 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaFo
     return LlamaForCausalLM(config)
 
 
+#: ``model.chat_template``: use the tokenizer's chat template when it has one, or never.
+CHAT_TEMPLATE_CHOICES = ("auto", "none")
+
+
+def _unloadable(path: str | Path, why: str) -> ConfigError:
+    """The one line for a ``model.name_or_path`` that cannot be used."""
+    return ConfigError(
+        f"model.name_or_path={str(path)!r} cannot be loaded ({why}) — give a local folder saved "
+        "with save_pretrained (download a hub model once, e.g. `hf download <id> --local-dir "
+        "models/<name>`, and pass that folder), or leave it empty for the built-in model"
+    )
+
+
 def check_loadable(path: str | Path) -> None:
-    """Raise ConfigError (the same line as :func:`load_pretrained`) unless ``path`` holds a model
-    config: reads ``config.json`` only (the local folder or the hub cache), no weights."""
+    """Raise ConfigError (the same line as :func:`load_pretrained`) unless ``path`` is a local
+    folder holding a causal LM config and a tokenizer with an eos token; reads no weights and
+    never the network (a hub id is refused: nothing is downloaded at run time)."""
+    if not Path(path).is_dir():
+        raise _unloadable(path, "not a local folder")
     try:
-        AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"model.name_or_path={str(path)!r} cannot be loaded ({str(exc).splitlines()[0]}) — "
-            "give a local folder saved with save_pretrained, or leave it empty for the "
-            "built-in model"
-        ) from None
+        raise _unloadable(path, str(exc).splitlines()[0]) from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(
+        config, "is_encoder_decoder", False
+    ):
+        raise _unloadable(path, f"model_type {config.model_type!r} is not a causal LM")
+    _load_tokenizer(path)
 
 
-def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Load a causal LM and its tokenizer from a Hugging Face id or a local folder."""
+def _load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, with an eos token (which ends every response) checked."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except OSError as exc:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _unloadable(path, f"no usable tokenizer: {str(exc).splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        raise _unloadable(
+            path, "its tokenizer has no eos token; set eos_token in tokenizer_config.json"
+        )
+    return tokenizer
+
+
+def load_pretrained(
+    path: str | Path, chat_template: str = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local folder (never the network).
+
+    A tokenizer without a pad token pads with eos: padding is always masked by length, never
+    found by its id, so eos stays visible where it ends a response. Prompts are left-padded.
+    ``chat_template="none"`` drops the tokenizer's chat template, so prompts are encoded as
+    plain text (:func:`alignbench.batch.encode_prompts`); the SFT folder saves the tokenizer
+    as used, so every later stage sees the same choice.
+    """
+    if chat_template not in CHAT_TEMPLATE_CHOICES:
         raise ConfigError(
-            f"model.name_or_path={str(path)!r} cannot be loaded ({str(exc).splitlines()[0]}) — "
-            "give a local folder saved with save_pretrained, or leave it empty for the "
-            "built-in model"
-        ) from None
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        # A pad equal to eos would mask the eos out of the response and lose where rewards sit.
-        tokenizer.add_special_tokens({"pad_token": PAD})
-        model.resize_token_embeddings(len(tokenizer))
+            f"model.chat_template={chat_template!r} is not a choice — use one of: "
+            + ", ".join(CHAT_TEMPLATE_CHOICES)
+        )
+    if not Path(path).is_dir():
+        raise _unloadable(path, "not a local folder")
+    tokenizer = _load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise _unloadable(path, str(exc).splitlines()[0]) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template == "none":
+        tokenizer.chat_template = None
     tokenizer.padding_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+def random_like(path: str | Path) -> PreTrainedModel:
+    """A randomly initialised model of the architecture saved in ``path`` (config only)."""
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
     """Save a model and its tokenizer into ``path`` in the Hugging Face format (safetensors)."""
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -31,7 +31,14 @@ from alignbench.budget import FlopCounter
 from alignbench.config import Decoding, FeedbackConfig, RMStageConfig, Selection, to_object
 from alignbench.errors import DataError
 from alignbench.feedback import FeedbackSource, Group, pairwise_agreement
-from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, position_ids
+from alignbench.models import (
+    ScalarHeadModel,
+    build_model,
+    freeze,
+    load_pretrained,
+    position_ids,
+    random_like,
+)
 from alignbench.sampling import SamplingParams, sample
 from alignbench.stages import cached_stage, config_hash
 from alignbench.task import Task
@@ -517,6 +524,8 @@ def new_reward_model(
     """An untrained reward model: the SFT trunk (``stage.rm.init=sft``) or a fresh one (scratch)."""
     torch.manual_seed(cfg.stage.rm.seed)
     if cfg.stage.rm.init == "scratch":
+        if cfg.model.name_or_path:  # the same architecture as the SFT model, fresh weights
+            return ScalarHeadModel(random_like(sft_path))
         return ScalarHeadModel(build_model(to_object(cfg.model), tokenizer))
     return ScalarHeadModel(load_pretrained(sft_path)[0])
 

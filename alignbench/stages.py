@@ -90,7 +90,7 @@ def model_source(name_or_path: str) -> str:
 def base_model(cfg: DictConfig, task: Task) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The untrained stage-1 model: built from ``cfg.model`` or loaded from ``name_or_path``."""
     if cfg.model.name_or_path:
-        return load_pretrained(model_source(cfg.model.name_or_path))
+        return load_pretrained(model_source(cfg.model.name_or_path), cfg.model.chat_template)
     tokenizer = build_tokenizer(task.vocabulary())
     return build_model(to_object(cfg.model), tokenizer), tokenizer
 

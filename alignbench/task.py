@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import Any
 
@@ -11,6 +12,13 @@ from alignbench.config import TaskConfig
 
 #: Outcomes of the gold judge.
 CORRECT, ABSTAIN, WRONG = "correct", "abstain", "wrong"
+
+
+def normalize_answer(text: str) -> str:
+    """``text`` as answers are compared: lower case, whitespace collapsed, and sentence marks
+    right after the last word dropped (``"Red."`` is ``"red"``) — what a subword model may add
+    around a word-level answer; a word-level model's output is left as it is."""
+    return re.sub(r"(?<=\w)[.!?,;:]+$", "", " ".join(text.split()).lower())
 
 
 class Task:
@@ -75,7 +83,10 @@ class Task:
             for i in range(len(responses))
             for j in range(len(responses))
             if gold[i] > gold[j]
-            and (not unknown or " ".join(responses[i].split()) == self.abstention)
+            and (
+                not unknown
+                or normalize_answer(responses[i]) == normalize_answer(self.abstention or "")
+            )
         ]
 
     def metrics(self, rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
