@@ -157,12 +157,15 @@ class PPO:
         policy_params = list(run.policy.parameters())
         if self.value_head is not None:
             policy_params += list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(policy_params, lr=config.lr, eps=1e-5)
+        # foreach: one kernel per step for all parameters, same numbers as the per-tensor loop.
+        self.optimizer = torch.optim.AdamW(policy_params, lr=config.lr, eps=1e-5, foreach=True)
         self.critic_optimizer = (
-            torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr, eps=1e-5)
+            torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr, eps=1e-5, foreach=True)
             if self.critic is not None
             else None
         )
+        # One mini-batch: the update's first forward covers the whole rollout before any step.
+        self._values_from_update = config.num_minibatches == 1
 
     def _initial_critic(self, run: Run) -> ScalarHeadModel:
         """A trainable critic from the SFT model (zero head) or from the learned reward model."""
@@ -200,6 +203,16 @@ class PPO:
         ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
         return response_values(self.critic, ids, mask, batch.prompt_length)
 
+    def _advantages(
+        self, token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE advantages (whitened if configured) and returns ``[N, R]`` from the old values."""
+        c = self.config
+        advantages, returns = ops.gae(token_rewards, values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = ops.masked_whiten(advantages, mask)
+        return advantages, returns
+
     def _ptx_loss(self, run: Run) -> torch.Tensor:
         """NLL of a batch of the task's SFT demonstrations under the policy (PPO-ptx)."""
         rows = self.demos.next()
@@ -226,6 +239,10 @@ class PPO:
                 batch.prompt_length,
                 c.temperature,
             )
+            # With one mini-batch, the update's first forward sees every sequence before any
+            # optimiser step: its values are these, so the update takes them from there.
+            if self._values_from_update:
+                return batch
             if self.critic is not None:
                 batch.extras["values"] = self._values(run, batch, everything)
             else:
@@ -268,10 +285,9 @@ class PPO:
         """GAE, then PPO epochs of clipped policy/value losses over shuffled mini-batches."""
         c, x = self.config, batch.extras
         mask = batch.response_mask
-        old_logprobs, old_values = batch.logprobs, x["values"]
-        advantages, returns = ops.gae(x["token_rewards"], old_values, mask, c.gamma, c.lam)
-        if c.whiten_advantages:
-            advantages = ops.masked_whiten(advantages, mask)
+        old_logprobs, old_values = batch.logprobs, x.get("values")
+        if old_values is not None:
+            advantages, returns = self._advantages(x["token_rewards"], old_values, mask)
         n = batch.num_sequences
         size = max(1, math.ceil(n / c.num_minibatches))
         tokens = batch.response_ids
@@ -293,16 +309,20 @@ class PPO:
                 if epoch == 0 and start == 0:
                     gap = ops.masked_mean((logprobs - old_logprobs[rows]).abs(), m)
                     record(logprob_gap=gap.item())
-                pg_loss, clipfrac = ops.policy_loss(
-                    logprobs, old_logprobs[rows], advantages[rows], m, c.clip_range
-                )
                 values = (
                     shared_values if shared_values is not None else self._values(run, batch, rows)
+                )
+                if old_values is None:  # the rollout left them to this forward over every row
+                    old_values = torch.empty_like(values).index_copy_(0, rows, values.detach())
+                    advantages, returns = self._advantages(x["token_rewards"], old_values, mask)
+                pg_loss, clipfrac = ops.policy_loss(
+                    logprobs, old_logprobs[rows], advantages[rows], m, c.clip_range
                 )
                 vf_loss = ops.value_loss(
                     values, old_values[rows], returns[rows], m, c.clip_range_value
                 )
-                entropy = ops.masked_mean(_entropy(logits.detach() / c.temperature), m)
+                scaled = logits if c.temperature == 1.0 else logits / c.temperature
+                entropy = ops.masked_mean(_entropy(scaled.detach()), m)
                 loss = pg_loss + c.vf_coef * vf_loss
                 if self.demos is not None:
                     ptx = self._ptx_loss(run)

@@ -143,16 +143,20 @@ def test_rrhf_flops(tmp_path, monkeypatch) -> None:
     assert summary["budget/flops"] == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("epochs", [1, 2])
-def test_ppo_flops(tmp_path, monkeypatch, epochs: int) -> None:
+@pytest.mark.parametrize(("epochs", "minibatches"), [(1, 2), (2, 2), (1, 1), (2, 1)])
+def test_ppo_flops(tmp_path, monkeypatch, epochs: int, minibatches: int) -> None:
     """PPO: generation; reference and critic forwards; per epoch forward+backward of policy and
-    critic over every sequence (the rule reward costs nothing)."""
+    critic over every sequence (the rule reward costs nothing).
+
+    With one mini-batch the rollout runs no critic forward of its own: the update's first forward
+    covers every sequence before any optimiser step, and its values are the rollout's values.
+    """
     summary, rec, samples, _ = _one_step(
         tmp_path,
         monkeypatch,
         "algo=ppo",
         "algo.samples_per_prompt=2",
-        "algo.num_minibatches=2",
+        f"algo.num_minibatches={minibatches}",
         f"algo.ppo_epochs={epochs}",
         "algo.ptx_coef=0",
     )
@@ -169,7 +173,8 @@ def test_ppo_flops(tmp_path, monkeypatch, epochs: int) -> None:
         "policy": generation(n_body, n_head, n, prompt, new)
         + epochs * 3 * forward(n_body, n_head, tokens, positions),
         "reference": forward(n_body, n_head, tokens, positions),
-        "critic": (1 + 3 * epochs) * forward(n_body, critic_head, tokens, positions),
+        "critic": (int(minibatches > 1) + 3 * epochs)
+        * forward(n_body, critic_head, tokens, positions),
     }
     for model, flops in expected.items():
         assert summary["flops_by_model"][model] == pytest.approx(flops, rel=1e-12), model
