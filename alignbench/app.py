@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from alignbench import checkpoint, jobdir
+from alignbench import checkpoint, jobdir, signals
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import CONF_PACKAGE, shipped_yaml_names, ships_yaml, to_object
@@ -346,18 +346,21 @@ class FailedJobs(Callback):
 
 
 def _record_failure(cfg: DictConfig, output_dir: Path, exc: BaseException) -> None:
-    """A failed summary.json for a job that failed before its run loop wrote one."""
+    """A failed (or interrupted) summary.json for a job stopped before its loop wrote one."""
     if (output_dir / "summary.json").exists():
         return
     summary = {
-        "status": "failed",
+        "status": "interrupted" if isinstance(exc, Interrupted) else "failed",
         "error": f"{type(exc).__name__}: {exc}",
         "algorithm": cfg.algo.name,
         "task": cfg.task.name,
         "seed": cfg.seed,
         "fingerprint": config_fingerprint(cfg),
     }
-    write_json_atomic(output_dir / "summary.json", summary)
+    try:
+        write_json_atomic(output_dir / "summary.json", summary)
+    except OSError as err:  # a full disk or a folder made read-only: the message still goes out
+        log.warning("could not record the failure in %s: %s", output_dir, err)
 
 
 def _job(cfg: DictConfig) -> None:
@@ -371,6 +374,11 @@ def _job(cfg: DictConfig) -> None:
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     tags = WandbLogger.tags_from_overrides(list(hydra_cfg.overrides.task))
     claimed = False  # until the folder is ours, a failure writes nothing into it
+    signals.install()  # a parallel launcher's worker: its jobs stop cleanly too
+    if signals.requested() is not None:
+        # The sweep is stopping: a worker that was asked to stop starts no further job.
+        print(f"[alignbench] {output_dir.name}: not started (the sweep is stopping)", flush=True)
+        return
     try:
         with jobdir.locked(output_dir):
             jobdir.check_free(cfg, output_dir)
@@ -380,9 +388,19 @@ def _job(cfg: DictConfig) -> None:
             claimed = True
             summary = run_job(cfg, output_dir, group=group, tags=tags, claimed=True)
     except Interrupted as exc:
+        _FAILED.append(str(output_dir))
+        if claimed:
+            _record_failure(cfg, output_dir, exc)  # stopped in stage 1: no summary yet
+        print(f"error: {output_dir.name}: {exc}", file=sys.stderr, flush=True)
+        if signals.orphaned():
+            # The command was killed: no one will collect this result or send another job, and
+            # a pool worker would otherwise wait for one forever.
+            logging.shutdown()
+            os._exit(signals.exit_code(exc.signum))
+        if signals.is_worker():
+            return  # the command's own process ends the sweep once every worker has stopped
         # Ctrl-C / SIGTERM stops the whole sweep, not just this job (its checkpoint is saved).
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        raise SystemExit(signals.exit_code(exc.signum)) from None
     except AlignbenchError as exc:
         _FAILED.append(str(output_dir))
         if claimed:
@@ -541,12 +559,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.argv = [sys.argv[0], *argv]
     _FAILED.clear()
+    # Workers of a parallel launcher inherit this, and so know they are workers (signals.py).
+    os.environ[signals.MAIN_PID_ENV] = str(os.getpid())
+    signals.install(forward=True)
     try:
-        hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(
-            _job
-        )()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        code = _launch()
+        stopped = signals.requested()
+    finally:
+        signals.uninstall()
+        os.environ.pop(signals.MAIN_PID_ENV, None)
+    if stopped is not None:
+        print(
+            f"error: stopped by signal {stopped}: {len(_FAILED)} job(s) interrupted (each saved "
+            "a checkpoint where it had one) — run the same command again to resume",
+            file=sys.stderr,
+        )
+        return signals.exit_code(stopped)
+    if code:
+        return code
     if _FAILED:
         shown = ", ".join(_FAILED[:5]) + (
             f" (+{len(_FAILED) - 5} more)" if len(_FAILED) > 5 else ""
@@ -557,6 +587,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _launch() -> int:
+    """Run Hydra on ``sys.argv``; the exit code of its own exits, 0 when it returns."""
+    try:
+        hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(
+            _job
+        )()
+    except SystemExit as exc:
+        # A launcher that fails while its workers stop (e.g. joblib losing an idle worker to
+        # the signal) is part of the stop, which main() reports; not a second problem.
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        print("error: stopped at once by a second signal (no checkpoint saved)", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -577,14 +623,37 @@ def _default_dirs(overrides: list[str]) -> list[str]:
         extra.append(f"hydra.run.dir=results/runs/{name}")
     if "hydra.sweep.dir" not in keys:
         extra.append(f"hydra.sweep.dir=results/sweeps/{name}")
-    _check_writable(Path("results"))
+    for key, folder in _output_folders(overrides + extra):
+        _check_writable(key, folder)
     return extra
 
 
-def _check_writable(folder: Path) -> None:
-    """Fail early, in one line, when results cannot be written."""
-    probe = folder if folder.exists() else folder.parent
-    if not os.access(probe.resolve(), os.W_OK):
+def _output_folders(overrides: list[str]) -> list[tuple[str, Path]]:
+    """The folders a command will write into: job folders and the stage cache (their fixed
+    part: an interpolation such as ``${now:…}`` is left out)."""
+    found = [("cache_dir", Path("results/cache"))]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir", "cache_dir") and value:
+            fixed = value.split("${", 1)[0]
+            found = [f for f in found if f[0] != key]
+            found.append((key, Path(fixed) if fixed else Path(".")))
+    return found
+
+
+def _check_writable(key: str, folder: Path) -> None:
+    """Fail early, in one line, when a folder cannot be created or written (a file in its way,
+    a read-only folder), before Hydra creates anything."""
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
         raise ConfigError(
-            f"cannot write results into {folder.resolve()} — run from a writable folder"
+            f"{key}: cannot write into {folder} — {probe} is a file, not a folder; move it "
+            f"or set {key} to another folder"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}: cannot write into {folder} — {probe} is not writable; run from a writable "
+            f"folder or set {key} to one"
         )

@@ -26,11 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
+from alignbench.errors import DataError
 from alignbench.run import Run
 
 CHECKPOINTS = "checkpoints"
+#: The way out of a damaged checkpoint (only the latest is kept, so there is none to fall back on).
+_FIX = (
+    "the checkpoint is damaged: pass rerun=true to start the job over (its results are moved aside)"
+)
 #: Keys that do not change what a job computes (so changing them does not block a resume).
 NEUTRAL_KEYS = ("rerun", "logger", "threads", "checkpoint_every", "cache_rebuild")
 
@@ -84,12 +89,80 @@ def set_rng_state(run: Run, state: dict[str, Any]) -> None:
 
 
 def latest(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a job folder, or None."""
+    """The newest complete checkpoint of a job folder, or None if it has never saved one.
+
+    A ``latest`` pointer that names no complete checkpoint is damage (saves are atomic, so a
+    crash cannot cause it): it is reported, not taken for "no checkpoint" (which would silently
+    restart the job from step 0).
+    """
     pointer = output_dir / CHECKPOINTS / "latest"
-    if not pointer.is_file():
+    if not pointer.exists():
         return None
-    folder = output_dir / CHECKPOINTS / pointer.read_text().strip()
-    return folder if (folder / "state.pt").is_file() else None
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{pointer} is unreadable ({type(exc).__name__}) — {_FIX}") from None
+    folder = output_dir / CHECKPOINTS / name
+    if not name or "/" in name or not (folder / "state.pt").is_file():
+        raise DataError(
+            f"{pointer} names {name!r}, which is not a complete checkpoint (no state.pt) — {_FIX}"
+        )
+    return folder
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.pt`` (weights_only), or a DataError naming the file and the fix."""
+    path = folder / "state.pt"
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: zip, pickle or EOF errors alike
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is damaged ({reason}) — {_FIX}") from None
+    missing = {"step", "fingerprint", "metrics_lines", "rng", "loop"} - set(state)
+    if not isinstance(state, dict) or missing:
+        raise DataError(f"{path} lacks {sorted(missing)} — {_FIX}")
+    return state
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """Check a checkpoint before anything is resumed from it; returns its state.
+
+    Every weights file must load and be finite, and ``state.pt`` must be readable, so that a
+    damaged checkpoint is refused before the job changes anything in its folder.
+    """
+    state = read_state(folder)
+    if not (folder / "policy.safetensors").is_file():
+        raise DataError(f"{folder / 'policy.safetensors'} is missing — {_FIX}")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors' own error types for truncated headers
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise DataError(f"{path} is damaged ({reason}) — {_FIX}") from None
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not tensor.isfinite().all():
+                # Training never saves non-finite weights (updates are checked first).
+                raise DataError(f"{path} holds non-finite weights ({name}) — {_FIX}")
+    return state
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load safetensors into ``module``; refuse a missing, damaged or non-finite file."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing — {_FIX}")
+    try:
+        load_model(module, str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated headers
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is damaged ({reason}) — {_FIX}") from None
+    bad = [
+        n
+        for n, t in module.state_dict().items()
+        if t.is_floating_point() and not t.isfinite().all()
+    ]
+    if bad:
+        # Training never saves non-finite weights (updates are checked first): this is damage.
+        raise DataError(f"{path} holds non-finite weights ({bad[0]}) — {_FIX}")
 
 
 def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
@@ -136,15 +209,19 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
 
 def load(run: Run, algorithm: Any, folder: Path) -> dict[str, Any]:
     """Restore the run and the algorithm from a checkpoint; returns the loop's saved state."""
-    state = torch.load(folder / "state.pt", weights_only=True)
-    load_model(run.policy, str(folder / "policy.safetensors"))
+    state = read_state(folder)
+    _load_weights(run.policy, folder / "policy.safetensors")
     for attr, (kind, value) in _parts(algorithm).items():
         if kind == "module":
-            load_model(value, str(folder / f"algorithm.{attr}.safetensors"))
-        elif kind == "optimizer":
-            value.load_state_dict(state["optimizers"][attr])
-        else:
-            value.load_state_dict(state["states"][attr])
+            _load_weights(value, folder / f"algorithm.{attr}.safetensors")
+            continue
+        try:
+            value.load_state_dict(state["optimizers" if kind == "optimizer" else "states"][attr])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise DataError(
+                f"{folder / 'state.pt'} has no usable state for {attr!r} "
+                f"({type(exc).__name__}) — {_FIX}"
+            ) from None
     if "reward" in state:
         run.reward.load_state_dict(state["reward"])
     run.step = state["step"]

@@ -26,7 +26,11 @@ class NonFiniteError(AlignbenchError):
 
 
 class Interrupted(AlignbenchError):
-    """The job was stopped by a signal after saving a checkpoint."""
+    """The job was stopped by a signal (after saving a checkpoint where it had one to save)."""
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class UnknownName(AlignbenchError):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from alignbench import checkpoint
+from alignbench import checkpoint, signals
 from alignbench.batch import Batch
 from alignbench.budget import StepTimer
 from alignbench.config import to_object
@@ -152,24 +150,24 @@ def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
 
 
 class StopRequested:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then checkpoints)."""
+    """SIGTERM / SIGINT as a flag the loop checks after each step (then checkpoints).
 
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
+    The handlers come from :mod:`alignbench.signals` (the command installs them for its whole
+    life; a job run from Python gets them for the loop's duration).
+    """
 
     def __enter__(self) -> StopRequested:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._handled = signals.handled()
+        self._handled.__enter__()
         return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
+    @property
+    def signal(self) -> int | None:
+        """The signal that asked the run to stop, or None."""
+        return signals.requested()
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._handled.__exit__(*exc)
 
 
 def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -> dict[str, Any]:
@@ -242,7 +240,8 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                     save()
                     raise Interrupted(
                         f"stopped by signal {stop.signal} at step {run.step}; checkpoint saved — "
-                        "run the same command again to resume"
+                        "run the same command again to resume",
+                        signum=stop.signal,
                     ) from None
                 continue
             state["skipped_in_a_row"] = 0
@@ -277,7 +276,8 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                 save()
                 raise Interrupted(
                     f"stopped by signal {stop.signal} at step {run.step}; checkpoint saved — "
-                    "run the same command again to resume"
+                    "run the same command again to resume",
+                    signum=stop.signal,
                 )
     final = run_eval(run, run.step)
     return {"initial": state["initial"], "final": final}

@@ -66,14 +66,27 @@ class ResultsWriter:
 
     def __init__(self, output_dir: Path, keep_lines: int = 0) -> None:
         self.output_dir = output_dir
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / "metrics.jsonl"
-        # A resumed job keeps the lines written up to its checkpoint and drops the rest.
-        kept = path.read_text().splitlines(keepends=True)[:keep_lines] if path.exists() else []
-        path.write_text("".join(kept))
-        self._file = open(path, "a")  # noqa: SIM115 - closed at run end
+        self.keep_lines = keep_lines
+        self._file: Any = None
+
+    def _open(self) -> Any:
+        """Open metrics.jsonl at the first record, not before: a job that fails while loading
+        its checkpoint leaves the file as it was."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / "metrics.jsonl"
+        # A resumed job keeps the lines written up to its checkpoint and drops the rest
+        # (rewritten atomically: a crash here never loses the kept lines).
+        kept = (
+            path.read_text().splitlines(keepends=True)[: self.keep_lines] if path.exists() else []
+        )
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+        return open(path, "a")  # noqa: SIM115 - closed at run end
 
     def _write(self, kind: str, step: int, metrics: dict[str, float]) -> None:
+        if self._file is None:
+            self._file = self._open()
         record = json_safe({"kind": kind, "step": step, **metrics})
         self._file.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         self._file.flush()
@@ -94,7 +107,8 @@ class ResultsWriter:
     @hookimpl
     def alignbench_on_run_end(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` and close the metrics file."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         write_json_atomic(self.output_dir / "summary.json", summary)
 
 

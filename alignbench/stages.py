@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignbench import ops, provenance
+from alignbench import ops, provenance, signals
 from alignbench.batch import collate, encode_responses
 from alignbench.budget import FlopCounter
 from alignbench.config import SFTStageConfig, to_object
@@ -126,6 +126,9 @@ def train_sft(
                 1,
                 ["demonstration"] * len(chunk),
             )
+            # Ctrl-C / SIGTERM: stop between batches; the stage's folder appears only when
+            # complete, so nothing half-trained is ever cached.
+            signals.check("during stage 1 (SFT): nothing was cached — run the command again")
             loss = sft_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,12 +204,17 @@ def cached_stage(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         start = time.perf_counter()
-        with torch_threads(provenance.STAGE_THREADS):
-            info = {"key": key, **build(tmp)}
-            info["seconds"] = time.perf_counter() - start
-            info["provenance"] = provenance.record(tmp, sources, plugins or {})
-        (tmp / "stage.json").write_text(json.dumps(info, indent=2))
-        os.replace(tmp, path)
+        try:
+            with torch_threads(provenance.STAGE_THREADS):
+                info = {"key": key, **build(tmp)}
+                info["seconds"] = time.perf_counter() - start
+                info["provenance"] = provenance.record(tmp, sources, plugins or {})
+            (tmp / "stage.json").write_text(json.dumps(info, indent=2))
+            os.replace(tmp, path)
+        except BaseException:
+            # Stopped or failed half-way (a signal, a full disk): leave no partial folder.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path, {**info, "cache_hit": False}
 
 
