@@ -1,4 +1,4 @@
-"""Folders that cannot be written, and a disk that fills up: one line, non-zero exit (issue 11.16)."""
+"""Folders that cannot be written, and a full disk: one line, non-zero exit (issue 11.16)."""
 
 from __future__ import annotations
 
@@ -50,9 +50,7 @@ def test_a_read_only_output_folder_is_refused(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_full_disk_fails_the_job_in_one_line_with_a_failed_summary(
-    capsys, tmp_path, monkeypatch
-):
+def test_a_full_disk_fails_the_job_in_one_line_with_a_failed_summary(capsys, tmp_path, monkeypatch):
     """ENOSPC while saving a checkpoint: exit 1, one line, the summary records the error."""
     monkeypatch.chdir(tmp_path)
 

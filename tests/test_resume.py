@@ -126,9 +126,7 @@ def test_sigterm_stops_the_whole_sweep(tmp_path: Path) -> None:
     job = _cli(args, tmp_path)
     deadline = time.time() + 300
     found = lambda: next((tmp_path / "sweep").glob("rrhf_facts_seed0_*/metrics.jsonl"), None)  # noqa: E731
-    while time.time() < deadline and (
-        found() is None or found().read_text().count('"step"') < 2
-    ):
+    while time.time() < deadline and (found() is None or found().read_text().count('"step"') < 2):
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=120) == 143  # 128 + SIGTERM, as a shell reports it
