@@ -64,3 +64,36 @@ def test_kill_9_of_the_command_leaves_no_orphan_worker(tmp_path: Path) -> None:
     """kill -9 <command>: the workers see their parent gone, checkpoint and stop on their own."""
     code, _ = _kill_and_resume(tmp_path, signal.SIGKILL)
     assert code == -signal.SIGKILL
+
+
+def test_ctrl_c_in_stage_1_exits_130_and_caches_nothing(tmp_path: Path) -> None:
+    """Ctrl-C while stage 1 trains: one line, exit 130, no traceback, no half-built cache entry
+    (a later run builds the stage from scratch), the job recorded as interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TINY
+
+    cache = tmp_path / "cache"
+    # Enough SFT epochs that stage 1 is still training when the signal comes.
+    args = [*TINY, "algo=sft", "stage.sft.epochs=400", f"cache_dir={cache}", "hydra.run.dir=job"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignbench", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((cache / "sft").glob(".*.tmp")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the training loop, past model construction
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130
+    err = proc.stderr.read()
+    assert "Traceback" not in err
+    assert "stopped by signal 2 during stage 1 (SFT): nothing was cached" in err
+    assert [p.name for p in (cache / "sft").iterdir() if not p.name.endswith(".lock")] == []
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
