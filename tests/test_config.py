@@ -43,9 +43,9 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
     [
         (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: ppo, rft, rrhf, sft"),
         (["algo=sft,pp0"], UnknownAlgorithm, "known: ppo, rft, rrhf, sft"),
-        (["reward=nope"], UnknownReward, "known: abstention, exact_match, rm"),
-        (["feedback=nope"], UnknownFeedback, "known: file, simulated"),
-        (["task=nope"], UnknownTask, "known: facts, rubric"),
+        (["reward=nope"], UnknownReward, "known: abstention, exact_match, length, rm"),
+        (["feedback=nope"], UnknownFeedback, "known: dataset, file, simulated"),
+        (["task=nope"], UnknownTask, "known: dataset, facts, rubric"),
         (["algo.lrr=0.1"], ConfigError, "unknown config key 'algo.lrr'"),
         (["seeed=1"], ConfigError, "unknown config key 'seeed'"),
         (["algo.lr=fast"], ConfigError, "algo.lr"),
