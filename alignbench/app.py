@@ -8,6 +8,7 @@ config is composed once, so that a typo is one line naming the problem instead o
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -47,7 +48,7 @@ from alignbench.feedback import Group
 from alignbench.loop import run_loop
 from alignbench.models import check_loadable, load_pretrained, response_logprobs, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
-from alignbench.provenance import git_commit
+from alignbench.provenance import git_commit, sha256_file
 from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
 from alignbench.reward_model import (
     load_groups,
@@ -123,12 +124,59 @@ def _check_run_hooks(pm: Any, algorithm_name: str | None, trains: bool = True) -
             )
 
 
-def _finished_summary(output_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The summary of a finished job with the same config in ``output_dir``, if there is one."""
+def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
+    """``{role: "<file>:<sha256 prefix>"}`` of the plugins a job runs (algorithm, task, reward,
+    and the feedback source where a reward model is trained): a finished result or a checkpoint
+    made by other plugin code is not this job's result."""
+    classes = {
+        "algo": registry.get("algo", cfg.algo.name).cls,
+        "task": registry.get("task", cfg.task.name).cls,
+        "reward": registry.get("reward", cfg.reward.name).cls,
+    }
+    if getattr(classes["reward"], "needs_reward_model", False):
+        classes["feedback"] = registry.get("feedback", cfg.feedback.name).cls
+    out = {}
+    for role, cls in classes.items():
+        try:
+            file = Path(inspect.getsourcefile(cls) or "")
+        except TypeError:  # a class without a source file (built in C)
+            file = Path("")
+        digest = sha256_file(file)[:16] if file.is_file() else "unknown"
+        out[role] = f"{file.name or cls.__qualname__}:{digest}"
+    return out
+
+
+def _code_changes(recorded: dict[str, str] | None, current: dict[str, str]) -> str | None:
+    """What differs between the plugin code a result was made with and the current code."""
+    if recorded is None:
+        return "it records no plugin code (made by an older alignbench)"
+    changed = [
+        f"{role} {current.get(role, recorded.get(role, '?')).split(':')[0]}"
+        for role in sorted(set(recorded) | set(current))
+        if recorded.get(role) != current.get(role)
+    ]
+    return f"plugin code changed since: {', '.join(changed)}" if changed else None
+
+
+def _finished_summary(
+    output_dir: Path, fingerprint: str, code: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The summary of a finished job with the same config in ``output_dir``, if there is one.
+
+    With ``code``: a finished result of the same config made by other plugin code is refused
+    (fixed code must never reuse stale results, nor silently replace them).
+    """
     summary = jobdir.summary_status(output_dir)
     if summary is None:
         return None
     same = summary.get("fingerprint") == fingerprint and summary.get("status") == "finished"
+    if same and code is not None:
+        changed = _code_changes(summary.get("code"), code)
+        if changed:
+            raise ConfigError(
+                f"{output_dir} finished with this config but other code ({changed}) — pass "
+                "rerun=true to run it again (the old results are moved aside)"
+            )
     return summary if same else None
 
 
@@ -180,8 +228,9 @@ def run_job(
     if not claimed:
         jobdir.check_free(cfg, output_dir)
     fingerprint = config_fingerprint(cfg)
-    finished = _finished_summary(output_dir, fingerprint)
-    if finished is not None and not cfg.rerun:
+    code = plugin_code(registry, cfg)
+    finished = None if cfg.rerun else _finished_summary(output_dir, fingerprint, code)
+    if finished is not None:
         log.info(
             "%s already finished with this config: skipped (rerun=true runs it again)", output_dir
         )
@@ -197,6 +246,13 @@ def run_job(
             raise ConfigError(
                 f"{output_dir} holds a checkpoint of a different config — pass rerun=true to "
                 "start over (the old results are moved aside, not deleted)"
+            )
+        changed = _code_changes(saved.get("code"), code)
+        if changed:
+            # Resuming under other code would not give the numbers of either version.
+            raise ConfigError(
+                f"{output_dir} holds a checkpoint made by other code ({changed}) — pass "
+                "rerun=true to start over (the old results are moved aside, not deleted)"
             )
     if not claimed:  # library use: record the config the folder's results come from
         jobdir.write_hydra_record(output_dir, cfg, None, None)
@@ -246,6 +302,7 @@ def run_job(
         output_dir=output_dir,
         pm=registry.pm,
         groups_loader=ranked_groups,
+        code=code,
     )
     pm = registry.pm
     reward.setup(run)
@@ -269,6 +326,7 @@ def run_job(
         "seed": cfg.seed,
         "world": cfg.world,
         "fingerprint": fingerprint,
+        "code": code,
         # What produced these numbers: the code and the libraries.
         "git_commit": git_commit(),
         "versions": library_versions(),

@@ -193,6 +193,7 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
         loop=loop_state,
         metrics_lines=len(metrics.read_text().splitlines()) if metrics.exists() else 0,
         fingerprint=config_fingerprint(run.cfg),
+        code=dict(run.code),
     )
     torch.save(state, tmp / "state.pt")
     final = root / name

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Run:
     output_dir: Path
     pm: pluggy.PluginManager
     step: int = 0
+    #: The source hashes of the job's plugins (recorded in checkpoints and the summary).
+    code: dict[str, str] = field(default_factory=dict)
     #: Loads stage 2's ranked groups by split (set by the core; see :meth:`ranked_groups`).
     groups_loader: Callable[[str], list[Group]] | None = None
 

@@ -430,3 +430,27 @@ def test_a_damaged_checkpoint_is_reported_not_silently_restarted(
     assert (folder / "metrics.jsonl").read_bytes() == metrics  # nothing was run or appended
     summary = tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1", "rerun=true")
     assert summary["status"] == "finished"  # the way out the message names works
+
+
+def test_changed_plugin_code_never_reuses_a_result(tiny_job, tmp_path: Path) -> None:
+    """A finished job, or a checkpoint, made by other plugin code is refused in one line (fixed
+    code must not reuse stale numbers, nor silently replace them); rerun=true is the way out."""
+    from alignbench import ConfigError
+
+    first = tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1")
+    assert set(first["code"]) == {"algo", "task", "reward"}
+    summary_path = tmp_path / "out" / "summary.json"
+    edited = {**first, "code": {**first["code"], "algo": "rrhf.py:0123456789abcdef"}}
+    summary_path.write_text(json.dumps(edited))
+    with pytest.raises(
+        ConfigError, match=r"other code \(plugin code changed since: algo rrhf.py\)"
+    ):
+        tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1")
+    summary_path.unlink()  # unfinished: the checkpoint is checked the same way
+    step = latest(tmp_path / "out")
+    state = torch.load(step / "state.pt", weights_only=True)
+    torch.save({**state, "code": {**state["code"], "task": "facts.py:0"}}, step / "state.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint made by other code .*task facts.py"):
+        tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1")
+    again = tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1", "rerun=true")
+    assert again["status"] == "finished" and again["code"] == first["code"]
