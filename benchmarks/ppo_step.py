@@ -1,6 +1,6 @@
-"""Seconds per PPO step through alignbench's hooks vs a plain-PyTorch lower bound, same process.
+"""Seconds per PPO step: alignbench vs a plain-PyTorch lower bound and TRL 1.12, from one run.
 
-Two recipes, each beside its own lower bound, all four interleaved:
+Two recipes, each beside its own lower bound:
 
 * the default recipe, PPO-ptx (``ptx_coef=0.5``): every update also takes the NLL of a batch of
   16 SFT demonstrations of the built-in ``facts`` task;
@@ -12,11 +12,25 @@ prompts of 16 tokens; exactly 32 new tokens; 16 sequences per step; 1 PPO epoch,
 separate policy, reference, value and reward networks; fp32; 2 threads.
 
 The lower bound does the work PPO cannot avoid, on the same models and shapes, with nothing
-else: one KV-cache generation, the reference / value / reward forwards, and one
-forward+backward+AdamW step of the policy and of the critic; for PPO-ptx, the policy's forward
-on the same pre-tokenised demonstration batch joins that one backward. Median after warm-up.
+else: one KV-cache generation through alignbench's static-cache decoder, the reference and reward
+forwards, and one forward+backward+AdamW step of the policy and of the critic (whose forward also
+gives the rollout's values: with one mini-batch nothing else can); for PPO-ptx, the policy's
+forward on the same pre-tokenised demonstration batch joins that one backward.
 
-    python benchmarks/ppo_step.py [--steps 15] [--warmup 3] [--threads 2]
+TRL 1.12's ``PPOTrainer`` (``trl.experimental.ppo``) runs the same shapes (policy, reference,
+value and reward Llamas of the same size, ``LlamaForSequenceClassification`` heads) in two
+subprocesses: as shipped, and with ``gc.collect`` made a no-op (it calls it twice per step).
+TRL has no ptx term, so the PPO-ptx rows compare alignbench's larger step with TRL's plain one.
+TRL is not a dependency of alignbench: install it into a folder of its own and name the folder,
+
+    pip install --target /tmp/trl112 --no-deps trl==1.12.0 accelerate
+    python benchmarks/ppo_step.py --trl-path /tmp/trl112
+
+(or ``pip install -e '.[bench]'`` into the environment); without it the TRL columns are skipped
+and the reason printed. Every process takes its steps in turn (one step each, round after round),
+so all of them see the same machine; medians after warm-up.
+
+    python benchmarks/ppo_step.py [--steps 15] [--warmup 3] [--threads 2] [--trl-path DIR]
     python benchmarks/ppo_step.py --smoke   # 2 steps of tiny models: does it still run?
 
 Run it on a quiet machine: with other processes on the cores, 2 threads of small ops wait on
@@ -26,8 +40,13 @@ each other and every number (the ratios too) is noise.
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import math
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +60,7 @@ from alignbench import PromptStream, Reward, Run, SamplingParams, Task
 from alignbench.batch import encode_responses
 from alignbench.budget import Budget, FlopCounter
 from alignbench.config import BudgetConfig, ModelConfig
+from alignbench.decoding import decoder
 from alignbench.defaults import DefaultScore
 from alignbench.models import (
     ScalarHeadModel,
@@ -231,8 +251,8 @@ class LowerBound:
         self.prompt_ids = prompt_ids[:, : s.prompt_tokens]
         self.new_tokens = s.new_tokens
         self.demos = demos
-        self.policy_opt = torch.optim.AdamW(self.net["policy"].parameters(), lr=1e-6)
-        self.critic_opt = torch.optim.AdamW(self.net["critic"].parameters(), lr=1e-6)
+        self.policy_opt = torch.optim.AdamW(self.net["policy"].parameters(), lr=1e-6, foreach=True)
+        self.critic_opt = torch.optim.AdamW(self.net["critic"].parameters(), lr=1e-6, foreach=True)
         self.generator = torch.Generator().manual_seed(2)
         self.steps = 0
 
@@ -253,19 +273,21 @@ class LowerBound:
         policy, critic, n = self.net["policy"], self.net["critic"], self.new_tokens
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = policy(input_ids=self.prompt_ids, use_cache=True)
-            cache, tokens = out.cache, []
-            for _ in range(n):
-                probs = torch.softmax(out.logits[:, -1], -1)
-                token = torch.multinomial(probs, 1, generator=self.generator)
+            prompt = self.prompt_ids
+            out = policy(input_ids=prompt, use_cache=True, logits_to_keep=1)
+            steps = decoder(policy, out.cache, torch.ones_like(prompt), n - 1)
+            position = torch.full((len(prompt), 1), prompt.shape[1])
+            logits, tokens = out.logits[:, -1], []
+            for t in range(n):
+                probs = torch.softmax(logits, -1)
+                token = torch.multinomial(probs, 1, generator=self.generator)[:, 0]
                 tokens.append(token)
-                out = policy(input_ids=token, cache=cache, use_cache=True)
-                cache = out.cache
-            sequences = torch.cat([self.prompt_ids, *tokens], dim=1)
+                if t < n - 1:
+                    logits = steps.step(token, position + t, t)
+            sequences = torch.cat([prompt, torch.stack(tokens, 1)], dim=1)
         t1 = time.perf_counter()
         with torch.no_grad():
             self.net["reference"](input_ids=sequences, logits_to_keep=n + 1)
-            critic(sequences, torch.ones_like(sequences), positions_to_keep=n + 1)
             self.net["reward"](sequences, torch.ones_like(sequences))
         t2 = time.perf_counter()
         logits = policy(input_ids=sequences, logits_to_keep=n + 1).logits[:, :-1]
@@ -282,6 +304,156 @@ class LowerBound:
         t3 = time.perf_counter()
         self.steps += 1
         return {"generation": t1 - t0, "scoring": t2 - t1, "update": t3 - t2, "total": t3 - t0}
+
+
+# -- TRL 1.12, in subprocesses ------------------------------------------------------------------
+
+
+def trl_worker(settings: Settings, collect: bool, threads: int) -> None:
+    """Run TRL's PPOTrainer, one step per "go" line on stdin, answering "step <seconds>".
+
+    A step is timed from its "go" to the next ``on_step_end``: that is one whole iteration of
+    TRL's loop, including the clean-up (and ``gc.collect``) after the previous ``on_step_end``.
+    """
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr  # TRL prints; only protocol lines go to the parent
+    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    try:
+        import trl
+        from datasets import Dataset
+        from transformers import LlamaForSequenceClassification, TrainerCallback
+        from trl.experimental.ppo import PPOConfig as TRLConfig
+        from trl.experimental.ppo import PPOTrainer
+    except ImportError as exc:
+        protocol.write(f"unavailable {exc}\n")
+        return
+    torch.set_num_threads(threads)
+    transformers.utils.logging.set_verbosity_error()
+    if not collect:
+        gc.collect = lambda generation=2: 0  # TRL-without-gc: its two calls per step do nothing
+    task = facts_task()
+    words = task.vocabulary()
+    words += [f"w{i}" for i in range(VOCAB_WORDS - len(words))]
+    tokenizer = build_tokenizer(words)
+    torch.manual_seed(0)
+    policy, reference = (
+        build_model(settings.model, tokenizer),
+        build_model(settings.model, tokenizer),
+    )
+
+    def scalar_model() -> torch.nn.Module:
+        config = copy.deepcopy(policy.config)
+        config.num_labels = 1
+        return LlamaForSequenceClassification(config)
+
+    g = torch.Generator().manual_seed(1)
+    n, p = settings.sequences, settings.prompt_tokens
+    ids = torch.randint(3, len(tokenizer), (n, p), generator=g)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist()})
+    clock = {"start": 0.0}
+
+    class Lockstep(TrainerCallback):
+        """Report each step's seconds and wait for the parent's next "go"."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            protocol.write(f"step {time.perf_counter() - clock['start']}\n")
+            if sys.stdin.readline().strip() != "go":
+                protocol.close()
+                os._exit(0)
+            clock["start"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TRLConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=n,
+            gradient_accumulation_steps=1,
+            num_mini_batches=1,
+            num_ppo_epochs=1,
+            local_rollout_forward_batch_size=n,
+            response_length=settings.new_tokens,
+            total_episodes=n * 10_000,
+            stop_token=None,  # no eos: exactly response_length new tokens, as alignbench's
+            missing_eos_penalty=None,
+            num_sample_generations=0,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=10_000,
+            disable_tqdm=True,
+            learning_rate=3e-4,
+            kl_coef=0.05,
+            seed=0,
+            bf16=False,
+            use_cpu=True,
+        )
+        trainer = PPOTrainer(
+            args=config,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=reference,
+            reward_model=scalar_model(),
+            train_dataset=dataset,
+            value_model=scalar_model(),
+            callbacks=[Lockstep()],
+        )
+        protocol.write(f"ready {trl.__version__}\n")
+        if sys.stdin.readline().strip() != "go":
+            return
+        clock["start"] = time.perf_counter()
+        trainer.train()
+
+
+class TRLProcess:
+    """One TRL worker subprocess, stepped from this process."""
+
+    def __init__(self, trl_path: str | None, settings: str, collect: bool, threads: int) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if trl_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [trl_path, env.get("PYTHONPATH")]))
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        mode = "gc" if collect else "nogc"
+        command = [sys.executable, __file__, "--trl-worker", mode, "--threads", str(threads)]
+        if settings == "smoke":
+            command.append("--smoke")
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            text=True,
+        )
+        self.version, self.reason = None, None
+        answer = self._read()
+        if answer.startswith("ready "):
+            self.version = answer.split()[1]
+        else:
+            self.reason = answer.removeprefix("unavailable ") or self._failure()
+
+    def _read(self) -> str:
+        """The worker's next protocol line ("" if it died)."""
+        return self.process.stdout.readline().strip()
+
+    def _failure(self) -> str:
+        """The last lines the worker wrote to stderr."""
+        self.log.seek(0)
+        return "worker failed: " + " | ".join(self.log.read().strip().splitlines()[-3:])
+
+    def step(self) -> float:
+        """Seconds of one TRL step."""
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        answer = self._read()
+        if not answer.startswith("step "):
+            raise RuntimeError(f"TRL {self._failure()}")
+        return float(answer.split()[1])
+
+    def close(self) -> None:
+        """Stop the worker."""
+        if self.process.poll() is None:
+            self.process.stdin.write("stop\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=60)
+        self.log.close()
 
 
 def median(times: list[dict[str, float]], part: str) -> float:
@@ -304,8 +476,21 @@ def print_table(title: str, ours: list[dict], base: list[dict]) -> float:
     return median(ours, "total") / median(base, "total")
 
 
+def print_comparison(times: dict, trl: dict[str, list[float]], labels: dict[str, str]) -> None:
+    """Total seconds per step of every contender, per recipe, and alignbench's ratios to them."""
+    columns = ["alignbench", "lower bound", *labels.values()]
+    head = "".join(f" {name + ' (s)':>22} |" for name in columns)
+    print(f"| {'recipe':<8} |{head}")
+    print(f"|{'-' * 10}|" + f"{'-' * 24}|" * len(columns))
+    for recipe in times:
+        ours, base = median(times[recipe][0], "total"), median(times[recipe][1], "total")
+        cells = [ours, base, *(statistics.median(trl[k]) for k in labels)]
+        print(f"| {recipe:<8} |" + "".join(f" {c:>22.4f} |" for c in cells))
+    print()
+
+
 def main() -> None:
-    """Print, for PPO-ptx and plain PPO, the median seconds per step, their split and ratio."""
+    """Print, for PPO-ptx and plain PPO, the median seconds per step against every baseline."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
@@ -315,41 +500,81 @@ def main() -> None:
         action="store_true",
         help="2 steps of tiny models on 1 thread (what make test runs: does it still work?)",
     )
+    parser.add_argument(
+        "--trl-path",
+        default=os.environ.get("ALIGNBENCH_TRL_PATH", "/tmp/trl112"),
+        help="folder holding TRL 1.12 (pip install --target DIR --no-deps trl==1.12.0 "
+        "accelerate); prepended to the TRL workers' path (default $ALIGNBENCH_TRL_PATH or "
+        "/tmp/trl112)",
+    )
+    parser.add_argument("--trl-worker", choices=["gc", "nogc"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     s = SMOKE if args.smoke else FULL
     steps, warmup = (2, 1) if args.smoke else (args.steps, args.warmup)
     # One thread in smoke mode: on a busy CI machine, 2 threads of tiny ops wait on each other.
-    torch.set_num_threads(1 if args.smoke else args.threads)
+    threads = 1 if args.smoke else args.threads
+    if args.trl_worker:
+        trl_worker(s, args.trl_worker == "gc", threads)
+        return
+    torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
     task = facts_task()
     recipes = {"ptx": 0.5, "plain": 0.0}
     times: dict[str, tuple[list, list]] = {name: ([], []) for name in recipes}
-    with tempfile.TemporaryDirectory() as tmp:
-        setups, bounds = {}, {}
-        for name, ptx_coef in recipes.items():
-            setups[name] = build(Path(tmp) / name, task, ptx_coef, s)
-            demos = demo_batches(setups[name].run, 8, s.ptx_batch_size) if ptx_coef else None
-            bounds[name] = LowerBound(setups[name], s, demos)
-        for i in range(warmup + steps):
-            for name in recipes:
-                a = alignbench_step(setups[name].run, setups[name].prompts, s)
-                b = bounds[name].step()
-                if i >= warmup:
-                    times[name][0].append(a)
-                    times[name][1].append(b)
-        n_policy = count_parameters(setups["ptx"].networks["policy"])
+    trl_path = args.trl_path if Path(args.trl_path).is_dir() else None
+    workers = {
+        "TRL": TRLProcess(trl_path, "smoke" if args.smoke else "full", True, threads),
+        "TRL no gc": TRLProcess(trl_path, "smoke" if args.smoke else "full", False, threads),
+    }
+    trl: dict[str, list[float]] = {name: [] for name in workers}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            setups, bounds = {}, {}
+            for name, ptx_coef in recipes.items():
+                setups[name] = build(Path(tmp) / name, task, ptx_coef, s)
+                demos = demo_batches(setups[name].run, 8, s.ptx_batch_size) if ptx_coef else None
+                bounds[name] = LowerBound(setups[name], s, demos)
+            for i in range(warmup + steps):
+                for name in recipes:
+                    a = alignbench_step(setups[name].run, setups[name].prompts, s)
+                    b = bounds[name].step()
+                    if i >= warmup:
+                        times[name][0].append(a)
+                        times[name][1].append(b)
+                for name, worker in workers.items():
+                    if worker.version:
+                        seconds = worker.step()
+                        if i >= warmup:
+                            trl[name].append(seconds)
+            n_policy = count_parameters(setups["ptx"].networks["policy"])
+    finally:
+        for worker in workers.values():
+            worker.close()
     smoke = " (smoke: tiny models, timings meaningless)" if args.smoke else ""
     print(f"policy parameters: {n_policy / 1e6:.2f} M; threads: {torch.get_num_threads()}{smoke}")
-    print(f"median of {steps} steps after {warmup} warm-up steps, recipes interleaved\n")
+    print(f"median of {steps} steps after {warmup} warm-up steps, every contender in turn\n")
     ptx = print_table(
         "PPO-ptx, the default recipe (ptx_coef=0.5; the lower bound includes the ptx NLL)",
         *times["ptx"],
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
+    labels = {}
+    for name, worker in workers.items():
+        if worker.version:
+            labels[name] = f"{name.replace('TRL', f'TRL {worker.version}')}"
+        else:
+            print(f"{name} skipped: {worker.reason}")
+    print("Total seconds per step (TRL has no ptx term: its step is plain PPO in both rows)\n")
+    print_comparison(times, trl, {name: labels[name] for name in labels})
     ptx_cost = median(times["ptx"][0], "total") / median(times["plain"][0], "total")
     print(f"PPO-ptx step / lower bound = {ptx:.2f} (target <= 1.20)")
     print(f"plain PPO step / lower bound = {plain:.2f} (target <= 1.20)")
     print(f"PPO-ptx step / plain PPO step = {ptx_cost:.2f} (the cost of the ptx term)")
+    targets = {"TRL": 0.40, "TRL no gc": 0.75}
+    for name, label in labels.items():
+        for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
+            r = median(times[recipe][0], "total") / statistics.median(trl[name])
+            print(f"{title} step / {label} step = {r:.2f} (target <= {targets[name]:.2f})")
 
 
 if __name__ == "__main__":
