@@ -216,7 +216,7 @@ def decoder(
     model: PreTrainedModel, cache: Any, prompt_mask: torch.Tensor, steps: int
 ) -> ModelDecoder | StaticCacheDecoder:
     """The decoder for ``steps`` steps after a prompt pass (mask ``[N, P]``) that left ``cache``."""
-    ones = torch.ones(prompt_mask.shape[0], steps, dtype=prompt_mask.dtype)
+    ones = prompt_mask.new_ones(prompt_mask.shape[0], steps)
     full_mask = torch.cat([prompt_mask, ones], dim=1)
     prompt_length = prompt_mask.shape[1]
     if StaticCacheDecoder.supports(model) and hasattr(cache, "layers"):
