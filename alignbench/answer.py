@@ -37,7 +37,8 @@ def sweep_answer(sweep: Path) -> str:
     # The provenance paragraph ("Made by: ...") is long; it stays in comparison.md.
     table = "\n\n".join(p for p in table.split("\n\n") if not p.startswith("Made by:")).strip()
     lines = [f"== Comparison of {sweep} ({len(jobs)} jobs) ==", "", table, ""]
-    lines += [line for line in warned.getvalue().splitlines() if line.strip()]
+    # compare's stderr: anything not already in the table's notes (its warnings are).
+    lines += [line for line in warned.getvalue().splitlines() if line.strip() and line not in table]
     lines.append(
         f"Full report: {sweep / 'comparison.md'} (again, or across sweeps: "
         f"python -m alignbench.compare {sweep})"
