@@ -5,7 +5,7 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, the
 :mod:`alignbench.ops`, and the model helpers in :mod:`alignbench.models`.
 """
 
-from alignbench import ops
+from alignbench import crowd, ops
 
 # Helpers the built-in plugins use, public so that every plugin can use them the same way.
 from alignbench.batch import Batch, collate, encode_responses  # noqa: E402
@@ -81,6 +81,7 @@ __all__ = [
     "UnknownTask",
     "hookimpl",
     "hookspec",
+    "crowd",
     "ops",
     "ScalarHeadModel",
     "collate",

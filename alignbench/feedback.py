@@ -43,6 +43,10 @@ class FeedbackSource:
         """One preference vector per group (higher = better), or None for an unlabelled group."""
         raise NotImplementedError
 
+    def statistics(self) -> dict[str, float]:
+        """What the source reports about the labels it gave (e.g. a crowd's agreement)."""
+        return {}
+
 
 def ranking_to_preference(ranking: list[int]) -> list[float]:
     """From indices best-first (``[2, 0, 1]``) to a preference per response (``[1, 0, 2]``)."""

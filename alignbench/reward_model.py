@@ -606,6 +606,7 @@ def reward_model_stage(
             },
             "ordered_gold_pairs": sum(ordered_pairs(g.gold) for g in groups),
             "ordered_label_pairs": sum(ordered_pairs(g.preference) for g in groups),
+            **source.statistics(),
             **probe,
             **stats,
         }

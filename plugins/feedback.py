@@ -8,7 +8,12 @@ imperfections of real feedback as knobs:
 * ``error_rate``: each comparison is flipped with this probability (0.5 = labels at chance);
 * ``annotators`` / ``annotator_bias``: each annotator perceives ``u + b * words(response)`` with
   their own ``b ~ N(0, annotator_bias)`` (some like long answers, some short), and the
-  annotators' rankings are aggregated by ``mean_rank`` or pairwise ``majority``;
+  annotators' rankings are aggregated by ``mean_rank``, pairwise ``majority``, or a
+  reliability-aware Dawid-Skene model (``dawid_skene``, :mod:`alignbench.crowd`);
+* ``annotator_noise`` / ``annotator_length_bias``: a crowd of unequal annotators, one error rate
+  and one length bias each (lists; their length is the number of annotators), and
+  ``annotators_per_group`` of them (drawn at random) label each group — so the benefit of
+  reliability-aware aggregation can be measured;
 * ``unlabelled_share``: this share of groups comes back without a label (sparse feedback);
 * ``allow_ties``: equally good responses may be called a tie (only when ``bt_temperature`` is 0).
 
@@ -43,11 +48,45 @@ class SimulatedConfig(FeedbackConfig):
     error_rate: float = 0.0
     annotators: int = 1
     annotator_bias: float = 0.0
-    aggregate: str = field(default="mean_rank", metadata={"choices": ("mean_rank", "majority")})
+    aggregate: str = field(default="mean_rank", metadata={"choices": alignbench.crowd.AGGREGATES})
+    # A crowd of unequal annotators: each one's error rate (replacing error_rate) and length
+    # bias (replacing the N(0, annotator_bias) draw); a list's length is the number of annotators.
+    annotator_noise: list[float] = field(default_factory=list)
+    annotator_length_bias: list[float] = field(default_factory=list)
+    # Annotators (drawn at random) who label each group; 0 = every annotator labels every group.
+    annotators_per_group: int = 0
     unlabelled_share: float = 0.0
     # Annotators may call two equally good responses a tie (no pair is trained on); without it
     # a tie is broken by a coin, which teaches a reward model noise.
     allow_ties: bool = True
+
+    def crowd_size(self) -> int:
+        """How many annotators: ``annotators``, or the length of the per-annotator lists."""
+        return max(self.annotators, len(self.annotator_noise), len(self.annotator_length_bias))
+
+    def validate(self) -> None:
+        """Per-annotator lists agree in length and hold rates in [0, 1]; a panel fits the crowd."""
+        lengths = {len(x) for x in (self.annotator_noise, self.annotator_length_bias) if x}
+        size = self.crowd_size()
+        if len(lengths) > 1 or (lengths and self.annotators not in (1, *lengths)):
+            raise alignbench.ConfigError(
+                f"feedback.annotator_noise ({len(self.annotator_noise)} values), "
+                f"annotator_length_bias ({len(self.annotator_length_bias)}) and annotators "
+                f"({self.annotators}) disagree on the number of annotators — give one value per "
+                "annotator in each list (and leave annotators at 1)"
+            )
+        if not all(0 <= x <= 1 for x in self.annotator_noise):
+            raise alignbench.ConfigError(
+                f"feedback.annotator_noise={list(self.annotator_noise)} — each error rate must be "
+                "in [0, 1]"
+            )
+        if not all(math.isfinite(x) for x in self.annotator_length_bias):
+            raise alignbench.ConfigError("feedback.annotator_length_bias must be finite numbers")
+        if not 0 <= self.annotators_per_group <= size:
+            raise alignbench.ConfigError(
+                f"feedback.annotators_per_group={self.annotators_per_group} — must be in "
+                f"[0, {size}] (0 = every annotator labels every group)"
+            )
 
 
 class SimulatedAnnotators(FeedbackSource):
@@ -57,18 +96,37 @@ class SimulatedAnnotators(FeedbackSource):
 
     def __init__(self, config: SimulatedConfig, task: alignbench.Task) -> None:
         super().__init__(config, task)
-        if config.aggregate not in ("mean_rank", "majority"):
+        if config.aggregate not in alignbench.crowd.AGGREGATES:
             raise alignbench.ConfigError(
-                f"feedback.aggregate={config.aggregate!r} — use mean_rank or majority"
+                f"feedback.aggregate={config.aggregate!r} — use mean_rank or majority, or a "
+                "reliability-aware dawid_skene"
             )
         if not 0 <= config.error_rate <= 1 or not 0 <= config.unlabelled_share < 1:
             raise alignbench.ConfigError(
                 "feedback.error_rate must be in [0, 1] and feedback.unlabelled_share in [0, 1)"
             )
+        config.validate()
+        size = config.crowd_size()
         rng = np.random.default_rng(config.seed + 7919)
         self.biases = rng.normal(0.0, config.annotator_bias, size=max(1, config.annotators))
+        if config.annotator_length_bias:
+            self.biases = np.asarray(config.annotator_length_bias, dtype=float)
+        elif len(self.biases) < size:  # the crowd's size comes from annotator_noise
+            self.biases = np.zeros(size)
+        self.error_rates = (
+            np.asarray(config.annotator_noise, dtype=float)
+            if config.annotator_noise
+            else np.full(len(self.biases), config.error_rate)
+        )
+        # Every judgement so far (groups numbered across calls) and the last estimated
+        # reliabilities: what statistics() reports.
+        self.judgements: list[alignbench.crowd.Judgement] = []
+        self.reliability: dict[str, float] = {}
+        self.groups_seen = 0
 
-    def _wins(self, utilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _wins(
+        self, utilities: np.ndarray, rng: np.random.Generator, error_rate: float
+    ) -> np.ndarray:
         """``wins[i, j] = 1`` when this annotator prefers response i to response j."""
         k, c = len(utilities), self.config
         wins = np.zeros((k, k))
@@ -82,35 +140,64 @@ class SimulatedAnnotators(FeedbackSource):
                     continue
                 else:
                     i_better = gap > 0 or (gap == 0 and rng.random() < 0.5)
-                if rng.random() < c.error_rate:
+                if rng.random() < error_rate:
                     i_better = not i_better
                 wins[i, j], wins[j, i] = float(i_better), float(not i_better)
         return wins
 
     def rank(self, groups: list[Group], rng: np.random.Generator) -> list[list[float] | None]:
         """A preference per group (comparisons won, over annotators); None if unlabelled."""
+        c = self.config
         out: list[list[float] | None] = []
-        for group in groups:
+        panels: list[list[alignbench.crowd.Judgement]] = []
+        for number, group in enumerate(groups):
             if group.gold is None:
                 raise DataError(
                     "simulated feedback needs the task's gold utility — this task has none; "
                     "use feedback=file"
                 )
-            if rng.random() < self.config.unlabelled_share:
+            if rng.random() < c.unlabelled_share:
                 out.append(None)
+                panels.append([])
                 continue
             lengths = np.array([len(r.split()) for r in group.responses], dtype=float)
             gold = np.asarray(group.gold, dtype=float)
-            per_annotator = [self._wins(gold + b * lengths, rng) for b in self.biases]
-            if self.config.aggregate == "majority":
-                votes = np.mean(per_annotator, axis=0)
-                ties = (votes == 0.5) & (rng.random(votes.shape) < 0.5)
-                wins = (votes > 0.5) | (ties & ~ties.T)
-                preference = wins.sum(1)
-            else:  # mean rank: the average of each annotator's comparisons won
-                preference = np.mean([w.sum(1) for w in per_annotator], axis=0)
-            out.append([float(p) for p in preference])
+            panel = range(len(self.biases))
+            if c.annotators_per_group:
+                panel = sorted(rng.choice(len(self.biases), c.annotators_per_group, replace=False))
+            judgements = [
+                alignbench.crowd.Judgement(
+                    number,
+                    f"a{a}",
+                    self._wins(gold + self.biases[a] * lengths, rng, self.error_rates[a]),
+                )
+                for a in panel
+            ]
+            panels.append(judgements)
+            if c.aggregate == "majority":
+                out.append(alignbench.crowd.majority(judgements, rng))
+            elif c.aggregate == "mean_rank":
+                out.append(alignbench.crowd.mean_rank(judgements))
+            else:  # reliability-aware: fitted on every group of this call at once, below
+                out.append([])
+        judged = [j for panel in panels for j in panel]
+        if c.aggregate in alignbench.crowd.RELIABILITY_AWARE:
+            sizes = [len(g.responses) for g in groups]
+            voted, self.reliability = alignbench.crowd.reliability_vote(
+                judged, sizes, c.aggregate, rng
+            )
+            out = [None if pref is None else voted[i] for i, pref in enumerate(out)]
+        for judgement in judged:  # numbered across calls, for the crowd statistics
+            judgement.group += self.groups_seen
+        self.judgements += judged
+        self.groups_seen += len(groups)
         return out
+
+    def statistics(self) -> dict[str, float]:
+        """Agreement of the annotators, groups each labelled, reliabilities (several annotators)."""
+        if len(self.biases) < 2:
+            return {}
+        return alignbench.crowd.crowd_statistics(self.judgements, self.reliability)
 
 
 @dataclass
