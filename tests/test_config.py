@@ -41,8 +41,16 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
 @pytest.mark.parametrize(
     ("overrides", "error", "fragment"),
     [
-        (["algo=pp0"], UnknownAlgorithm, "'pp0' — known: ppo, rft, rrhf, sft"),
-        (["algo=sft,pp0"], UnknownAlgorithm, "known: ppo, rft, rrhf, sft"),
+        (
+            ["algo=pp0"],
+            UnknownAlgorithm,
+            "'pp0' — known: best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft",
+        ),
+        (
+            ["algo=sft,pp0"],
+            UnknownAlgorithm,
+            "known: best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft",
+        ),
         (["reward=nope"], UnknownReward, "known: abstention, exact_match, length, rm"),
         (["feedback=nope"], UnknownFeedback, "known: dataset, file, simulated"),
         (["task=nope"], UnknownTask, "known: dataset, facts, rubric"),
@@ -67,7 +75,10 @@ def test_cli_prints_one_line_and_exits_nonzero(capsys, tmp_path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     assert main(["algo=pp0", "--multirun"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: UnknownAlgorithm: 'pp0' — known: ppo, rft, rrhf, sft"
+    assert (
+        err
+        == "error: UnknownAlgorithm: 'pp0' — known: best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft"
+    )
     assert not (tmp_path / "results").exists()  # nothing written
 
 
