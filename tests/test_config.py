@@ -9,6 +9,9 @@ from alignbench.app import main, validate
 from alignbench.config import to_object
 from tests.conftest import compose
 
+#: The built-in algorithms, as an unknown name's error lists them.
+ALGOS = "best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft"
+
 
 @pytest.mark.parametrize(
     "overrides",
@@ -44,12 +47,12 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
         (
             ["algo=pp0"],
             UnknownAlgorithm,
-            "'pp0' — known: best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft",
+            "'pp0' — known: " + ALGOS,
         ),
         (
             ["algo=sft,pp0"],
             UnknownAlgorithm,
-            "known: best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft",
+            "known: " + ALGOS,
         ),
         (["reward=nope"], UnknownReward, "known: abstention, exact_match, length, rm"),
         (["feedback=nope"], UnknownFeedback, "known: dataset, file, simulated"),
@@ -75,10 +78,7 @@ def test_cli_prints_one_line_and_exits_nonzero(capsys, tmp_path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     assert main(["algo=pp0", "--multirun"]) == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == "error: UnknownAlgorithm: 'pp0' — known: best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft"
-    )
+    assert err == "error: UnknownAlgorithm: 'pp0' — known: " + ALGOS
     assert not (tmp_path / "results").exists()  # nothing written
 
 
