@@ -44,6 +44,8 @@ from alignbench.reward import Reward
 from alignbench.reward_model import (  # noqa: E402
     load_groups,
     refresh_reward_model,
+    request_feedback,
+    retrain_reward_model,
     sequence_rewards,
 )
 from alignbench.run import Run
@@ -92,6 +94,8 @@ __all__ = [
     "normalize_answer",
     "ranking_to_preference",
     "refresh_reward_model",
+    "request_feedback",
+    "retrain_reward_model",
     "response_logits",
     "response_logprobs",
     "response_values",

@@ -102,6 +102,9 @@ class FeedbackConfig:
     include_abstention: bool = False
     # Online feedback: re-collect rankings from the current policy this many times during RL.
     rounds: int = 0
+    # Delayed feedback: labels requested at step t of an online round arrive (and retrain the
+    # reward model) at step t + delay; labels due after the run's last step are never used.
+    delay: int = 0
     seed: int = 0
 
 

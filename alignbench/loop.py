@@ -203,10 +203,12 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
             flops_before = run.flops.total
             try:
                 with StepTimer() as timer:
+                    # Delayed feedback requested D steps ago arrives (a reward's own business).
+                    refresh_stats = run.reward.before_step(run)
                     due = (state["refreshed"] + 1) / (rounds + 1)
                     if state["refreshed"] < rounds and run.budget.fraction >= due:
                         # Online feedback: part of the step's cost, charged like everything else.
-                        refresh_stats = run.reward.refresh(run)
+                        refresh_stats.update(run.reward.refresh(run))
                         state["refreshed"] += 1
                     batch = hook.alignbench_rollout(run=run, prompts=prompts)
                     batch = check_scored(run, hook.alignbench_score(run=run, batch=batch))

@@ -52,6 +52,10 @@ class Reward:
         """Online feedback: update the reward from the current policy; returns statistics."""
         return {}
 
+    def before_step(self, run: Run) -> dict[str, float]:
+        """Called before every step (delayed feedback arrives here); returns statistics."""
+        return {}
+
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """One reward per (row, response) pair."""
         raise NotImplementedError

@@ -622,6 +622,38 @@ def reward_model_stage(
     )
 
 
+def request_feedback(
+    model: ScalarHeadModel,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    source: FeedbackSource,
+    fb: FeedbackConfig,
+    rm_cfg: RMStageConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> list[Group]:
+    """Online feedback: fresh groups from the current policy, ranked by the source (not yet
+    trained on: with ``feedback.delay`` they arrive later)."""
+    return collect_feedback(
+        policy, tokenizer, task, source, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
+    )
+
+
+def retrain_reward_model(
+    model: ScalarHeadModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: list[Group],
+    rm_cfg: RMStageConfig,
+) -> dict[str, float]:
+    """Online feedback: keep training the reward model on all groups so far (a quarter of the
+    stage's epochs), then freeze it again."""
+    model.requires_grad_(True)
+    stats = train_reward_model(model, tokenizer, groups, rm_cfg, epochs=max(1, rm_cfg.epochs // 4))
+    freeze(model)
+    return {"feedback/groups": float(len(groups)), "feedback/rm_loss": stats["final_loss"]}
+
+
 def refresh_reward_model(
     model: ScalarHeadModel,
     policy: PreTrainedModel,
@@ -635,11 +667,6 @@ def refresh_reward_model(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """Online feedback: rank fresh groups from the current policy; train on all groups so far."""
-    fresh = collect_feedback(
-        policy, tokenizer, task, source, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
-    )
+    fresh = request_feedback(model, policy, tokenizer, task, source, fb, rm_cfg, rng, generator)
     groups.extend(fresh)
-    model.requires_grad_(True)
-    stats = train_reward_model(model, tokenizer, groups, rm_cfg, epochs=max(1, rm_cfg.epochs // 4))
-    freeze(model)
-    return {"feedback/groups": float(len(groups)), "feedback/rm_loss": stats["final_loss"]}
+    return retrain_reward_model(model, tokenizer, groups, rm_cfg)

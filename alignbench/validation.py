@@ -92,6 +92,7 @@ RULES: list[tuple[Callable[[str], bool], Callable[[float], bool], str]] = [
                 "checkpoint_every",
                 "points",
                 "rounds",
+                "delay",
                 "threads",
                 "patience",
                 "top_k",

@@ -24,7 +24,8 @@ from alignbench import (
     collate,
     encode_responses,
     load_groups,
-    refresh_reward_model,
+    request_feedback,
+    retrain_reward_model,
     sequence_rewards,
     to_object,
 )
@@ -75,7 +76,13 @@ class LearnedRewardConfig(RewardConfig):
 
 
 class LearnedReward(Reward):
-    """Scores with the reward model trained from ranked feedback (stage 2 of the pipeline)."""
+    """Scores with the reward model trained from ranked feedback (stage 2 of the pipeline).
+
+    Online rounds (``feedback.rounds``) request fresh rankings of the current policy's
+    responses; with ``feedback.delay = D`` the rankings requested at step t wait in
+    ``pending`` and arrive at step t + D, when the reward model is trained on every group
+    that has arrived (each group records ``requested_at`` and ``arrived_at``).
+    """
 
     needs_reward_model = True
 
@@ -86,7 +93,10 @@ class LearnedReward(Reward):
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.feedback, self.rm_cfg = to_object(cfg.feedback), to_object(cfg.stage.rm)
         self.rounds = self.feedback.rounds
+        self.delay = self.feedback.delay
         self.groups = load_groups(path / "train.jsonl")
+        # Requested, not yet arrived: (step they arrive, groups), oldest first.
+        self.pending: list[tuple[int, list[Group]]] = []
         self.rng = np.random.default_rng(self.feedback.seed + 1)
 
     def setup(self, run: Run) -> None:
@@ -109,17 +119,18 @@ class LearnedReward(Reward):
         """With online rounds the reward model changes during RL: its weights and groups."""
         if not self.rounds:
             return {}
-        groups = [
-            {"row": g.row, "responses": g.responses, "gold": g.gold, "preference": g.preference}
-            for g in self.groups
-        ]
-        return {
+        state = {
             "model": self.model.state_dict(),
-            "groups": json.dumps(groups),
+            "groups": json.dumps([_group_dict(g) for g in self.groups]),
             "rng": self.rng.bit_generator.state,
             # The sampler of fresh groups: without it a resumed run samples other groups.
             "generator": self.generator.get_state(),
         }
+        if self.delay:  # labels still on their way are part of where the run stands
+            state["pending"] = json.dumps(
+                [[due, [_group_dict(g) for g in groups]] for due, groups in self.pending]
+            )
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue online rounds with the saved reward model and groups."""
@@ -127,13 +138,18 @@ class LearnedReward(Reward):
             return
         self.model.load_state_dict(state["model"])
         self.groups = [Group(**g) for g in json.loads(state["groups"])]
+        self.pending = [
+            (int(due), [Group(**g) for g in groups])
+            for due, groups in json.loads(state.get("pending", "[]"))
+        ]
         self.rng.bit_generator.state = state["rng"]
         if "generator" in state:
             self.generator.set_state(state["generator"])
 
     def refresh(self, run: Run) -> dict[str, float]:
-        """Rank fresh groups from the current policy and keep training the reward model."""
-        return refresh_reward_model(
+        """Request rankings of fresh groups from the current policy; they arrive after
+        ``feedback.delay`` steps (at once without a delay) and retrain the reward model."""
+        fresh = request_feedback(
             self.model,
             run.policy,
             self.tokenizer,
@@ -141,10 +157,45 @@ class LearnedReward(Reward):
             self.source,
             self.feedback,
             self.rm_cfg,
-            self.groups,
             self.rng,
             self.generator,
         )
+        for group in fresh:
+            group.extras["requested_at"] = run.step
+        self.pending.append((run.step + self.delay, fresh))
+        stats = self.before_step(run)
+        if self.delay:
+            stats["feedback/requested"] = float(len(fresh))
+        return stats
+
+    def before_step(self, run: Run) -> dict[str, float]:
+        """Delayed feedback: the groups due by this step join the others and the reward model
+        is trained on all of them; nothing happens while none is due."""
+        arrived = [g for due, groups in self.pending if due <= run.step for g in groups]
+        if not arrived:
+            return {}
+        self.pending = [(due, groups) for due, groups in self.pending if due > run.step]
+        for group in arrived:
+            group.extras["arrived_at"] = run.step
+        self.groups.extend(arrived)
+        stats = retrain_reward_model(self.model, self.tokenizer, self.groups, self.rm_cfg)
+        if self.delay:
+            stats["feedback/pending"] = float(sum(len(groups) for _, groups in self.pending))
+            stats["feedback/label_age"] = float(
+                run.step - min(g.extras["requested_at"] for g in arrived)
+            )
+        return stats
+
+
+def _group_dict(group: Group) -> dict[str, Any]:
+    """A group as JSON-ready fields (a checkpoint keeps where online groups came from)."""
+    return {
+        "row": group.row,
+        "responses": group.responses,
+        "gold": group.gold,
+        "preference": group.preference,
+        "extras": group.extras,
+    }
 
 
 @alignbench.hookimpl
