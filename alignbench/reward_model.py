@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when this stage's code changes what it produces.
 RM_STAGE_VERSION = 3
+#: Feedback keys that only matter during RL (online rounds), left out of the stage's key.
+ONLINE_ONLY_KEYS = ("rounds", "delay")
 
 
 # -- producing groups ----------------------------------------------------------------------------
@@ -549,9 +551,12 @@ def reward_model_stage(
     # their input files (a rankings file) are keyed, not only their names.
     sft_files = json.loads((sft_path / "stage.json").read_text())["provenance"]["files"]
     plugins = {"task": task, "feedback": source}
+    # Online-round keys (rounds, delay) change RL, not this stage: a sweep over them shares one
+    # reward model.
+    feedback = OmegaConf.to_container(cfg.feedback, resolve=True, enum_to_str=True)
     key = config_hash(
         sft_key,
-        cfg.feedback,
+        {k: v for k, v in feedback.items() if k not in ONLINE_ONLY_KEYS},
         cfg.stage.rm,
         RM_STAGE_VERSION,
         sft_files,
