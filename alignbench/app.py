@@ -49,7 +49,13 @@ from alignbench.loop import run_loop
 from alignbench.models import check_loadable, load_pretrained, response_logprobs, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
 from alignbench.provenance import git_commit, sha256_file
-from alignbench.registry import Registry, build_registry, implementers, load_plugin_dirs
+from alignbench.registry import (
+    Registry,
+    build_registry,
+    hook_typos,
+    implementers,
+    load_plugin_dirs,
+)
 from alignbench.reward_model import (
     load_groups,
     load_reward_model,
@@ -122,6 +128,13 @@ def _check_run_hooks(pm: Any, algorithm_name: str | None, trains: bool = True) -
                 f"{', '.join(names) or 'none'}"
                 " — run hooks belong to the algorithm object, not to plugin modules"
             )
+
+
+def _check_hook_names(registry: Registry, cls: type) -> None:
+    """An algorithm class whose hook methods are misspelt fails before stage 1, in one line."""
+    typos = hook_typos(registry.pm, cls)
+    if typos:
+        raise PluginError(f"{cls.__qualname__}: {typos[0]}")
 
 
 def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
@@ -262,6 +275,7 @@ def run_job(
     task = registry.get("task", cfg.task.name).cls(to_object(cfg.task))
     reward = registry.get("reward", cfg.reward.name).cls(to_object(cfg.reward), task)
     algo_entry = registry.get("algo", cfg.algo.name)
+    _check_hook_names(registry, algo_entry.cls)
     budget = Budget.from_config(to_object(cfg.budget))
     _check_run_hooks(registry.pm, None)  # before any training, not after stage 1
     sft_path, stage_info = sft_stage(cfg, task)
@@ -582,6 +596,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
                 raise ConfigError(_one_line(exc)) from None
             check_known_keys(typed)
+            _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
             check_choices(typed)
             check_ranges(cfg)
             if cfg.model.name_or_path and cfg.model.name_or_path not in loadable:

@@ -85,6 +85,31 @@ def _plugin_filter() -> tuple[bool, set[str] | None]:
     return external, allowed
 
 
+def hook_typos(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """``file:line: unknown hook 'x' — did you mean 'y'?`` for each hook implementation of
+    ``plugin`` whose name no hookspec has (pluggy would raise later, as a traceback, or a hook
+    on a class would simply never be called)."""
+    import difflib
+    import inspect
+
+    known = [name for name in dir(pm.hook) if name.startswith("alignbench_")]
+    problems = []
+    for attr in sorted(dir(plugin)):
+        function = getattr(plugin, attr, None)
+        if not hasattr(function, f"{hookspecs.PROJECT}_impl") or attr in known:
+            continue
+        close = difflib.get_close_matches(attr, known, n=1)
+        hint = (
+            f" — did you mean {close[0]!r}?" if close else " — see docs/plugins.md, Hook reference"
+        )
+        try:
+            where = f"{inspect.getsourcefile(function)}:{inspect.getsourcelines(function)[1]}: "
+        except (TypeError, OSError):
+            where = ""
+        problems.append(f"{where}unknown hook {attr!r}{hint}")
+    return problems
+
+
 def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
     external, allowed = _plugin_filter()
     for ep in sorted(
@@ -109,6 +134,11 @@ def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> None:
         except (Exception, SystemExit) as exc:
             registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
             log.warning("plugin %r (%s) failed to load and is skipped: %s", ep.name, dist, exc)
+            continue
+        typos = hook_typos(pm, plugin)
+        if typos:
+            registry.failed[ep.name] = typos[0]
+            log.warning("plugin %r (%s) is skipped: %s", ep.name, dist, typos[0])
             continue
         pm.register(plugin, name=ep.name)
         registry.origins[ep.name] = f"{dist} (entry point {ep.value})"
@@ -138,6 +168,11 @@ def load_plugin_dirs(registry: Registry, plugin_dirs: list[str]) -> None:
             except (Exception, SystemExit) as exc:  # sys.exit at import: reported, not obeyed
                 registry.failed[name] = f"{type(exc).__name__}: {exc}"
                 log.warning("plugin file %s failed to import and is skipped: %s", file, exc)
+                continue
+            typos = hook_typos(registry.pm, module)
+            if typos:
+                registry.failed[name] = typos[0]
+                log.warning("plugin file %s is skipped: %s", file, typos[0])
                 continue
             registry.pm.register(module, name=name)
             registry.origins[name] = str(file)
