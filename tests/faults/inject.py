@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep = root / "killed"
     rows, problems = [], []
     for kill in range(args.kills):
+        # A random moment: 1-3 steps past where the slower job stands (so every kill lands
+        # in training, not at start-up), plus a random delay.
+        done = [len(steps(f)) for f in jobs(sweep)]
+        at = min((min(done) if len(done) == 2 else 0) + rng.randint(1, 3), 23)
         proc = start(sweep, cache)
-        # A random moment: a random step of the run (both jobs past it), plus a random delay.
-        at = rng.randint(1, 22)
         reached = wait_steps(sweep, at, proc)
         time.sleep(rng.uniform(0, 0.5))
         sig = signal.SIGTERM if kill % 2 == 0 else signal.SIGKILL
