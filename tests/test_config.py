@@ -26,11 +26,42 @@ ALGOS = "best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, s
         ["budget.kind=flops", "budget.amount=1e12"],
     ],
 )
-def test_every_group_choice_composes(registry, overrides: list[str]) -> None:
-    """Every group option composes into a fully typed config."""
+def test_group_options_compose(registry, overrides: list[str]) -> None:
+    """Group options with values compose into a fully typed config."""
     cfg = compose(overrides, registry)
     to_object(cfg)
     assert cfg.algo.name in registry.names("algo")
+
+
+def _every_choice() -> list[str]:
+    """``group=name`` for every choice of every config group: what the plugins registered and
+    every YAML file shipped under conf/ (variants such as algo=ppo_plain included)."""
+    from pathlib import Path
+
+    import conf
+    from alignbench.registry import build_registry
+
+    registry = build_registry()
+    choices = {
+        f"{g}={n}" for g in ("algo", "task", "reward", "feedback") for n in registry.names(g)
+    }
+    root = Path(conf.__file__).parent
+    for group in ("algo", "task", "reward", "feedback", "model", "budget", "logger"):
+        choices |= {f"{group}={p.stem}" for p in (root / group).glob("*.yaml")}
+    return sorted(choices)
+
+
+@pytest.mark.parametrize("choice", _every_choice())
+def test_every_choice_of_every_group_composes(registry, choice: str) -> None:
+    """Each choice alone composes into a fully typed config that names that choice."""
+    cfg = compose([choice], registry)
+    typed = to_object(cfg)
+    group, name = choice.split("=")
+    node = getattr(typed, group)
+    if group in ("algo", "task", "reward", "feedback"):
+        # A YAML variant runs a registered plugin under its own file name (ppo_plain → ppo).
+        assert node.name in registry.names(group)
+        assert node.name == name or name not in registry.names(group)
 
 
 def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
