@@ -157,7 +157,9 @@ def test_finished_job_is_skipped_and_rerun_moves_it_aside(tiny_job, tmp_path: Pa
     assert len(previous) == 1
 
 
-def test_nonfinite_loss_stops_before_the_weights_change(tiny_job, tmp_path: Path) -> None:
+def test_nonfinite_loss_stops_before_the_weights_change(
+    tiny_job, tmp_path: Path, cache_dir: Path
+) -> None:
     """A NaN reward stops the job (status failed, quantity and step named); skip mode goes on."""
     from alignbench_plugins.rewards import ExactMatchReward
 
@@ -166,12 +168,37 @@ def test_nonfinite_loss_stops_before_the_weights_change(tiny_job, tmp_path: Path
     def poisoned(self, rows, responses):
         return [float("nan")] + original(self, rows, responses)[1:]
 
+    from alignbench import hookimpl
+    from alignbench.models import load_pretrained
+    from alignbench.registry import build_registry
+
+    class Watch:
+        """Counts the updates that start (none must) and keeps the policy's final weights."""
+
+        updates = 0
+
+        @hookimpl(wrapper=True)
+        def alignbench_update(self, run, batch):
+            Watch.updates += 1
+            return (yield)
+
+        @hookimpl
+        def alignbench_on_run_end(self, run, summary):
+            Watch.final = {k: v.clone() for k, v in run.policy.state_dict().items()}
+
     ExactMatchReward.score = poisoned
     try:
+        registry = build_registry()
+        registry.pm.register(Watch(), name="watch")
         with pytest.raises(NonFiniteError, match="step 1: objective/reward is not finite"):
-            tiny_job("algo=rrhf", "reward=exact_match", out="stop")
+            tiny_job("algo=rrhf", "reward=exact_match", out="stop", registry=registry)
         summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
         assert summary["status"] == "failed" and "objective/reward" in summary["error"]
+        # Stopped before any update ran: the policy is still the SFT model, weight for weight.
+        assert Watch.updates == 0
+        sft, _ = load_pretrained(cache_dir / "sft" / summary["stage/sft"]["key"])
+        for name, value in sft.state_dict().items():
+            assert torch.equal(Watch.final[name], value), name
         skipped = tiny_job("algo=rrhf", "reward=exact_match", "on_nonfinite=skip", out="skip")
     finally:
         ExactMatchReward.score = original
