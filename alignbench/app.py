@@ -32,7 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from alignbench import checkpoint, jobdir, signals
+from alignbench import checkpoint, jobdir, signals, tuning
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import CONF_PACKAGE, shipped_yaml_names, ships_yaml, to_object
@@ -435,11 +435,13 @@ def _record_failure(cfg: DictConfig, output_dir: Path, exc: BaseException) -> No
         log.warning("could not record the failure in %s: %s", output_dir, err)
 
 
-def _job(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> float | None:
     """The Hydra task function: run one job in Hydra's output folder and say where it went.
 
     A failing job is reported in one line (its summary.json holds the error, its log the
     traceback) and does not stop the other jobs of a multirun; the command then exits non-zero.
+    With ``optimized_metric`` set (a hyperparameter search), returns that metric to the sweeper
+    (None for a failed job: a failed trial).
     """
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -502,6 +504,7 @@ def _job(cfg: DictConfig) -> None:
         f"[alignbench] {cfg.algo.name} seed={cfg.seed}{note}: {shown} → {output_dir}{model}",
         flush=True,
     )
+    return tuning.objective(summary, cfg.optimized_metric) if cfg.optimized_metric else None
 
 
 def _parse_overrides(overrides: list[str]) -> list[Override]:
@@ -572,9 +575,11 @@ def _one_line(exc: BaseException) -> str:
 def validate(registry: Registry, raw_overrides: list[str]) -> None:
     """Check group names against the registry and compose each job's config; raise ConfigError."""
     overrides = _parse_overrides(raw_overrides)
-    # A sweeper other than the basic one (Optuna, Nevergrad, ...) samples interval(...) itself.
+    # A sweeper other than the basic one (Optuna, Nevergrad, ...) samples interval(...) itself;
+    # a search space (hparams_search=...) selects one.
     sampled = any(
-        o.key_or_group == "hydra/sweeper" and o.get_value_element_as_str() != "basic"
+        (o.key_or_group == "hydra/sweeper" and o.get_value_element_as_str() != "basic")
+        or o.key_or_group == "hparams_search"
         for o in overrides
     )
     for o in overrides:
@@ -599,6 +604,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
             check_choices(typed)
             check_ranges(cfg)
+            tuning.check_metric(cfg.optimized_metric)
             if cfg.model.name_or_path and cfg.model.name_or_path not in loadable:
                 # Before stage 1 and before any folder: not after SFT trained for nothing.
                 check_loadable(model_source(cfg.model.name_or_path))

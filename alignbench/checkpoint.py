@@ -37,7 +37,14 @@ _FIX = (
     "the checkpoint is damaged: pass rerun=true to start the job over (its results are moved aside)"
 )
 #: Keys that do not change what a job computes (so changing them does not block a resume).
-NEUTRAL_KEYS = ("rerun", "logger", "threads", "checkpoint_every", "cache_rebuild")
+NEUTRAL_KEYS = (
+    "rerun",
+    "logger",
+    "threads",
+    "checkpoint_every",
+    "cache_rebuild",
+    "optimized_metric",
+)
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

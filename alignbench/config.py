@@ -237,6 +237,9 @@ class Config:
     # Rebuild a cached stage that fails its checks (a changed file, other core code or torch /
     # transformers version) instead of refusing it; the old folder is moved to `<key>.old-<time>`.
     cache_rebuild: bool = False
+    # Hyperparameter search: the final-evaluation metric a job returns to the sweeper (a dev/
+    # metric, e.g. dev/gold_reward; set by conf/hparams_search/*.yaml); empty returns nothing.
+    optimized_metric: str = ""
 
 
 _SCHEMAS: dict[str, type] = {

@@ -1,0 +1,175 @@
+"""Hyperparameter search with Hydra's Optuna sweeper: the objective, and the best trial as a file.
+
+A search space is a file of ``conf/hparams_search/`` (``python -m alignbench
+hparams_search=ppo_facts --multirun``): it switches ``hydra/sweeper`` to Optuna, fixes the
+per-trial budget, names the metric to optimise (``optimized_metric``, a ``dev/`` metric: tuning
+never sees the test split) and registers :class:`BestTrial`. Each trial is an ordinary job whose
+task function returns that metric (:func:`objective`); when the sweep ends, :class:`BestTrial`
+writes the best trial's settings as an experiment file (``<name>_best.yaml``, Hydra's
+``# @package _global_`` form) and what the search cost (trials, FLOPs, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from alignbench.config import CONF_PACKAGE
+from alignbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Config groups whose choice an experiment file sets with ``override /<group>: <choice>``.
+GROUPS = ("algo", "task", "reward", "feedback", "model", "budget", "logger")
+#: Keys of a search file that belong to the search, not to the experiment it finds, and
+#: keys that say where a trial ran rather than what it was.
+SEARCH_ONLY = ("defaults", "hydra", "optimized_metric", "cache_dir", "rerun", "cache_rebuild")
+
+
+def check_metric(metric: str) -> None:
+    """Refuse an objective on the test split (tuning on it leaks the test set into the
+    comparison) or one that names no split."""
+    if not metric:
+        return
+    if "/" not in metric:
+        raise ConfigError(
+            f"optimized_metric={metric!r} — name a metric of the final evaluation with its "
+            "split, e.g. dev/gold_reward"
+        )
+    if metric.split("/", 1)[0] == "test":
+        raise ConfigError(
+            f"optimized_metric={metric!r} — tuning on the test split leaks it into the "
+            "comparison; tune on dev (e.g. dev/gold_reward) and report test"
+        )
+
+
+def objective(summary: dict[str, Any], metric: str) -> float | None:
+    """The value a sweeper optimises: ``metric`` of a finished job's summary (None otherwise,
+    which the Optuna sweeper records as a failed trial)."""
+    value = summary.get(metric)
+    if summary.get("status") != "finished" or not isinstance(value, int | float):
+        known = sorted(k for k in summary if k.split("/", 1)[0] in ("dev", "test"))
+        if summary.get("status") == "finished":
+            log.error("optimized_metric=%s is not in the summary — known: %s", metric, known)
+        return None
+    return float(value)
+
+
+def _default_choices() -> dict[str, str]:
+    """The choice of each config group in ``conf/config.yaml``'s defaults list."""
+    text = resources.files(CONF_PACKAGE).joinpath("config.yaml").read_text()
+    out = {}
+    for entry in yaml.safe_load(text).get("defaults", []):
+        if isinstance(entry, dict):
+            out.update({str(k): str(v) for k, v in entry.items()})
+    return out
+
+
+def _search_values(name: str) -> dict[str, Any]:
+    """The settings a search file fixes for every trial (its budget, threads, ...)."""
+    path = resources.files(CONF_PACKAGE).joinpath("hparams_search", f"{name}.yaml")
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in data.items() if k not in SEARCH_ONLY}
+
+
+def best_experiment(trial: Path, search: str, header: list[str]) -> str:
+    """The experiment file (YAML text) that reproduces trial folder ``trial`` of search
+    ``search``: its group choices as defaults overrides, the search file's fixed settings and
+    the trial's own overrides (the sampled hyperparameters) as values."""
+    record = trial / ".hydra"
+    choices = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+    overrides = yaml.safe_load((record / "overrides.yaml").read_text()) or []
+    defaults = _default_choices()
+    experiment = OmegaConf.create(_search_values(search))
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group.lstrip("+")
+        if key.startswith("hydra") or key in choices or key in SEARCH_ONLY:
+            continue  # group choices come from `choices`; the search's own keys stay out
+        dotted = f"{key}={override.get_value_element_as_str()}"
+        experiment = OmegaConf.merge(experiment, OmegaConf.from_dotlist([dotted]))
+    overrides_of_groups = [
+        {f"override /{group}": choices[group]}
+        for group in GROUPS
+        if choices.get(group) and choices[group] != defaults.get(group)
+    ]
+    body = {"defaults": overrides_of_groups, **OmegaConf.to_container(experiment)}
+    lines = ["# @package _global_", *(f"# {line}" for line in header)]
+    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+
+
+def _trials(sweep: Path, metric: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The sweep's job folders and their summaries (finished or not)."""
+    out = []
+    for path in sorted(sweep.glob("*/summary.json")):
+        try:
+            out.append((path.parent, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+class BestTrial(Callback):
+    """At the end of a search, write the best trial as ``<name>_best.yaml`` (into the sweep
+    folder, and into ``experiment_dir`` when given) with the tuning cost in its header and in
+    ``tuning.json``."""
+
+    def __init__(
+        self, name: str, experiment_dir: str | None = None, direction: str = "maximize"
+    ) -> None:
+        self.name, self.experiment_dir, self.direction = name, experiment_dir, direction
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Find the best finished trial by ``optimized_metric`` and write its experiment file."""
+        sweep, metric = Path(config.hydra.sweep.dir), str(config.get("optimized_metric") or "")
+        trials = _trials(sweep, metric)
+        scored = [
+            (value, folder)
+            for folder, summary in trials
+            if (value := objective(summary, metric)) is not None and math.isfinite(value)
+        ]
+        if not metric or not scored:
+            print(f"[alignbench] tuning: no finished trial with {metric or 'a metric'} in {sweep}")
+            return
+        pick = max if self.direction == "maximize" else min
+        value, folder = pick(scored, key=lambda pair: pair[0])
+        cost = {
+            "search": self.name,
+            "optimized_metric": metric,
+            "direction": self.direction,
+            "best_value": value,
+            "best_trial": str(folder),
+            "trials": len(trials),
+            "finished_trials": len(scored),
+            "flops": sum(float(s.get("budget/flops", 0.0)) for _, s in trials),
+            "seconds": sum(float(s.get("wall_time", 0.0)) for _, s in trials),
+        }
+        header = [
+            f"Best of {len(scored)} finished trials (of {len(trials)}) of "
+            f"hparams_search={self.name}: {metric} = {value:.4f} ({self.direction}).",
+            f"Trial: {folder}",
+            f"Tuning cost: {cost['flops']:.3g} FLOPs, {cost['seconds']:.0f} s over all trials.",
+            "Report on test with fresh seeds: python -m alignbench "
+            f"+experiment={self.name}_best seed=0,1,2 --multirun",
+        ]
+        text = best_experiment(folder, self.name, header)
+        targets = [sweep / f"{self.name}_best.yaml"]
+        if self.experiment_dir:
+            targets.append(Path(self.experiment_dir) / f"{self.name}_best.yaml")
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        (sweep / "tuning.json").write_text(json.dumps(cost, indent=2) + "\n")
+        print(
+            f"[alignbench] tuning: best {metric} = {value:.4f} → {targets[-1]} "
+            f"(cost: {len(trials)} trials, {cost['flops']:.3g} FLOPs; {sweep / 'tuning.json'})",
+            flush=True,
+        )
