@@ -151,6 +151,7 @@ class StaticCacheDecoder:
     def step(self, token: torch.Tensor, position: torch.Tensor, t: int) -> torch.Tensor:
         """Logits ``[N, V]`` after feeding ``token`` ``[N]`` at ``position`` ``[N, 1]`` (step t)."""
         linear = torch.nn.functional.linear
+        sdpa = torch.nn.functional.scaled_dot_product_attention
         n, length = token.shape[0], self.prompt_length + t + 1
         input_ids = token[:, None]
         hidden = self.base.embed_tokens(input_ids)
@@ -171,16 +172,17 @@ class StaticCacheDecoder:
             k = (k * cos) + (k.roll(half, -1) * sin)
             layer.keys.narrow(2, length - 1, 1).copy_(k)
             layer.values.narrow(2, length - 1, 1).copy_(v)
-            out, _ = self.attention(
-                attn,
-                q,
-                layer.keys.narrow(2, 0, length),
-                layer.values.narrow(2, 0, length),
-                mask,
-                dropout=0.0,
-                scaling=attn.scaling,
-            )
-            out = out.reshape(n, 1, -1).contiguous()
+            keys, values = layer.keys.narrow(2, 0, length), layer.values.narrow(2, 0, length)
+            if attn.num_key_value_groups == 1:
+                # What the model's SDPA function does for one query without grouped heads; its
+                # [N, H, 1, D] output is already laid out as [N, 1, H * D].
+                out = sdpa(q, keys, values, attn_mask=mask, dropout_p=0.0, scale=attn.scaling)
+                out = out.view(n, 1, -1)
+            else:
+                out, _ = self.attention(
+                    attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling
+                )
+                out = out.reshape(n, 1, -1).contiguous()
             hidden = residual + linear(out, *layer.o)
             residual = hidden
             x = self._rms_norm(layer.norm2, hidden)
