@@ -106,6 +106,10 @@ def curve_report(
     groups = [g for g in group_jobs(jobs, group_by) if g.finished]
     curves = {g.name: _curves(g, metric, x_key) for g in groups}
     curves = {name: c for name, c in curves.items() if c}
+    # Methods that train nothing (best-of-N) spend no training compute: they have no curve
+    # against it, and would make the common budget 0. Named below the table instead.
+    untrained = sorted(n for n, c in curves.items() if max(float(x[-1]) for _, _, x, _ in c) <= 0)
+    curves = {name: c for name, c in curves.items() if name not in untrained}
     if not curves:
         return ""
     starts: dict[str, float] = {}
@@ -179,6 +183,12 @@ def curve_report(
         "worlds then seeds (AUC, values), bootstrap over jobs (compute to threshold).",
         "\n".join(lines),
     ]
+    if untrained:
+        shown = ", ".join(f"`{n}`" for n in untrained)
+        text.append(
+            f"Left out of the curves: {shown} — no training compute (an inference-time method; "
+            "its cost per question is in the table's `flops_per_question`)."
+        )
     if reach is not None:
         text.append(reach_answer(curves, starts, reach, metric, share, reach_compute, higher))
     return "\n\n".join(text)

@@ -406,3 +406,29 @@ def test_a_duplicate_config_is_counted_once(tmp_path: Path, capsys) -> None:
     assert "| 2/2 |" in captured.out  # two jobs, not three
     assert "`sweep/2_ppo` has the same config as `sweep/0_ppo`: counted once" in captured.out
     assert "1 duplicate job(s) counted once" in captured.err
+
+
+def test_a_method_that_trains_nothing_is_named_not_plotted(tmp_path: Path, capsys) -> None:
+    """best-of-N ends at 0 training FLOPs: it is left out of the curves (which would otherwise
+    have a common budget of 0) and named under the table."""
+    sweep = tmp_path / "sweep"
+    _world_sweep(sweep)
+    for seed in range(2):
+        name = f"bon_s{seed}"
+        summary = {
+            "status": "finished",
+            "algorithm": "best_of_n",
+            "test/reward": 0.7,
+            "initial": {"test/reward": 0.0},
+            "stage/sft": {"key": "world0"},
+        }
+        _job(sweep, name, ["algo=best_of_n", f"seed={seed}", "world=0"], summary)
+        lines = [
+            {"kind": "eval", "step": 0, "budget/flops": 0.0, "test/reward": y} for y in (0, 0.7)
+        ]
+        (sweep / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main([str(sweep), "--metric", "test/reward", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "Left out of the curves: `algo=best_of_n` — no training compute" in out
+    assert "| `algo=fast` | 1.000 [" not in out  # the curves still have their real budget
+    assert "at 1/4 of the budget" in out and "| `algo=best_of_n` (baseline) | 2/2" in out
