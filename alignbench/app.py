@@ -454,7 +454,7 @@ def _job(cfg: DictConfig) -> float | None:
         print(f"[alignbench] {output_dir.name}: not started (the sweep is stopping)", flush=True)
         return
     try:
-        with jobdir.locked(output_dir):
+        with signals.busy(), jobdir.locked(output_dir):
             jobdir.check_free(cfg, output_dir)
             if cfg.rerun:
                 jobdir.move_aside(output_dir)

@@ -69,6 +69,33 @@ def _handle(signum: int, frame: Any) -> None:
                 os.kill(child, signum)
 
 
+_busy = 0  # jobs this process is running right now (see :func:`busy`)
+_watchdog: threading.Thread | None = None
+
+
+@contextlib.contextmanager
+def busy() -> Iterator[None]:
+    """Mark a job as running in this process (a worker whose command died exits when idle)."""
+    global _busy
+    _busy += 1
+    try:
+        yield
+    finally:
+        _busy -= 1
+
+
+def _watch() -> None:
+    """A sweep worker's watchdog: once its command has died, exit as soon as no job runs.
+
+    A running job notices by itself (it checkpoints and stops at its next step); an idle
+    worker would otherwise wait for a next job forever, as an orphan.
+    """
+    while True:
+        time.sleep(0.5)
+        if _busy == 0 and orphaned():
+            os._exit(exit_code(_requested or signal.SIGTERM))
+
+
 def install(forward: bool = False) -> bool:
     """Handle SIGTERM / SIGINT in this process (main thread only); returns whether it did.
 
@@ -83,6 +110,10 @@ def install(forward: bool = False) -> bool:
         _parent = os.getppid()
         for sig in SIGNALS:
             _previous[sig] = signal.signal(sig, _handle)
+    global _watchdog
+    if is_worker() and _watchdog is None:
+        _watchdog = threading.Thread(target=_watch, name="alignbench-watchdog", daemon=True)
+        _watchdog.start()
     return True
 
 

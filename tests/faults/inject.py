@@ -114,12 +114,31 @@ def wait_gone(pids: list[int], timeout: float = 120.0) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-def wait_steps(sweep: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> bool:
-    """Wait until every job has at least ``count`` step records (False if the sweep ended)."""
+def finished(folder: Path) -> bool:
+    """Whether a job folder's summary says finished."""
+    try:
+        return json.loads((folder / "summary.json").read_text())["status"] == "finished"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def wait_steps(
+    sweep: Path, count: int, proc: subprocess.Popen, timeout: float = 300, since: float = 0.0
+) -> bool:
+    """Wait until every unfinished job has at least ``count`` step records written after
+    ``since`` (a resumed job keeps its old lines until it writes again), False if the sweep
+    ended first."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        found = [steps(f) for f in jobs(sweep)]
-        if len(found) == 2 and all(len(s) >= count for s in found):
+        found = jobs(sweep)
+        running = [f for f in found if not finished(f)]
+        fresh = [
+            f
+            for f in running
+            if (f / "metrics.jsonl").exists() and (f / "metrics.jsonl").stat().st_mtime > since
+        ]
+        ready = len(found) == 2 and running and fresh == running
+        if ready and all(len(steps(f)) >= count for f in running):
             return True
         time.sleep(0.02)
     return False
@@ -164,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     sweep = root / "killed"
     rows, problems = [], []
     for kill in range(args.kills):
-        # A random moment: 1-3 steps past where the slower job stands (so every kill lands
-        # in training, not at start-up), plus a random delay.
-        done = [len(steps(f)) for f in jobs(sweep)]
-        at = min((min(done) if len(done) == 2 else 0) + rng.randint(1, 3), 23)
+        # A random moment: 1-3 steps past where the slower unfinished job stands (so every
+        # kill lands in training, not at start-up), plus a random delay.
+        running = [f for f in jobs(sweep) if not finished(f)]
+        if jobs(sweep) and not running:
+            break  # the sweep finished between kills
+        done = [len(steps(f)) for f in running] or [0]
+        at = min(min(done) + rng.randint(1, 3), 23)
+        since = time.time()
         proc = start(sweep, cache)
-        reached = wait_steps(sweep, at, proc)
+        reached = wait_steps(sweep, at, proc, since=since)
         time.sleep(rng.uniform(0, 0.5))
         sig = signal.SIGTERM if kill % 2 == 0 else signal.SIGKILL
         pids = writers(sweep)
