@@ -26,9 +26,10 @@ TRL is not a dependency of alignbench: install it into a folder of its own and n
     pip install --target /tmp/trl112 --no-deps trl==1.12.0 accelerate
     python benchmarks/ppo_step.py --trl-path /tmp/trl112
 
-(or ``pip install -e '.[bench]'`` into the environment); without it the TRL columns are skipped
-and the reason printed. Every process takes its steps in turn (one step each, round after round),
-so all of them see the same machine; medians after warm-up.
+(the ``bench`` extra installs a newer TRL, without ``PPOTrainer``, for ``trl_parity.py``).
+Without TRL 1.12 the TRL columns are skipped and the reason printed. Every process takes its
+steps in turn (one step each, round after round), so all of them see the same machine; medians
+after warm-up.
 
     python benchmarks/ppo_step.py [--steps 15] [--warmup 3] [--threads 2] [--trl-path DIR]
     python benchmarks/ppo_step.py --smoke   # 2 steps of tiny models: does it still run?
@@ -326,6 +327,9 @@ def trl_worker(settings: Settings, collect: bool, threads: int) -> None:
         from trl.experimental.ppo import PPOTrainer
     except ImportError as exc:
         protocol.write(f"unavailable {exc}\n")
+        return
+    if not trl.__version__.startswith("1.12."):
+        protocol.write(f"unavailable TRL {trl.__version__} found, the columns are TRL 1.12's\n")
         return
     torch.set_num_threads(threads)
     transformers.utils.logging.set_verbosity_error()
