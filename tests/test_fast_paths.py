@@ -9,7 +9,9 @@
   (absolute 1e-6) because the pins are float32 results of one CPU's kernels: reusing the first
   mini-batch's critic forward for the rollout's values runs the same rows in a shuffled order,
   and another CPU's matrix kernels need not round identically when rows are permuted (1e-7
-  relative, grown through two steps of AdamW; far below anything a metric reports).
+  relative, grown through two steps of AdamW; far below anything a metric reports). A CPU whose
+  kernels round differently already in stage 1 can drift further: there, record the pins again
+  with the script on commit 138ea6a (the code before the change) and compare.
 """
 
 from __future__ import annotations
