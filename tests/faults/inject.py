@@ -1,7 +1,7 @@
 """Fault injection: kill a 2-job parallel (joblib) sweep at random moments, resume it, and check
 that nothing was lost or counted twice.
 
-    python -m tests.faults.inject --kills 10 --seed 0
+    python -m tests.faults.inject --kills 10 --seed 0 --steps 60
 
 runs the sweep once straight, then again in a fresh folder killed at ``--kills`` random moments
 (alternating SIGTERM and SIGKILL of the command's own process, never of a worker) and resumed
@@ -157,9 +157,9 @@ def check_steps(folder: Path) -> str | None:
     return None
 
 
-def straight(root: Path, cache: Path) -> dict[str, dict]:
+def straight(root: Path, cache: Path, extra: list[str]) -> dict[str, dict]:
     """Run the sweep without faults; its summaries' numbers by job folder name."""
-    proc = start(root / "straight", cache)
+    proc = start(root / "straight", cache, extra)
     _, err = proc.communicate(timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"the straight sweep failed:\n{err[-2000:]}")
@@ -174,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=60, help="steps per job (10 kills fit)")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp one)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     root = args.dir or Path(tempfile.mkdtemp(prefix="alignbench-faults-"))
     cache = root / "cache"
-    expected = straight(root, cache)
+    budget = [f"budget.amount={args.steps}"]
+    expected = straight(root, cache, budget)
     sweep = root / "killed"
     rows, problems = [], []
     for kill in range(args.kills):
@@ -189,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if jobs(sweep) and not running:
             break  # the sweep finished between kills
         done = [len(steps(f)) for f in running] or [0]
-        at = min(min(done) + rng.randint(1, 3), 23)
+        at = min(min(done) + rng.randint(1, 3), args.steps - 1)
         since = time.time()
-        proc = start(sweep, cache)
+        proc = start(sweep, cache, budget)
         reached = wait_steps(sweep, at, proc, since=since)
         time.sleep(rng.uniform(0, 0.5))
         sig = signal.SIGTERM if kill % 2 == 0 else signal.SIGKILL
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"kill {kill}: workers {orphans} still running after the command ended")
         done = [len(steps(f)) for f in jobs(sweep)]
         rows.append((kill, sig.name, at if reached else "end", code, done, len(orphans)))
-    proc = start(sweep, cache)
+    proc = start(sweep, cache, budget)
     _, err = proc.communicate(timeout=1800)
     if proc.returncode != 0:
         problems.append(f"the final resume exited {proc.returncode}: {err.strip()[-500:]}")
