@@ -29,8 +29,10 @@ from alignbench.errors import (
     UnknownTask,
 )
 from alignbench.feedback import FeedbackSource, Group, ranking_to_preference
+from alignbench.hardware import model_device
 from alignbench.hookspecs import Register, hookimpl, hookspec
 from alignbench.loop import PromptStream
+from alignbench.lora import SharedBaseReference, is_lora
 from alignbench.models import (  # noqa: E402
     ScalarHeadModel,
     load_pretrained,
@@ -75,6 +77,7 @@ __all__ = [
     "RewardConfig",
     "Run",
     "SamplingParams",
+    "SharedBaseReference",
     "Task",
     "TaskConfig",
     "UnknownAlgorithm",
@@ -89,8 +92,10 @@ __all__ = [
     "collate",
     "encode_responses",
     "input_path",
+    "is_lora",
     "load_groups",
     "load_pretrained",
+    "model_device",
     "normalize_answer",
     "ranking_to_preference",
     "refresh_reward_model",

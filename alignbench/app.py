@@ -45,7 +45,9 @@ from alignbench.errors import (
     PluginError,
 )
 from alignbench.feedback import Group
+from alignbench.hardware import check_hardware, place
 from alignbench.loop import run_loop
+from alignbench.lora import apply_lora, export_lora, is_lora
 from alignbench.models import check_loadable, load_pretrained, response_logprobs, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
 from alignbench.provenance import git_commit, sha256_file
@@ -211,6 +213,7 @@ def policy_as_reward_model(run: Run, rm_path: Path) -> dict[str, float]:
         for start in range(0, len(groups), 64):
             chunk = groups[start : start + 64]
             batch, _ = group_batch(run.tokenizer, chunk)
+            batch = batch.to(run.device)
             logprobs = response_logprobs(
                 run.policy, batch.input_ids, batch.attention_mask, batch.prompt_length
             )
@@ -238,6 +241,7 @@ def run_job(
         load_plugin_dirs(registry, list(cfg.plugin_dirs))
     check_ranges(cfg)  # the command line checked this already; library callers need it too
     check_choices(to_object(cfg))
+    device = check_hardware(cfg)
     if not claimed:
         jobdir.check_free(cfg, output_dir)
     fingerprint = config_fingerprint(cfg)
@@ -280,6 +284,8 @@ def run_job(
     _check_run_hooks(registry.pm, None)  # before any training, not after stage 1
     sft_path, stage_info = sft_stage(cfg, task)
     policy, tokenizer = load_pretrained(sft_path)
+    # LoRA after stage 1 (only the adapters train); every model lives on `device=`.
+    policy = apply_lora(policy.to(device), cfg.model.lora)
     stages: dict[str, Any] = {"stage/sft": stage_info}
     rm_path = None
     if reward.needs_reward_model:
@@ -287,7 +293,7 @@ def run_job(
         rm_path, stages["stage/rm"] = reward_model_stage(
             cfg, task, source, sft_path, stage_info["key"]
         )
-        model = load_reward_model(rm_path, sft_path)
+        model = load_reward_model(rm_path, sft_path).to(device)
         reward.use_reward_model(model, tokenizer, source, cfg, rm_path)
 
     def ranked_groups(split: str) -> list[Group]:
@@ -317,10 +323,12 @@ def run_job(
         pm=registry.pm,
         groups_loader=ranked_groups,
         code=code,
+        precision=cfg.precision,
     )
     pm = registry.pm
     reward.setup(run)
     algorithm = algo_entry.cls(run, run.config)
+    place(algorithm, device)  # a critic or value head the algorithm built on the CPU
     plugins: dict[str, Any] = {
         f"algorithm:{cfg.algo.name}": algorithm,
         "core:default-score": DefaultScore(),
@@ -379,7 +387,10 @@ def export_policy(run: Run, folder: Path) -> Path:
     home: ``AutoModelForCausalLM.from_pretrained(folder)``), atomically: temp folder, rename."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(run.policy, run.tokenizer, tmp)
+    if is_lora(run.policy):  # the adapter (and, if asked, the merged model)
+        export_lora(run.policy, run.tokenizer, tmp, run.cfg.model.lora.merge_on_export)
+    else:
+        save_pretrained(run.policy, run.tokenizer, tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
@@ -604,6 +615,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
             check_choices(typed)
             check_ranges(cfg)
+            check_hardware(cfg)
             tuning.check_metric(cfg.optimized_metric)
             if cfg.model.name_or_path and cfg.model.name_or_path not in loadable:
                 # Before stage 1 and before any folder: not after SFT trained for nothing.

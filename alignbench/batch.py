@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,6 +52,25 @@ class Batch:
     def num_response_tokens(self) -> int:
         """Response tokens in the batch, eos included, padding excluded."""
         return int(self.response_mask.sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        """This batch with its tensors (``extras`` included) on ``device``; itself if there."""
+        device = torch.device(device)
+        if self.input_ids.device == device:
+            return self
+
+        def move(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        return replace(
+            self,
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            response_mask=move(self.response_mask),
+            logprobs=move(self.logprobs),
+            rewards=move(self.rewards),
+            extras={key: move(value) for key, value in self.extras.items()},
+        )
 
     def grouped(self, values: torch.Tensor) -> torch.Tensor:
         """Reshape a per-sequence ``[N]`` tensor to ``[B, K]``."""

@@ -28,6 +28,8 @@ UNITS = tuple(kind.value for kind in BudgetKind)
 
 def _matmul_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(body parameters, output-head parameters), both excluding the embedding lookups."""
+    if hasattr(model, "matmul_parameters"):  # a view of another model's weights (LoRA reference)
+        return model.matmul_parameters()
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skip = {id(p) for p in embedding.parameters()} if embedding is not None else set()

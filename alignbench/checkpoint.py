@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, load_model, save_model
 
+from alignbench.config import omit_off_switches
 from alignbench.errors import DataError
 from alignbench.run import Run
 
@@ -44,12 +45,14 @@ NEUTRAL_KEYS = (
     "checkpoint_every",
     "cache_rebuild",
     "optimized_metric",
+    # Where it runs, like `threads`: a checkpoint made on a GPU resumes on the CPU and back.
+    "device",
 )
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
     """A hash of everything in the job's config that determines its numbers."""
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    plain = omit_off_switches(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     for key in NEUTRAL_KEYS:
         plain.pop(key, None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -109,6 +109,19 @@ class FeedbackConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the policy after stage 1 (through PEFT); ``r=0`` trains the whole model."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module names to adapt (e.g. [q_proj, v_proj]); empty = PEFT's default for the architecture.
+    target_modules: list[str] = field(default_factory=list)
+    # Export the merged model (loadable without peft) beside the adapter.
+    merge_on_export: bool = False
+
+
+@dataclass
 class ModelConfig:
     """The base language model: built from these numbers, or loaded from ``name_or_path``."""
 
@@ -124,6 +137,7 @@ class ModelConfig:
     num_heads: int = 4
     max_position_embeddings: int = 64
     tie_word_embeddings: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -225,6 +239,10 @@ class Config:
     plugin_dirs: list[str] = field(default_factory=list)
     # Where stage artefacts (the SFT model, ...) are cached, shared by every job and sweep.
     cache_dir: str = "results/cache"
+    # Where the models run: auto = cuda if available, else mps, else cpu (alignbench/hardware.py).
+    device: str = field(default="cpu", metadata={"choices": ("auto", "cpu", "cuda", "mps")})
+    # Autocast around rollout, score, update and evaluation; weights stay fp32.
+    precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "fp16")})
     # torch intra-op threads; 0 leaves torch's default.
     threads: int = 0
     # Save a resumable checkpoint every this many steps (and on SIGTERM / Ctrl-C); 0 = only then.
@@ -282,6 +300,19 @@ def store_plugin_schema(group: str, name: str, schema: type) -> None:
     cs.store(group=group, name=f"base_{name}", node=node)
     if not ships_yaml(group, name):
         cs.store(group=group, name=name, node=node)
+
+
+def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain config without ``precision=fp32`` and ``model.lora`` with ``r=0`` (switches that
+    are off), so that results and checkpoints made before those keys existed keep their
+    fingerprint and recorded config."""
+    plain = dict(plain)
+    if plain.get("precision") == "fp32":
+        plain.pop("precision")
+    model = plain.get("model")
+    if isinstance(model, dict) and not (model.get("lora") or {}).get("r"):
+        plain["model"] = {k: v for k, v in model.items() if k != "lora"}
+    return plain
 
 
 def to_object(node: DictConfig) -> Any:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from alignbench.checkpoint import NEUTRAL_KEYS, config_fingerprint
+from alignbench.config import omit_off_switches
 from alignbench.errors import ConfigError
 
 HYDRA = ".hydra"
@@ -68,6 +69,8 @@ def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """``{"algo.lr": 0.001, ...}`` of a config (DictConfig or plain dict), neutral keys left out."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if not prefix and isinstance(cfg, dict):
+        cfg = omit_off_switches(cfg)  # records made before precision / model.lora existed
     out: dict[str, Any] = {}
     for key, value in (cfg or {}).items():
         name = f"{prefix}{key}"

@@ -134,16 +134,17 @@ def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
 
     samples: dict[str, list[dict[str, Any]]] = {}  # the completions behind the metrics
 
-    metrics = evaluate(
-        run.policy,
-        run.tokenizer,
-        run.task,
-        run.reward,
-        to_object(run.cfg.eval),
-        respond=None if initial else respond,
-        flops=run.flops,
-        samples=samples,
-    )
+    with run.autocast():
+        metrics = evaluate(
+            run.policy,
+            run.tokenizer,
+            run.task,
+            run.reward,
+            to_object(run.cfg.eval),
+            respond=None if initial else respond,
+            flops=run.flops,
+            samples=samples,
+        )
     metrics.update(run.budget.metrics())
     run.pm.hook.alignbench_on_eval(run=run, step=step, metrics=metrics, samples=samples)
     return metrics
@@ -210,14 +211,17 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                         # Online feedback: part of the step's cost, charged like everything else.
                         refresh_stats.update(run.reward.refresh(run))
                         state["refreshed"] += 1
-                    batch = hook.alignbench_rollout(run=run, prompts=prompts)
-                    batch = check_scored(run, hook.alignbench_score(run=run, batch=batch))
+                    # precision=bf16/fp16: autocast around the hooks (weights stay fp32).
+                    with run.autocast():
+                        batch = hook.alignbench_rollout(run=run, prompts=prompts)
+                        batch = check_scored(run, hook.alignbench_score(run=run, batch=batch))
                     run.check_finite(**{"objective/reward": batch.rewards})
                     # Skip mode: an update that fails half-way (PPO steps once per mini-batch)
                     # must leave no trace, so what it may change is copied first.
                     before = snapshot(run, algorithm) if cfg.on_nonfinite == "skip" else None
                     try:
-                        stats = check_stats(hook.alignbench_update(run=run, batch=batch))
+                        with run.autocast():
+                            stats = check_stats(hook.alignbench_update(run=run, batch=batch))
                     except NonFiniteError:
                         if before is not None:
                             restore(run, algorithm, before)

@@ -31,6 +31,7 @@ from alignbench.budget import FlopCounter
 from alignbench.config import Decoding, FeedbackConfig, RMStageConfig, Selection, to_object
 from alignbench.errors import DataError
 from alignbench.feedback import FeedbackSource, Group, pairwise_agreement
+from alignbench.hardware import model_device
 from alignbench.models import (
     ScalarHeadModel,
     build_model,
@@ -162,9 +163,11 @@ def sequence_rewards(
     model: ScalarHeadModel, input_ids: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """The reward model's score ``[N]`` of each sequence: its scalar at the last real token."""
+    device = model_device(model)  # texts scored at evaluation are collated on the CPU
+    input_ids, mask = input_ids.to(device), mask.to(device)
     values = model(input_ids, mask)
     last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
-    return values[torch.arange(len(last)), last]
+    return values[torch.arange(len(last), device=device), last]
 
 
 def label_loss(scores: list[list[float]], groups: list[Group]) -> float:

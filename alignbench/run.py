@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from alignbench.batch import Batch, collate
 from alignbench.budget import Budget, FlopCounter
 from alignbench.errors import NonFiniteError, PluginError
 from alignbench.feedback import Group
+from alignbench.hardware import autocast, model_device
+from alignbench.lora import SharedBaseReference, is_lora
 from alignbench.models import freeze, load_pretrained
 from alignbench.reward import Reward, checked_rewards
 from alignbench.sampling import SamplingParams, sample
@@ -48,6 +51,18 @@ class Run:
     code: dict[str, str] = field(default_factory=dict)
     #: Loads stage 2's ranked groups by split (set by the core; see :meth:`ranked_groups`).
     groups_loader: Callable[[str], list[Group]] | None = None
+    #: ``precision=``: fp32, or the autocast dtype of :meth:`autocast` (bf16, fp16).
+    precision: str = "fp32"
+
+    @property
+    def device(self) -> torch.device:
+        """The device the policy runs on (``device=``); the core puts every model there."""
+        return model_device(self.policy)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to ``precision=`` on the policy's device (fp32: a no-op); the core wraps the
+        rollout, score and update hooks and evaluation in it, so a hook never needs to."""
+        return autocast(self.device, self.precision)
 
     def ranked_groups(self, split: str = "train") -> list[Group]:
         """Stage 2's ranked groups from the ``feedback=`` source: ``train`` (what the reward
@@ -68,19 +83,25 @@ class Run:
                 )
 
     def rewards(self, batch: Batch) -> torch.Tensor:
-        """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``."""
+        """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``, on
+        the batch's device (a rule reward computes on the CPU)."""
         config = getattr(self.reward, "config", None)
         name = str(getattr(config, "name", type(self.reward).__name__))
-        return checked_rewards(self.reward.score_batch(batch), batch.num_sequences, name)
+        rewards = checked_rewards(self.reward.score_batch(batch), batch.num_sequences, name)
+        return rewards.to(batch.input_ids.device)
 
     def track(self, model: PreTrainedModel, name: str) -> PreTrainedModel:
         """Charge ``model``'s forward and backward passes to the budget under ``name``."""
         return self.flops.track(model, name)
 
     def load_sft_model(self, name: str = "reference") -> PreTrainedModel:
-        """A fresh frozen copy of the stage-1 SFT model, tracked for FLOPs (reference, sampler)."""
+        """The frozen stage-1 SFT model on the policy's device, tracked for FLOPs (reference,
+        sampler): a fresh copy, or with LoRA (``model.lora.r > 0``) the policy's own base with
+        its adapters off (:class:`~alignbench.lora.SharedBaseReference`: no second backbone)."""
+        if is_lora(self.policy):
+            return self.track(SharedBaseReference(self.policy), name)
         model, _ = load_pretrained(self.sft_path)
-        return self.track(freeze(model), name)
+        return self.track(freeze(model).to(self.device), name)
 
     def sample(
         self,
@@ -102,5 +123,7 @@ class Run:
         group_size: int,
         sources: list[str],
     ) -> Batch:
-        """A Batch from prompt rows and K response-token lists per prompt (prompt-major)."""
-        return collate(self.tokenizer, prompts, response_ids, group_size, sources)
+        """A Batch from prompt rows and K response-token lists per prompt (prompt-major), on the
+        policy's device."""
+        batch = collate(self.tokenizer, prompts, response_ids, group_size, sources)
+        return batch.to(self.device)

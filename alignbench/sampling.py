@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import Batch, decode_responses, encode_prompts, pad_prompts
 from alignbench.decoding import decoder
+from alignbench.hardware import model_device
 from alignbench.models import position_ids
 
 
@@ -71,6 +72,8 @@ def sample(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
     ids, mask = pad_prompts([p for p in prompt_ids for _ in range(num_samples)], pad)
+    device = model_device(model)
+    ids, mask = ids.to(device), mask.to(device)  # no-ops on the CPU
     n, prompt_mask = ids.shape[0], mask
     # Only the last prompt position's logits are needed: the others are not projected.
     out = model(
@@ -85,7 +88,7 @@ def sample(
     # The last sampled token is never fed back: max_new_tokens - 1 decode steps at most.
     steps = decoder(model, out.cache, mask, max(0, params.max_new_tokens - 1))
     tokens, logprobs = [], []
-    finished = torch.zeros(n, dtype=torch.bool)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
     response_mask = []
     for t in range(params.max_new_tokens):
         if t < params.min_new_tokens:
@@ -98,7 +101,12 @@ def sample(
             # Dividing by 1.0 changes nothing: skip the pass over the vocabulary.
             scaled = logits if params.temperature == 1.0 else logits / params.temperature
             filtered = _filter_logits(scaled, params.top_k, params.top_p)
-            token = torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator)[:, 0]
+            probs = torch.softmax(filtered, -1)
+            if generator is not None and probs.device != generator.device:
+                # Drawn on the run's (CPU) generator: one seed, the same stream on any device.
+                token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
+            else:
+                token = torch.multinomial(probs, 1, generator=generator)[:, 0]
             logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None])[:, 0]
         token = token.masked_fill(finished, pad)
         response_mask.append((~finished).long())

@@ -1,0 +1,111 @@
+"""Where a job's models run and in which precision: ``device=`` and ``precision=``.
+
+``device=auto`` picks CUDA when torch sees a GPU, else Apple's MPS, else the CPU; naming a device
+that is not there is one line before anything trains. ``precision=bf16|fp16`` is autocast, applied
+by the core around the rollout, score and update hooks and the evaluation (so no algorithm needs
+to know); the weights, the optimiser state and the checkpoints stay fp32 (master weights). FLOPs
+are counted from tokens and parameters, never from dtypes, so the budget is the same under every
+setting.
+
+fp16 has no loss scaler: the algorithms call ``loss.backward()`` and ``optimizer.step()``
+themselves, and a ``torch.amp.GradScaler`` would need both (a seam no built-in algorithm takes
+yet), so fp16 is CUDA-only and small gradients may underflow; bf16 has fp32's range and needs no
+scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+
+from alignbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: ``device=`` choices.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``precision=`` choices and their autocast dtypes (fp32: no autocast at all).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    """Whether torch sees Apple's Metal backend."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``device=<name>`` stands for; ConfigError if it is not on this machine."""
+    if name not in DEVICES:
+        raise ConfigError(f"device={name!r} is not a choice — use one of: {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but torch.cuda.is_available() is False — install the CUDA build of "
+            "torch (README: Your hardware) or use device=cpu / device=auto"
+        )
+    if name == "mps" and not _mps_available():
+        raise ConfigError(
+            "device=mps but torch.backends.mps.is_available() is False — use device=cpu or "
+            "device=auto"
+        )
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """ConfigError for a precision the device cannot run (one line, before anything trains)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision={precision!r} is not a choice — use one of: {', '.join(PRECISIONS)}"
+        )
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"precision=fp16 on device={device.type}: fp16 autocast is CUDA-only here (no loss "
+            "scaler) — use precision=bf16 (same memory, fp32's range) or fp32"
+        )
+    if precision == "fp16":
+        log.warning("precision=fp16 runs without a loss scaler: prefer bf16 where the GPU has it")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``precision`` on ``device``; fp32 is a no-op (the default run is untouched)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device ``model`` runs on: its ``device`` attribute, else its first parameter's."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def place(obj: Any, device: torch.device) -> None:
+    """Move every module among ``obj``'s attributes to ``device`` (an algorithm's reference,
+    critic, value head…). ``Module.to`` swaps the tensors inside the same Parameter objects, so
+    optimisers built before the move keep pointing at them."""
+    for value in vars(obj).values():
+        if isinstance(value, torch.nn.Module):
+            value.to(device)
+
+
+def check_hardware(cfg: Any) -> torch.device:
+    """Check ``device=``, ``precision=`` and ``model.lora.*`` of a job's config (ConfigError,
+    one line, before any folder or model); returns the device the job runs on."""
+    from alignbench.lora import check_lora
+
+    device = resolve_device(str(cfg.device))
+    check_precision(str(cfg.precision), device)
+    check_lora(cfg.model.lora)
+    return device
