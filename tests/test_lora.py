@@ -37,9 +37,7 @@ class Capture:
 def _base_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base weights of a LoRA policy under the plain model's names (adapters left out)."""
     state = policy.base_model.model.state_dict()
-    return {
-        k.replace(".base_layer.", "."): v.clone() for k, v in state.items() if "lora_" not in k
-    }
+    return {k.replace(".base_layer.", "."): v.clone() for k, v in state.items() if "lora_" not in k}
 
 
 def _tiny_model() -> torch.nn.Module:
@@ -65,9 +63,9 @@ def test_lora_ppo_trains_only_adapters_and_shares_the_base(tiny_job) -> None:
     assert all(torch.equal(base[k], v) for k, v in sft.state_dict().items())
     trainable = [n for n, p in run.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert any(
-        p.abs().sum() > 0 for n, p in run.policy.named_parameters() if "lora_B" in n
-    ), "the adapters did not train"
+    assert any(p.abs().sum() > 0 for n, p in run.policy.named_parameters() if "lora_B" in n), (
+        "the adapters did not train"
+    )
     # The reference is the policy's own base: no parameters of its own, SFT logits exactly.
     assert isinstance(ppo.reference, SharedBaseReference)
     assert ppo.reference.policy is run.policy
