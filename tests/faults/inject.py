@@ -1,7 +1,7 @@
 """Fault injection: kill a 2-job parallel (joblib) sweep at random moments, resume it, and check
 that nothing was lost or counted twice.
 
-    python -m tests.faults.inject --kills 10 --seed 0 --steps 60
+    python -m tests.faults.inject --kills 10 --seed 0 --steps 120
 
 runs the sweep once straight, then again in a fresh folder killed at ``--kills`` random moments
 (alternating SIGTERM and SIGKILL of the command's own process, never of a worker) and resumed
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=60, help="steps per job (10 kills fit)")
+    parser.add_argument("--steps", type=int, default=120, help="steps per job (10 kills fit)")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp one)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         since = time.time()
         proc = start(sweep, cache, budget)
         reached = wait_steps(sweep, at, proc, since=since)
-        time.sleep(rng.uniform(0, 0.5))
+        time.sleep(rng.uniform(0, 0.2))
         sig = signal.SIGTERM if kill % 2 == 0 else signal.SIGKILL
         pids = writers(sweep)
         if proc.poll() is None:
