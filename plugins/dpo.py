@@ -123,8 +123,9 @@ class DPO:
         self.pairs = PromptStream(pairs, config.prompts_per_step, run.cfg.seed)
         self.reference = run.load_sft_model("reference")
         self.reference_cache = ReferenceCache(len(self.rows))
+        # foreach: one fused kernel per step instead of a loop over tensors (same numbers).
         self.optimizer = torch.optim.AdamW(
-            run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
 
     @alignbench.hookimpl
