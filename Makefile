@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast test-lowest lint format clean
+.PHONY: install run test test-fast test-lowest bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,13 @@ test-fast: $(STAMP)
 ## (.venv-lowest); not part of `make test` / CI (the install alone takes minutes). See .ci/lowest.
 test-lowest:
 	bash .ci/lowest
+
+## alignbench vs TRL 1.16 (GRPO, RLOO, DPO, reward model): seconds per step and loss parity.
+## Installs the optional extra `bench` (TRL is never a runtime dependency).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/trl_parity.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_trl_parity.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
