@@ -39,7 +39,10 @@ def test_multirun_writes_one_job_per_algorithm_and_hits_the_cache(tmp_path: Path
     summaries = sorted((tmp_path / "sweep1").glob("*/summary.json"), reverse=True)
     names = [p.parent.name for p in summaries]
     # Named by config (`<algo>_<task>_seed<N>_<other overrides>_<hash>`), not by launch order.
-    assert [n.split("_", 3)[:3] for n in names] == [["sft", "facts", "seed0"], ["rrhf", "facts", "seed0"]]
+    assert [n.split("_", 3)[:3] for n in names] == [
+        ["sft", "facts", "seed0"],
+        ["rrhf", "facts", "seed0"],
+    ]
     for path in summaries:
         summary = json.loads(path.read_text())
         assert summary["status"] == "finished"
