@@ -54,11 +54,16 @@ def mean_rank(judgements: Sequence[Judgement]) -> list[float]:
 
 
 def majority(judgements: Sequence[Judgement], rng: np.random.Generator) -> list[float]:
-    """Each pair decided by its annotators' vote, an even split by a coin; comparisons won."""
+    """Each pair decided by its annotators' vote, an even split by a coin; comparisons won.
+
+    A pair every annotator called a tie stays a tie (half a win each): a coin there would
+    invent an order no one gave.
+    """
     votes = np.mean([j.wins for j in judgements], axis=0)
-    ties = (votes == 0.5) & (rng.random(votes.shape) < 0.5)
+    declared = np.all([j.wins == 0.5 for j in judgements], axis=0)
+    ties = (votes == 0.5) & ~declared & (rng.random(votes.shape) < 0.5)
     wins = (votes > 0.5) | (ties & ~ties.T)
-    return [float(x) for x in wins.sum(1)]
+    return [float(x) for x in wins.sum(1) + 0.5 * declared.sum(1)]
 
 
 def _pair_label(wins: np.ndarray, i: int, j: int) -> str:

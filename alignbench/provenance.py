@@ -36,7 +36,7 @@ SFT_SOURCES = (
     "task.py",
 )
 #: Core modules whose code determines stage 2 (the reward model): stage 1's and its own.
-RM_SOURCES = (*SFT_SOURCES, "feedback.py", "reward_model.py", "sampling.py")
+RM_SOURCES = (*SFT_SOURCES, "crowd.py", "feedback.py", "reward_model.py", "sampling.py")
 #: Torch intra-op threads every stage is built with, whatever ``threads`` says: the thread count
 #: changes the last bits of a training step (3 threads against 1, measured), and a thousand steps
 #: turn that into another model. On 2 cores one thread was also the faster (README).

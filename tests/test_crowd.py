@@ -67,6 +67,17 @@ def test_mean_rank_and_majority_on_hand_example() -> None:
     assert majority(judgements, np.random.default_rng(0)) == [2.0, 1.0, 0.0]
 
 
+def test_majority_keeps_a_unanimous_tie() -> None:
+    """Every annotator calls 0 and 1 equally good: the vote keeps the tie, whatever the coin."""
+    tied = np.array([[0, 0.5, 1], [0.5, 0, 1], [0, 0, 0]])
+    for seed in range(20):
+        assert majority([Judgement(0, "x", tied)] * 3, np.random.default_rng(seed)) == [
+            1.5,
+            1.5,
+            0.0,
+        ]
+
+
 def test_kendalls_w_hand_values() -> None:
     """Identical rankings: W = 1; two opposite rankings of 3: W = 0; ties are corrected for."""
     assert kendalls_w(np.array([[3, 2, 1], [3, 2, 1], [3, 2, 1]])) == pytest.approx(1.0)
