@@ -87,6 +87,7 @@ def test_kill_9_and_resume_gives_the_same_summary(tmp_path: Path, algo: str) -> 
     assert steps == list(range(1, 41))  # no step lost, none written twice
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path: Path) -> None:
     """SIGTERM stops the job after the current step with a checkpoint and a non-zero exit."""
     args = [
@@ -112,6 +113,7 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path: Path) -> None:
     assert latest(tmp_path / "job") is not None
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_whole_sweep(tmp_path: Path) -> None:
     """SIGTERM during the first job of a multirun stops the sweep: the second job never starts."""
     args = [
@@ -208,6 +210,7 @@ def test_nonfinite_loss_stops_before_the_weights_change(
     assert skipped["budget/steps"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
 def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path, launcher: list[str]) -> None:
     """In a multirun, a failing job is recorded and reported; the others finish; exit code 1 —
