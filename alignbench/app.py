@@ -539,7 +539,9 @@ def _values(override: Override, registry: Registry, sampled: bool = False) -> li
                 f"{key}=interval(...) needs a sweeper that samples it (e.g. "
                 "hydra/sweeper=optuna); the basic sweeper takes a list, range() or choice()"
             )
-        return [str(value.start), str(value.end)]
+        # Hydra reads interval(1,3)'s bounds as floats; an integral bound is written as an
+        # integer so that it also composes into an int key (a float key takes "1" as well).
+        return [str(int(b)) if float(b).is_integer() else str(b) for b in (value.start, value.end)]
     if isinstance(value, Glob):
         if key not in UNKNOWN_BY_GROUP:
             raise ConfigError(

@@ -104,3 +104,11 @@ def test_choices_metadata_is_checked_for_any_dataclass() -> None:
     check_choices(Outer())
     with pytest.raises(ConfigError, match=r"^inner.mode='c' is not a choice — use one of: a, b$"):
         check_choices(Outer(Inner("c")), "")
+
+
+def test_interval_on_an_integer_key_passes_validation(registry) -> None:
+    """interval(1,3) on an int key: Hydra reads the bounds as floats; validation must not
+    refuse them as a wrong type (the sampler gives integers for an int key)."""
+    validate(registry, ["hydra/sweeper=optuna", "algo.epochs=interval(1,3)"])
+    with pytest.raises(ConfigError, match="algo.epochs=0"):
+        validate(registry, ["hydra/sweeper=optuna", "algo.epochs=interval(0,3)"])
