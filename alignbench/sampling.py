@@ -38,6 +38,17 @@ class SamplingParams:
     top_p: float = 1.0
     greedy: bool = False
 
+    @classmethod
+    def from_config(cls, config: Any) -> SamplingParams:
+        """The decoding an algorithm config declares: its ``max_new_tokens``, ``temperature``,
+        ``top_k`` and ``top_p`` (one definition instead of a copy in every algorithm)."""
+        return cls(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
+
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask to -inf every token outside the top-k and outside the top-p nucleus."""

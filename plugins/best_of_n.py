@@ -52,12 +52,7 @@ class BestOfN:
 
     def __init__(self, run: Run, config: BestOfNConfig) -> None:
         self.config = config
-        self.params = SamplingParams(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        )
+        self.params = SamplingParams.from_config(config)
 
     @alignbench.hookimpl
     def alignbench_respond(self, run: Run, rows: list[dict[str, Any]]) -> list[str]:

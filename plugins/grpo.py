@@ -111,12 +111,7 @@ class GRPO:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
-        self.params = SamplingParams(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        )
+        self.params = SamplingParams.from_config(config)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:

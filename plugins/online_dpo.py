@@ -95,12 +95,7 @@ class OnlineDPO:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.params = SamplingParams(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        )
+        self.params = SamplingParams.from_config(config)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:

@@ -148,12 +148,7 @@ class PPO:
             if config.ptx_coef
             else None
         )
-        self.params = SamplingParams(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        )
+        self.params = SamplingParams.from_config(config)
         policy_params = list(run.policy.parameters())
         if self.value_head is not None:
             policy_params += list(self.value_head.parameters())

@@ -99,12 +99,7 @@ class RRHF:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.params = SamplingParams(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        )
+        self.params = SamplingParams.from_config(config)
 
     def group_size(self, run: Run) -> int:
         """K: candidates per prompt."""
