@@ -27,8 +27,8 @@ from contextlib import contextmanager
 
 import torch
 import transformers
+from _common import FULL_MODEL, SMOKE_MODEL
 
-from alignbench.config import ModelConfig
 from alignbench.decoding import StaticCacheDecoder
 from alignbench.models import build_model, build_tokenizer
 from alignbench.sampling import SamplingParams, sample
@@ -37,27 +37,13 @@ FULL = dict(
     sequences=16,
     prompt_tokens=16,
     new_tokens=32,
-    model=ModelConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=4,
-        num_heads=4,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    model=FULL_MODEL,
 )
 SMOKE = dict(
     sequences=4,
     prompt_tokens=4,
     new_tokens=4,
-    model=ModelConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_layers=1,
-        num_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    model=SMOKE_MODEL,
 )
 
 

@@ -43,10 +43,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +53,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median
 from omegaconf import OmegaConf
 
 from alignbench import PromptStream, Reward, Run, SamplingParams, Task
@@ -93,28 +92,14 @@ FULL = Settings(
     new_tokens=32,
     sequences=16,
     ptx_batch_size=16,
-    model=ModelConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=4,
-        num_heads=4,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    model=FULL_MODEL,
 )
 SMOKE = Settings(
     prompt_tokens=4,
     new_tokens=4,
     sequences=4,
     ptx_batch_size=4,
-    model=ModelConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_layers=1,
-        num_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    model=SMOKE_MODEL,
 )
 
 
@@ -406,66 +391,15 @@ def trl_worker(settings: Settings, collect: bool, threads: int) -> None:
         trainer.train()
 
 
-class TRLProcess:
-    """One TRL worker subprocess, stepped from this process."""
-
-    def __init__(self, trl_path: str | None, settings: str, collect: bool, threads: int) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if trl_path:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [trl_path, env.get("PYTHONPATH")]))
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
-        mode = "gc" if collect else "nogc"
-        command = [sys.executable, __file__, "--trl-worker", mode, "--threads", str(threads)]
-        if settings == "smoke":
-            command.append("--smoke")
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            env=env,
-            text=True,
-        )
-        self.version, self.reason = None, None
-        answer = self._read()
-        if answer.startswith("ready "):
-            self.version = answer.split()[1]
-        else:
-            self.reason = answer.removeprefix("unavailable ") or self._failure()
-
-    def _read(self) -> str:
-        """The worker's next protocol line ("" if it died)."""
-        return self.process.stdout.readline().strip()
-
-    def _failure(self) -> str:
-        """The last lines the worker wrote to stderr."""
-        self.log.seek(0)
-        return "worker failed: " + " | ".join(self.log.read().strip().splitlines()[-3:])
-
-    def step(self) -> float:
-        """Seconds of one TRL step."""
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-        answer = self._read()
-        if not answer.startswith("step "):
-            raise RuntimeError(f"TRL {self._failure()}")
-        return float(answer.split()[1])
-
-    def close(self) -> None:
-        """Stop the worker."""
-        if self.process.poll() is None:
-            self.process.stdin.write("stop\n")
-            self.process.stdin.flush()
-            self.process.wait(timeout=60)
-        self.log.close()
+def trl_command(mode: str, smoke: bool, threads: int) -> list[str]:
+    """This script as a TRL worker (``mode``: ``gc`` or ``nogc``)."""
+    command = [sys.executable, __file__, "--trl-worker", mode, "--threads", str(threads)]
+    return command + (["--smoke"] if smoke else [])
 
 
 def median(times: list[dict[str, float]], part: str) -> float:
     """Median seconds of ``part``; a benchmark that measured nothing is an error."""
-    value = statistics.median(t[part] for t in times)
-    if not (math.isfinite(value) and value > 0):
-        raise RuntimeError(f"{part}: median time {value} — nothing was measured")
-    return value
+    return checked_median([t[part] for t in times], part)
 
 
 def print_table(title: str, ours: list[dict], base: list[dict]) -> float:
@@ -527,8 +461,8 @@ def main() -> None:
     times: dict[str, tuple[list, list]] = {name: ([], []) for name in recipes}
     trl_path = args.trl_path if Path(args.trl_path).is_dir() else None
     workers = {
-        "TRL": TRLProcess(trl_path, "smoke" if args.smoke else "full", True, threads),
-        "TRL no gc": TRLProcess(trl_path, "smoke" if args.smoke else "full", False, threads),
+        "TRL": TRLProcess(trl_command("gc", args.smoke, threads), trl_path),
+        "TRL no gc": TRLProcess(trl_command("nogc", args.smoke, threads), trl_path),
     }
     trl: dict[str, list[float]] = {name: [] for name in workers}
     try:

@@ -50,10 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +63,7 @@ from typing import Any
 import datasets
 import torch
 import transformers
+from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median
 from omegaconf import OmegaConf
 
 from alignbench import Reward, Run, SamplingParams, ops
@@ -114,14 +112,7 @@ FULL = Settings(
     prompts=4,
     samples=4,
     pairs=16,
-    model=ModelConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=4,
-        num_heads=4,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    model=FULL_MODEL,
 )
 SMOKE = Settings(
     prompt_tokens=4,
@@ -129,14 +120,7 @@ SMOKE = Settings(
     prompts=2,
     samples=2,
     pairs=2,
-    model=ModelConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_layers=1,
-        num_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    model=SMOKE_MODEL,
 )
 
 
@@ -449,58 +433,6 @@ def trl_worker(method: str, s: Settings, threads: int, rounds: int) -> None:
         trainer.train()
 
 
-class TRLProcess:
-    """One TRL worker subprocess, stepped from this process."""
-
-    def __init__(self, method: str, trl_path: str | None, smoke: bool, threads: int, rounds: int):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if trl_path:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [trl_path, env.get("PYTHONPATH")]))
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
-        command = [sys.executable, __file__, "--trl-worker", method, "--threads", str(threads)]
-        command += ["--rounds", str(rounds)] + (["--smoke"] if smoke else [])
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            env=env,
-            text=True,
-        )
-        self.version, self.reason = None, None
-        answer = self._read()
-        if answer.startswith("ready "):
-            self.version = answer.split()[1]
-        else:
-            self.reason = answer.removeprefix("unavailable ") or self._failure()
-
-    def _read(self) -> str:
-        """The worker's next protocol line ("" if it died)."""
-        return self.process.stdout.readline().strip()
-
-    def _failure(self) -> str:
-        """The last lines the worker wrote to stderr."""
-        self.log.seek(0)
-        return "worker failed: " + " | ".join(self.log.read().strip().splitlines()[-3:])
-
-    def step(self) -> float:
-        """Seconds of one TRL step."""
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-        answer = self._read()
-        if not answer.startswith("step "):
-            raise RuntimeError(f"TRL {self._failure()}")
-        return float(answer.split()[1])
-
-    def close(self) -> None:
-        """Stop the worker."""
-        if self.process.poll() is None:
-            self.process.stdin.write("stop\n")
-            self.process.stdin.flush()
-            self.process.wait(timeout=60)
-        self.log.close()
-
-
 # -- loss parity ---------------------------------------------------------------------------------
 
 
@@ -647,14 +579,6 @@ def loss_parity(s: Settings) -> dict[str, tuple[float, float]]:
 # -- the benchmark -------------------------------------------------------------------------------
 
 
-def median(times: list[float], what: str) -> float:
-    """Median seconds; a benchmark that measured nothing is an error."""
-    value = statistics.median(times)
-    if not (math.isfinite(value) and value > 0):
-        raise RuntimeError(f"{what}: median time {value} — nothing was measured")
-    return value
-
-
 def main() -> None:
     """Print the median seconds per step of alignbench and TRL per method, their ratio, parity."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -695,7 +619,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             sides = {m: AlignbenchSide(m, Path(tmp) / m, s, rounds) for m in methods}
             for m in methods:
-                workers[m] = TRLProcess(m, args.trl_path, args.smoke, threads, rounds)
+                command = [sys.executable, __file__, "--trl-worker", m, "--threads", str(threads)]
+                command += ["--rounds", str(rounds)] + (["--smoke"] if args.smoke else [])
+                workers[m] = TRLProcess(command, args.trl_path)
             for i in range(warmup + steps):
                 for m in methods:
                     a = sides[m].step()
@@ -719,14 +645,14 @@ def main() -> None:
     print(f"| {'method':<12} | {'alignbench (s)':>14} | {trl_head:>16} | {'ratio':>5} |")
     print(f"|{'-' * 14}|{'-' * 16}|{'-' * 18}|{'-' * 7}|")
     for m in methods:
-        a = median(ours[m], m)
-        b = f"{median(theirs[m], m):>16.4f}" if theirs[m] else f"{'skipped':>16}"
-        r = f"{a / median(theirs[m], m):>5.2f}" if theirs[m] else f"{'-':>5}"
+        a = checked_median(ours[m], m)
+        b = f"{checked_median(theirs[m], m):>16.4f}" if theirs[m] else f"{'skipped':>16}"
+        r = f"{a / checked_median(theirs[m], m):>5.2f}" if theirs[m] else f"{'-':>5}"
         print(f"| {TITLES[m]:<12} | {a:>14.4f} | {b} | {r} |")
     print()
     for m in methods:
         if theirs[m]:
-            ratio = median(ours[m], m) / median(theirs[m], m)
+            ratio = checked_median(ours[m], m) / checked_median(theirs[m], m)
             title = f"alignbench {TITLES[m]} step / TRL {workers[m].version} step"
             print(f"{title} = {ratio:.2f} (target <= {TARGET:.2f})")
         else:

@@ -40,6 +40,9 @@ if REASON:
 
 
 def _benchmark():
+    # As when run as a script: its folder first on sys.path, for `from _common import ...`.
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("trl_parity", ROOT / "benchmarks/trl_parity.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
