@@ -8,7 +8,17 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, the
 from alignbench import crowd, ops
 
 # Helpers the built-in plugins use, public so that every plugin can use them the same way.
-from alignbench.batch import Batch, collate, encode_responses  # noqa: E402
+from alignbench.batch import (  # noqa: E402
+    Batch,
+    Turns,
+    collate,
+    demonstration_batch,
+    encode_dialogue,
+    encode_responses,
+    encode_user_turn,
+    join,
+    transcript,
+)
 from alignbench.config import (
     AlgorithmConfig,
     FeedbackConfig,
@@ -42,7 +52,7 @@ from alignbench.models import (  # noqa: E402
     token_logprobs,
 )
 from alignbench.provenance import input_path  # noqa: E402
-from alignbench.reward import Reward
+from alignbench.reward import Reward, turn_rewards
 from alignbench.reward_model import (  # noqa: E402
     load_groups,
     refresh_reward_model,
@@ -80,6 +90,7 @@ __all__ = [
     "SharedBaseReference",
     "Task",
     "TaskConfig",
+    "Turns",
     "UnknownAlgorithm",
     "UnknownFeedback",
     "UnknownReward",
@@ -90,7 +101,13 @@ __all__ = [
     "ops",
     "ScalarHeadModel",
     "collate",
+    "demonstration_batch",
+    "encode_dialogue",
     "encode_responses",
+    "encode_user_turn",
+    "join",
+    "transcript",
+    "turn_rewards",
     "input_path",
     "is_lora",
     "load_groups",

@@ -139,6 +139,30 @@ def _check_hook_names(registry: Registry, cls: type) -> None:
         raise PluginError(f"{cls.__qualname__}: {typos[0]}")
 
 
+def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> None:
+    """A multi-turn task runs only with a reward that scores dialogues and an algorithm that
+    declares ``multi_turn = True`` (one that credits assistant tokens through ``response_mask``
+    and reads turn ends from the batch); a multi-turn reward needs such a task."""
+    task_multi = bool(getattr(registry.get("task", task).cls, "multi_turn", False))
+    reward_multi = bool(getattr(registry.get("reward", reward).cls, "multi_turn", False))
+    if task_multi and not reward_multi:
+        raise ConfigError(
+            f"task={task} is a multi-turn task and reward={reward} scores single responses — "
+            "use a reward that scores dialogues (reward=turn, dialogue or mixed)"
+        )
+    if reward_multi and not task_multi:
+        raise ConfigError(
+            f"reward={reward} scores dialogues and task={task} is single-turn — use "
+            "task=dialogue, or a single-turn reward such as reward=abstention"
+        )
+    if task_multi and not getattr(registry.get("algo", algo).cls, "multi_turn", False):
+        raise ConfigError(
+            f"algo={algo} does not support multi-turn tasks (task={task}) — use one that does "
+            "(ppo, rrhf, sft, rft, grpo, rloo, reinforce_pp, online_dpo); a plugin declares "
+            "multi_turn = True on its class (docs/plugins.md)"
+        )
+
+
 def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
     """``{role: "<file>:<sha256 prefix>"}`` of the plugins a job runs (algorithm, task, reward,
     and the feedback source where a reward model is trained): a finished result or a checkpoint
@@ -280,6 +304,7 @@ def run_job(
     reward = registry.get("reward", cfg.reward.name).cls(to_object(cfg.reward), task)
     algo_entry = registry.get("algo", cfg.algo.name)
     _check_hook_names(registry, algo_entry.cls)
+    check_multi_turn(registry, cfg.algo.name, cfg.task.name, cfg.reward.name)
     budget = Budget.from_config(to_object(cfg.budget))
     _check_run_hooks(registry.pm, None)  # before any training, not after stage 1
     sft_path, stage_info = sft_stage(cfg, task)
@@ -348,6 +373,8 @@ def run_job(
         "seed": cfg.seed,
         "world": cfg.world,
         "fingerprint": fingerprint,
+        # What the compare report shows for this task by default (Task.headline_metrics).
+        "headline_metrics": list(task.headline_metrics),
         "code": code,
         # What produced these numbers: the code and the libraries.
         "git_commit": git_commit(),
@@ -615,6 +642,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
                 raise ConfigError(_one_line(exc)) from None
             check_known_keys(typed)
             _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
+            check_multi_turn(registry, typed.algo.name, typed.task.name, typed.reward.name)
             check_choices(typed)
             check_ranges(cfg)
             check_hardware(cfg)

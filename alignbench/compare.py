@@ -65,6 +65,19 @@ EXACT_PERMUTATIONS = 20_000
 NAME_KEYS = {"algo": "algorithm", "task": "task", "reward": "reward"}
 
 
+#: Shown after a task's own headline metrics (every task has a reward, a budget and a clock).
+COMMON_METRICS = ("test/reward", "test/gold_reward", "budget/flops", "wall_time")
+
+
+def task_metrics(jobs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The headline metrics the jobs' tasks declare (``Task.headline_metrics``, recorded in each
+    summary), in order and once each, then the common ones; empty if no task declares any."""
+    named: dict[str, None] = {}
+    for job in jobs:
+        named.update(dict.fromkeys((job.get("summary") or {}).get("headline_metrics") or []))
+    return (*named, *(m for m in COMMON_METRICS if m not in named)) if named else ()
+
+
 class BadInput(Exception):
     """A command-line mistake, reported as one line and exit code 2."""
 
@@ -1060,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
             if not jobs:
                 raise BadInput(f"--where {condition}: no job has this override")
         jobs, duplicates = drop_duplicates(jobs)
-        metrics = tuple(args.metric or DEFAULT_METRICS)
+        metrics = tuple(args.metric or task_metrics(jobs) or DEFAULT_METRICS)
         report = comparison_report(jobs, metrics, args.group_by, args.baseline)
         for line in mixing_warnings(group_jobs(jobs, args.group_by)):
             print(line, file=sys.stderr)

@@ -8,11 +8,12 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignbench.batch import transcript
 from alignbench.budget import FlopCounter
 from alignbench.config import EvalConfig
 from alignbench.errors import PluginError
-from alignbench.reward import Reward, checked_rewards
-from alignbench.sampling import SamplingParams, sample
+from alignbench.reward import Reward, checked_rewards, turn_rewards
+from alignbench.sampling import SamplingParams, converse, sample
 from alignbench.task import Task
 
 
@@ -50,6 +51,8 @@ def evaluate(
     ``alignbench_respond``, e.g. best-of-N). With ``flops``, nothing is charged to the budget and
     the FLOPs spent answering are reported as ``<prefix>/flops_per_question``.
     """
+    if task.multi_turn:
+        return evaluate_dialogues(model, tokenizer, task, reward, cfg, flops, samples)
     metrics: dict[str, float] = {}
     for prefix, split in task.eval_sets.items():
         rows = task.splits[split].to_list()
@@ -80,6 +83,76 @@ def evaluate(
         metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
         if samples is not None:
             samples[prefix] = completion_records(task, rows, responses, scores.tolist(), gold)
+    return metrics
+
+
+def greedy_dialogues(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    rows: list[dict[str, Any]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[list[dict[str, str]]]:
+    """Greedy conversations with the task's user, one per row, in batches; the user of row i
+    draws from seed i, so every model meets the same user on the same row."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    dialogues: list[list[dict[str, str]]] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        seeds = list(range(start, start + len(chunk)))
+        batch = converse(model, tokenizer, task, chunk, 1, params, user_seeds=seeds)
+        dialogues += batch.turns.dialogues
+    return dialogues
+
+
+def evaluate_dialogues(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    reward: Reward,
+    cfg: EvalConfig,
+    flops: FlopCounter | None = None,
+    samples: dict[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate` for a multi-turn task: greedy dialogues scored by
+    ``task.dialogue_metrics``, ``<prefix>/reward`` (the dialogue's return under the reward) and
+    ``<prefix>/gold_reward`` (the task's dialogue utility)."""
+    metrics: dict[str, float] = {}
+    for prefix, split in task.eval_sets.items():
+        rows = task.splits[split].to_list()
+        with flops.measured() if flops else contextlib.nullcontext({}) as tally:
+            dialogues = greedy_dialogues(
+                model, tokenizer, task, rows, cfg.max_new_tokens, cfg.batch_size
+            )
+        values = task.dialogue_metrics(rows, dialogues)
+        with flops.paused() if flops else contextlib.nullcontext():
+            _, returns = turn_rewards(reward, rows, dialogues)
+        if flops is not None:
+            values["flops_per_question"] = sum(tally.values()) / max(1, len(rows))
+        values["reward"] = float(returns.mean())
+        gold = [task.dialogue_utility(row, d) for row, d in zip(rows, dialogues, strict=True)]
+        if gold and None not in gold:
+            values["gold_reward"] = sum(gold) / len(gold)
+        metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
+        if samples is not None:
+            records = []
+            for row, dialogue, value, utility in zip(
+                rows, dialogues, returns.tolist(), gold, strict=True
+            ):
+                records.append(
+                    {
+                        "prompt": row.get("prompt"),
+                        "response": transcript(dialogue[1:]),
+                        "reward": float(value),
+                        "gold_reward": utility,
+                        "verdict": None,
+                        "verdicts": task.turn_verdicts(row, dialogue),
+                        "dialogue": dialogue,
+                        **{key: row[key] for key in SAMPLE_FIELDS if key in row},
+                    }
+                )
+            samples[prefix] = records
     return metrics
 
 

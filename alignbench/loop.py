@@ -114,9 +114,15 @@ def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
         stats["objective/reward"] = float(rewards.mean())
         stats["objective/reward_std"] = float(rewards.std()) if len(policy) > 1 else 0.0
     stats["policy/response_length"] = float(batch.response_mask[index].sum(-1).float().mean())
+    if batch.turns is not None:
+        stats["policy/turns"] = float(batch.turns.count[index].float().mean())
     if task is not None:
         rows = batch.rows
-        gold = [task.gold_utility(rows[i], batch.responses[i]) for i in policy]
+        if batch.turns is not None:  # a conversation's truth is the whole dialogue's utility
+            dialogues = batch.turns.dialogues
+            gold = [task.dialogue_utility(rows[i], dialogues[i]) for i in policy]
+        else:
+            gold = [task.gold_utility(rows[i], batch.responses[i]) for i in policy]
         if gold and None not in gold:
             stats["objective/gold_reward"] = sum(gold) / len(gold)
     return stats

@@ -29,18 +29,31 @@ from alignbench.config import ModelConfig
 from alignbench.errors import ConfigError
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+#: Role tokens of the built-in tokenizer's chat template (conversation tasks).
+ROLES = ("<user>", "<assistant>")
+#: The built-in chat template: ``<user> question <assistant> answer <eos> <user> ...``; each
+#: assistant reply ends with eos, and the generation prompt is ``<assistant>``.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} "
+    "{% if m['role'] == 'assistant' %}" + EOS + " {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
-def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over ``words`` (whitespace-split), with pad, eos and unk tokens."""
+def build_tokenizer(words: list[str], chat: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``words`` (whitespace-split), with pad, eos and unk tokens;
+    with ``chat``, also the role tokens and :data:`CHAT_TEMPLATE` (for conversations)."""
     vocab = {PAD: 0, EOS: 1, UNK: 2}
-    for word in words:
+    for word in [*ROLES, *words] if chat else words:
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
     )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:

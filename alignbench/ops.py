@@ -92,30 +92,57 @@ def gae(
     mask: torch.Tensor,
     gamma: float,
     lam: float,
+    turn_index: torch.Tensor | None = None,
+    turn_gamma: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over right-padded token sequences.
+    """Generalised advantage estimation over token sequences, skipping masked positions.
 
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where
-    rewards and values count as 0 wherever ``mask`` is 0 and the value after the last valid
-    token is 0 (the response has ended). Returns ``(advantages, returns)`` with
-    ``returns = advantages + values``, both ``[B, T]`` and 0 on padding.
+    ``delta_t = r_t + g_t * V_next - V_t`` and ``A_t = delta_t + g_t * lam * A_next``, where
+    "next" is the next position where ``mask`` is 1: positions where it is 0 (padding, and the
+    user's messages inside a conversation) are skipped, and the value after the last valid
+    token is 0 (the episode has ended). ``g_t`` is ``gamma`` within a turn; with
+    ``turn_index`` ``[B, T]`` (the assistant turn of each token, see :class:`alignbench.Turns`)
+    it is ``turn_gamma`` from a turn's last token to the next turn's first, so rewards placed at
+    later turns reach earlier ones discounted per turn, separately from the per-token gamma.
+    Returns ``(advantages, returns)`` with ``returns = advantages + values``, both ``[B, T]``
+    and 0 where ``mask`` is 0. On a right-padded single response it is the textbook recursion.
     Source: Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE", eq. 16.
     """
     valid = mask.bool()
     rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
     values = torch.where(valid, values, torch.zeros_like(values))
-    mask = valid.to(values.dtype)
     advantages = torch.zeros_like(values)
     last = torch.zeros_like(values[:, 0])
-    length = values.shape[1]
-    for t in reversed(range(length)):
-        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        # Padding has delta 0 and resets the recursion, so each row stops at its own end.
-        last = (delta + gamma * lam * last) * mask[:, t]
-        advantages[:, t] = last
-    returns = (advantages + values) * mask
+    next_value = torch.zeros_like(last)
+    next_turn = torch.full_like(valid[:, 0], -1, dtype=torch.long)
+    for t in reversed(range(values.shape[1])):
+        here = valid[:, t]
+        discount: torch.Tensor | float = gamma
+        if turn_index is not None:
+            crossing = (next_turn >= 0) & (turn_index[:, t] != next_turn)
+            discount = torch.where(crossing, turn_gamma, gamma).to(values.dtype)
+            next_turn = torch.where(here, turn_index[:, t], next_turn)
+        delta = rewards[:, t] + discount * next_value - values[:, t]
+        advantage = delta + discount * lam * last
+        advantages[:, t] = torch.where(here, advantage, torch.zeros_like(advantage))
+        last = torch.where(here, advantage, last)
+        next_value = torch.where(here, values[:, t], next_value)
+    returns = (advantages + values) * valid.to(values.dtype)
     return advantages, returns
+
+
+def place_turn_rewards(turn_rewards: torch.Tensor, turn_index: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards ``[N, T]`` with turn t's reward ``turn_rewards[n, t]`` on the last
+    token of assistant turn t (``turn_index`` ``[N, T]``: each token's turn, -1 elsewhere) and
+    0 everywhere else: the dense reward a per-turn critic credits turn by turn."""
+    out = torch.zeros(turn_index.shape, dtype=turn_rewards.dtype, device=turn_rewards.device)
+    positions = torch.arange(turn_index.shape[1], device=turn_index.device)
+    rows = torch.arange(turn_index.shape[0], device=turn_index.device)
+    for t in range(turn_rewards.shape[1]):
+        end = torch.where(turn_index == t, positions, -1).max(-1).values
+        present = end >= 0
+        out[rows[present], end[present]] += turn_rewards[present, t]
+    return out
 
 
 def policy_loss(
@@ -336,8 +363,10 @@ def kl_shaped_rewards(
     """
     valid = mask.bool()
     rewards = torch.where(valid, -beta * kl, torch.zeros_like(kl))
-    last = (valid.sum(-1) - 1).clamp(min=0)
-    rows = torch.arange(rewards.shape[0])
+    # The last valid position (in a conversation, user tokens sit between the valid ones).
+    positions = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
+    last = torch.where(valid, positions, -1).max(-1).values.clamp(min=0)
+    rows = torch.arange(rewards.shape[0], device=valid.device)
     rewards[rows, last] = rewards[rows, last] + scores.to(rewards.dtype)
     return rewards
 

@@ -13,15 +13,15 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignbench.batch import Batch, collate
+from alignbench.batch import Batch, collate, demonstration_batch, join
 from alignbench.budget import Budget, FlopCounter
 from alignbench.errors import NonFiniteError, PluginError
 from alignbench.feedback import Group
 from alignbench.hardware import autocast, model_device
 from alignbench.lora import SharedBaseReference, is_lora
 from alignbench.models import freeze, load_pretrained
-from alignbench.reward import Reward, checked_rewards
-from alignbench.sampling import SamplingParams, sample
+from alignbench.reward import Reward, checked_rewards, turn_rewards
+from alignbench.sampling import SamplingParams, converse, sample
 from alignbench.task import Task
 
 
@@ -84,11 +84,22 @@ class Run:
 
     def rewards(self, batch: Batch) -> torch.Tensor:
         """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``, on
-        the batch's device (a rule reward computes on the CPU)."""
+        the batch's device (a rule reward computes on the CPU).
+
+        For conversations it is each dialogue's return ``sum_t turn_gamma**t * r_t``; the
+        per-turn rewards ``r_t`` go to ``batch.turns.rewards`` (``[N, T]``) and the discount
+        to ``batch.turns.gamma``, for an algorithm that credits each turn (PPO).
+        """
+        device = batch.input_ids.device
+        if batch.turns is not None:
+            per_turn, returns = turn_rewards(self.reward, batch.rows, batch.turns.dialogues)
+            batch.turns.rewards = per_turn.to(device)
+            batch.turns.gamma = self.reward.turn_gamma
+            return returns.to(device)
         config = getattr(self.reward, "config", None)
         name = str(getattr(config, "name", type(self.reward).__name__))
         rewards = checked_rewards(self.reward.score_batch(batch), batch.num_sequences, name)
-        return rewards.to(batch.input_ids.device)
+        return rewards.to(device)
 
     def track(self, model: PreTrainedModel, name: str) -> PreTrainedModel:
         """Charge ``model``'s forward and backward passes to the budget under ``name``."""
@@ -111,10 +122,32 @@ class Run:
         params: SamplingParams,
         source: str = "policy",
     ) -> Batch:
-        """Sample ``num_samples`` responses per prompt from ``model`` with the run's generator."""
+        """Sample ``num_samples`` responses per prompt from ``model`` with the run's generator:
+        on a multi-turn task, whole conversations with the task's user (:func:`converse`)."""
+        if self.task.multi_turn:
+            return converse(
+                model,
+                self.tokenizer,
+                self.task,
+                prompts,
+                num_samples,
+                params,
+                self.generator,
+                source=source,
+            )
         return sample(
             model, self.tokenizer, prompts, num_samples, params, self.generator, source=source
         )
+
+    def join(self, prompts: list[dict[str, Any]], parts: list[Batch]) -> Batch:
+        """One prompt-major Batch of the candidates of several Batches over the same prompts
+        (:func:`~alignbench.batch.join`), on the policy's device."""
+        return join(self.tokenizer, prompts, [part.to("cpu") for part in parts]).to(self.device)
+
+    def demonstrations(self, rows: list[dict[str, Any]], source: str = "demonstration") -> Batch:
+        """The task's demonstrations of ``rows`` (K=1) on the policy's device: each row's
+        ``response``, or its whole conversation (``messages``) on a multi-turn task."""
+        return demonstration_batch(self.tokenizer, rows, source).to(self.device)
 
     def collate(
         self,
@@ -122,8 +155,10 @@ class Run:
         response_ids: list[list[int]],
         group_size: int,
         sources: list[str],
+        **turns: Any,
     ) -> Batch:
         """A Batch from prompt rows and K response-token lists per prompt (prompt-major), on the
-        policy's device."""
-        batch = collate(self.tokenizer, prompts, response_ids, group_size, sources)
+        policy's device; conversations add :func:`~alignbench.batch.collate`'s
+        ``response_masks``, ``turn_index``, ``dialogues`` (and ``logprobs``)."""
+        batch = collate(self.tokenizer, prompts, response_ids, group_size, sources, **turns)
         return batch.to(self.device)

@@ -15,13 +15,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignbench.batch import Batch, decode_responses, encode_prompts, pad_prompts
+from alignbench.batch import (
+    Batch,
+    Turns,
+    decode_responses,
+    encode_prompts,
+    encode_user_turn,
+    pad_prompts,
+    transcript,
+)
 from alignbench.decoding import decoder
 from alignbench.hardware import model_device
 from alignbench.models import position_ids
+from alignbench.task import Task
 
 
 @dataclass
@@ -66,26 +76,22 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 
 
 @torch.no_grad()
-def sample(
+def generate(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[dict[str, Any]],
-    num_samples: int = 1,
-    params: SamplingParams | None = None,
-    generator: torch.Generator | None = None,
-    prompt_key: str = "prompt",
-    source: str = "policy",
-) -> Batch:
-    """Generate ``num_samples`` responses per prompt row, as a prompt-major Batch."""
-    params = params or SamplingParams()
+    prompt_ids: list[list[int]],
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    eos: int,
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode one response per prompt token list: ``(prompt ids [n, P], prompt mask [n, P],
+    response ids [n, R], response mask [n, R], log-probs [n, R])``, the prompts left-padded."""
     was_training = model.training
     model.eval()  # dropout off: the sampler's log-probs must match the training forward's
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
-    ids, mask = pad_prompts([p for p in prompt_ids for _ in range(num_samples)], pad)
+    ids, mask = pad_prompts(prompt_ids, pad)
     device = model_device(model)
     ids, mask = ids.to(device), mask.to(device)  # no-ops on the CPU
-    n, prompt_mask = ids.shape[0], mask
+    n = ids.shape[0]
     # Only the last prompt position's logits are needed: the others are not projected.
     out = model(
         input_ids=ids,
@@ -129,8 +135,37 @@ def sample(
         logits = steps.step(token, next_position, t).float()
         next_position = next_position + 1
     model.train(was_training)
-    r_ids = torch.stack(tokens, 1)
-    r_mask = torch.stack(response_mask, 1)
+    return (
+        ids,
+        mask,
+        torch.stack(tokens, 1),
+        torch.stack(response_mask, 1),
+        torch.stack(logprobs, 1),
+    )
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[dict[str, Any]],
+    num_samples: int = 1,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    prompt_key: str = "prompt",
+    source: str = "policy",
+) -> Batch:
+    """Generate ``num_samples`` responses per prompt row, as a prompt-major Batch."""
+    params = params or SamplingParams()
+    prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
+    ids, prompt_mask, r_ids, r_mask, logprobs = generate(
+        model,
+        [p for p in prompt_ids for _ in range(num_samples)],
+        params,
+        generator,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     return Batch(
         prompts=list(prompts),
         group_size=num_samples,
@@ -139,6 +174,108 @@ def sample(
         prompt_length=ids.shape[1],
         response_mask=r_mask,
         responses=decode_responses(tokenizer, r_ids, r_mask),
-        sources=[source] * n,
-        logprobs=torch.stack(logprobs, 1),
+        sources=[source] * ids.shape[0],
+        logprobs=logprobs,
     )
+
+
+@torch.no_grad()
+def converse(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    prompts: list[dict[str, Any]],
+    num_samples: int = 1,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    source: str = "policy",
+    user_seeds: list[int] | None = None,
+) -> Batch:
+    """``num_samples`` conversations per row of a multi-turn task, as a prompt-major Batch.
+
+    Each conversation opens with ``row["prompt"]``; the model replies (sampled like
+    :func:`sample`, all active conversations of a turn in one batch), then the task's
+    :meth:`~alignbench.Task.user_reply` answers, until it ends the dialogue or
+    ``task.max_turns`` replies. The tokens are kept as they were generated (never re-encoded
+    from text), so a training forward sees exactly the sampled sequence. The simulated user of
+    conversation i draws from ``numpy.random.default_rng(user_seeds[i])``: seeds from
+    ``generator`` when not given (greedy evaluation passes them: the row's position).
+    """
+    params = params or SamplingParams()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rows = [row for row in prompts for _ in range(num_samples)]
+    n = len(rows)
+    if user_seeds is None:
+        user_seeds = (
+            torch.randint(0, 2**62, (n,), generator=generator).tolist()
+            if generator is not None
+            else list(range(n))
+        )
+    rngs = [np.random.default_rng(seed) for seed in user_seeds]
+    contexts = [list(ids) for ids in encode_prompts(tokenizer, [row["prompt"] for row in rows])]
+    opening = [list(ids) for ids in contexts]
+    dialogues = [[{"role": "user", "content": row["prompt"]}] for row in rows]
+    ids: list[list[int]] = [[] for _ in rows]
+    masks: list[list[int]] = [[] for _ in rows]
+    index: list[list[int]] = [[] for _ in rows]
+    logprobs: list[list[float]] = [[] for _ in rows]
+    active = list(range(n))
+    for turn in range(task.max_turns):
+        _, _, r_ids, r_mask, r_logprobs = generate(
+            model, [contexts[i] for i in active], params, generator, eos, pad
+        )
+        for j, i in enumerate(active):
+            keep = r_mask[j].bool()
+            tokens = r_ids[j][keep].tolist()
+            ids[i] += tokens
+            masks[i] += [1] * len(tokens)
+            index[i] += [turn] * len(tokens)
+            logprobs[i] += r_logprobs[j][keep].tolist()
+            contexts[i] += tokens
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            dialogues[i].append({"role": "assistant", "content": text})
+        if turn == task.max_turns - 1:
+            break
+        still = []
+        for i in active:
+            reply = task.user_reply(rows[i], dialogues[i], rngs[i])
+            if reply is None:
+                continue
+            tokens = encode_user_turn(tokenizer, reply)
+            ids[i] += tokens
+            masks[i] += [0] * len(tokens)
+            index[i] += [-1] * len(tokens)
+            logprobs[i] += [0.0] * len(tokens)
+            contexts[i] += tokens
+            dialogues[i].append({"role": "user", "content": reply})
+            still.append(i)
+        active = still
+        if not active:
+            break
+    p_ids, p_mask = pad_prompts(opening, pad)
+    length = max(len(r) for r in ids)
+    r_ids = torch.full((n, length), pad, dtype=torch.long)
+    r_attention = torch.zeros((n, length), dtype=torch.long)
+    r_mask = torch.zeros((n, length), dtype=torch.long)
+    r_index = torch.full((n, length), -1, dtype=torch.long)
+    r_logprobs = torch.zeros((n, length))
+    for i in range(n):
+        size = len(ids[i])
+        r_ids[i, :size] = torch.tensor(ids[i])
+        r_attention[i, :size] = 1
+        r_mask[i, :size] = torch.tensor(masks[i])
+        r_index[i, :size] = torch.tensor(index[i])
+        r_logprobs[i, :size] = torch.tensor(logprobs[i])
+    device = model_device(model)
+    return Batch(
+        prompts=list(prompts),
+        group_size=num_samples,
+        input_ids=torch.cat([p_ids, r_ids], dim=1),
+        attention_mask=torch.cat([p_mask, r_attention], dim=1),
+        prompt_length=p_ids.shape[1],
+        response_mask=r_mask,
+        responses=[transcript(d[1:]) for d in dialogues],
+        sources=[source] * n,
+        logprobs=r_logprobs,
+        turns=Turns(index=r_index, dialogues=dialogues),
+    ).to(device)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench import ops, provenance, signals
-from alignbench.batch import collate, encode_responses
+from alignbench.batch import demonstration_batch
 from alignbench.budget import FlopCounter
 from alignbench.config import SFTStageConfig, to_object
 from alignbench.errors import ConfigError, DataError
@@ -91,7 +91,8 @@ def base_model(cfg: DictConfig, task: Task) -> tuple[PreTrainedModel, PreTrained
     """The untrained stage-1 model: built from ``cfg.model`` or loaded from ``name_or_path``."""
     if cfg.model.name_or_path:
         return load_pretrained(model_source(cfg.model.name_or_path), cfg.model.chat_template)
-    tokenizer = build_tokenizer(task.vocabulary())
+    # A conversation task gets role tokens and a chat template (alignbench.models.CHAT_TEMPLATE).
+    tokenizer = build_tokenizer(task.vocabulary(), chat=task.multi_turn)
     return build_model(to_object(cfg.model), tokenizer), tokenizer
 
 
@@ -119,13 +120,8 @@ def train_sft(
         order = rng.permutation(len(rows))
         for start in range(0, len(rows), cfg.batch_size):
             chunk = [rows[i] for i in order[start : start + cfg.batch_size]]
-            batch = collate(
-                tokenizer,
-                chunk,
-                encode_responses(tokenizer, [r["response"] for r in chunk]),
-                1,
-                ["demonstration"] * len(chunk),
-            )
+            # A row's response, or its whole conversation (loss on the assistant turns only).
+            batch = demonstration_batch(tokenizer, chunk)
             # Ctrl-C / SIGTERM: stop between batches; the stage's folder appears only when
             # complete, so nothing half-trained is ever cached.
             signals.check("during stage 1 (SFT): nothing was cached — run the command again")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 from datasets import Dataset
 
 from alignbench.config import TaskConfig
@@ -36,6 +37,11 @@ class Task:
     eval_sets: dict[str, str] = {}
     #: The split a reward model's probe is scored on: held-out questions, never RL or RM prompts.
     probe_split: str = "test"
+    #: True for a task whose rows start conversations: the core alternates assistant turns with
+    #: :meth:`user_reply` until it returns None or ``config.max_turns`` assistant turns.
+    multi_turn: ClassVar[bool] = False
+    #: Metrics (with their eval prefix) the compare report shows by default; empty: the report's.
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -93,3 +99,49 @@ class Task:
         """Evaluation metrics (without prefix) of greedy ``responses`` to ``rows``."""
         labels = [self.judge(row, r) for row, r in zip(rows, responses, strict=True)]
         return {"accuracy": sum(lab == CORRECT for lab in labels) / max(1, len(labels))}
+
+    # -- multi-turn tasks (``multi_turn = True``) ------------------------------------------------
+    # A conversation is a list of messages ``{"role": "user" | "assistant", "content": str}``
+    # that starts with the user message ``row["prompt"]``. A single-turn task is the one-turn
+    # environment these defaults describe.
+
+    @property
+    def max_turns(self) -> int:
+        """The most assistant turns a conversation may have (``config.max_turns``, else 1)."""
+        return int(getattr(self.config, "max_turns", 1)) if self.multi_turn else 1
+
+    def user_reply(
+        self, row: dict[str, Any], messages: list[dict[str, str]], rng: np.random.Generator
+    ) -> str | None:
+        """The user's next message after the assistant's last one, or None to end the dialogue.
+
+        ``rng`` is seeded by the core per conversation: draw every random choice from it, so
+        the same seed and the same replies give the same dialogue.
+        """
+        return None
+
+    def turn_verdicts(self, row: dict[str, Any], messages: list[dict[str, str]]) -> list[str]:
+        """The gold label (``correct`` / ``abstain`` / ``wrong``) of each assistant turn."""
+        return [self.judge(row, m["content"]) for m in messages if m["role"] == "assistant"]
+
+    def turn_utilities(
+        self, row: dict[str, Any], messages: list[dict[str, str]]
+    ) -> list[float] | None:
+        """The hidden gold value of each assistant turn, if known."""
+        replies = [m["content"] for m in messages if m["role"] == "assistant"]
+        values = [self.gold_utility(row, r) for r in replies]
+        return None if None in values else [float(v) for v in values if v is not None]
+
+    def dialogue_utility(self, row: dict[str, Any], messages: list[dict[str, str]]) -> float | None:
+        """The hidden gold value of the whole dialogue, if known (default: the turns' mean)."""
+        values = self.turn_utilities(row, messages)
+        return None if not values else sum(values) / len(values)
+
+    def dialogue_metrics(
+        self, rows: list[dict[str, Any]], dialogues: list[list[dict[str, str]]]
+    ) -> dict[str, float]:
+        """Evaluation metrics (without prefix) of greedy ``dialogues`` to ``rows``."""
+        verdicts = [
+            v for row, d in zip(rows, dialogues, strict=True) for v in self.turn_verdicts(row, d)
+        ]
+        return {"accuracy_turn": sum(v == CORRECT for v in verdicts) / max(1, len(verdicts))}

@@ -89,6 +89,10 @@ def sequence_logprobs(model: Any, batch: Batch, rows: torch.Tensor) -> torch.Ten
 class OnlineDPO:
     """Online DPO as a run-hook implementer (rollout, default score, update)."""
 
+    #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
+    #: turns are context) and the reward sits where the batch says a dialogue ends.
+    multi_turn = True
+
     def __init__(self, run: Run, config: OnlineDPOConfig) -> None:
         self.config = config
         self.reference = run.load_sft_model("reference")

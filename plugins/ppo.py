@@ -30,7 +30,6 @@ from alignbench import (
     Run,
     SamplingParams,
     ScalarHeadModel,
-    encode_responses,
     load_pretrained,
     ops,
     response_logits,
@@ -57,6 +56,9 @@ class PPOConfig(AlgorithmConfig):
     vf_coef: float = 0.1
     gamma: float = 1.0
     lam: float = 0.95
+    # Conversations: each turn's reward on that turn's last token (GAE carries it back across
+    # turns, discounted by the reward's turn_gamma), or the dialogue's return on its last token.
+    credit: str = field(default="turn", metadata={"choices": ("turn", "terminal")})
     whiten_advantages: bool = True
     kl_coef: float = 0.05
     kl_estimator: str = field(default="k1", metadata={"choices": ops.KL_KINDS})
@@ -121,6 +123,10 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
 
 class PPO:
     """The PPO algorithm as a run-hook implementer (rollout, score with KL shaping, update)."""
+
+    #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
+    #: turns are context) and the reward sits where the batch says a dialogue ends.
+    multi_turn = True
 
     def __init__(self, run: Run, config: PPOConfig) -> None:
         if config.critic not in ("separate", "shared"):
@@ -199,20 +205,27 @@ class PPO:
         return response_values(self.critic, ids, mask, batch.prompt_length)
 
     def _advantages(
-        self, token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self, token_rewards: torch.Tensor, values: torch.Tensor, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE advantages (whitened if configured) and returns ``[N, R]`` from the old values."""
-        c = self.config
-        advantages, returns = ops.gae(token_rewards, values, mask, c.gamma, c.lam)
+        """GAE advantages (whitened if configured) and returns ``[N, R]`` from the old values;
+        across a conversation's turns (user tokens skipped, ``turn_gamma`` between turns)."""
+        c, mask, turns = self.config, batch.response_mask, batch.turns
+        advantages, returns = ops.gae(
+            token_rewards,
+            values,
+            mask,
+            c.gamma,
+            c.lam,
+            turn_index=turns.index if turns is not None else None,
+            turn_gamma=turns.gamma if turns is not None else 1.0,
+        )
         if c.whiten_advantages:
             advantages = ops.masked_whiten(advantages, mask)
         return advantages, returns
 
     def _ptx_loss(self, run: Run) -> torch.Tensor:
         """NLL of a batch of the task's SFT demonstrations under the policy (PPO-ptx)."""
-        rows = self.demos.next()
-        ids = encode_responses(run.tokenizer, [r["response"] for r in rows])
-        demos = run.collate(rows, ids, 1, ["demonstration"] * len(rows))
+        demos = run.demonstrations(self.demos.next())
         logprobs = response_logprobs(
             run.policy, demos.input_ids, demos.attention_mask, demos.prompt_length
         )
@@ -247,25 +260,40 @@ class PPO:
 
     @alignbench.hookimpl
     def alignbench_score(self, run: Run, batch: Batch) -> Batch:
-        """Sequence reward on the last response token, ``-beta * KL`` on every token."""
+        """Sequence reward on the last response token (in a conversation with ``credit=turn``:
+        each turn's reward on that turn's last token), ``-beta * KL`` on every token."""
         c = self.config
         mask = batch.response_mask.float()
-        scores = run.rewards(batch).float()
-        batch.rewards = scores.clone()
+        returns = run.rewards(batch).float()
+        batch.rewards = returns.clone()
         eos = run.tokenizer.eos_token_id
-        lengths = batch.response_mask.sum(-1)
-        last = (lengths - 1).clamp(min=0)
+        last = batch.last_positions
         ended = batch.response_ids.gather(1, last[:, None]).squeeze(1) == eos
+        turns = batch.turns
+        # One row of scores per sequence: the turns' rewards, or one score on the last token.
+        per_turn = turns is not None and c.credit == "turn"
+        scores = turns.rewards.float().clone() if per_turn else returns[:, None].clone()
+        present = (
+            torch.arange(scores.shape[1], device=scores.device)[None] < turns.count[:, None]
+            if per_turn
+            else torch.ones_like(scores, dtype=torch.bool)
+        )
         if c.missing_eos_penalty:
-            scores = torch.where(ended, scores, scores - c.missing_eos_penalty)
+            final = present.long().cumsum(-1).argmax(-1)  # each row's last present turn
+            scores[torch.arange(len(final)), final] -= c.missing_eos_penalty * (~ended).float()
         if c.reward_clip:
             scores = scores.clamp(-c.reward_clip, c.reward_clip)
         if c.whiten_rewards:
-            scores = ops.masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+            scores = ops.masked_whiten(scores, present.float(), shift_mean=False)
+        scores = scores * present
         # The KL that is logged is exactly the KL in the reward: one function, one set of tensors.
         kl = ops.kl_penalty(batch.logprobs, batch.extras["ref_logprobs"], c.kl_estimator) * mask
         token_rewards = -self.kl.value * kl
-        token_rewards[torch.arange(len(last)), last] += scores
+        if per_turn:
+            token_rewards = token_rewards + ops.place_turn_rewards(scores, turns.index)
+        else:
+            token_rewards[torch.arange(len(last)), last] += scores[:, 0]
+        scores = scores.sum(-1)
         batch.extras.update(
             kl=kl,
             scores=scores,
@@ -282,7 +310,7 @@ class PPO:
         mask = batch.response_mask
         old_logprobs, old_values = batch.logprobs, x.get("values")
         if old_values is not None:
-            advantages, returns = self._advantages(x["token_rewards"], old_values, mask)
+            advantages, returns = self._advantages(x["token_rewards"], old_values, batch)
         n = batch.num_sequences
         size = max(1, math.ceil(n / c.num_minibatches))
         tokens = batch.response_ids
@@ -309,7 +337,7 @@ class PPO:
                 )
                 if old_values is None:  # the rollout left them to this forward over every row
                     old_values = torch.empty_like(values).index_copy_(0, rows, values.detach())
-                    advantages, returns = self._advantages(x["token_rewards"], old_values, mask)
+                    advantages, returns = self._advantages(x["token_rewards"], old_values, batch)
                 pg_loss, clipfrac = ops.policy_loss(
                     logprobs, old_logprobs[rows], advantages[rows], m, c.clip_range
                 )

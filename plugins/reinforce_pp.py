@@ -95,6 +95,10 @@ class ReinforcePPConfig(AlgorithmConfig):
 class ReinforcePP:
     """REINFORCE++ (or ReMax, with ``baseline=greedy``) as a run-hook implementer."""
 
+    #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
+    #: turns are context) and the reward sits where the batch says a dialogue ends.
+    multi_turn = True
+
     def __init__(self, run: Run, config: ReinforcePPConfig) -> None:
         config.validate()
         self.config = config

@@ -83,6 +83,10 @@ class RLOOConfig(AlgorithmConfig):
 class RLOO:
     """RLOO as a run-hook implementer (rollout and update; the default score)."""
 
+    #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
+    #: turns are context) and the reward sits where the batch says a dialogue ends.
+    multi_turn = True
+
     def __init__(self, run: Run, config: RLOOConfig) -> None:
         config.validate()
         self.config = config

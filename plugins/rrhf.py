@@ -28,7 +28,6 @@ from alignbench import (
     Batch,
     Run,
     SamplingParams,
-    encode_responses,
     ops,
     response_logprobs,
 )
@@ -86,6 +85,10 @@ class RFTConfig(RRHFConfig):
 class RRHF:
     """RRHF (and SFT / RFT, through their configs) as a run-hook implementer."""
 
+    #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
+    #: turns are context) and the reward sits where the batch says a dialogue ends.
+    multi_turn = True
+
     def __init__(self, run: Run, config: RRHFConfig) -> None:
         self.config = config
         if self.group_size(run) < 1:
@@ -109,33 +112,30 @@ class RRHF:
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
-        """Gather K candidates per prompt from every enabled source."""
-        c, eos = self.config, run.tokenizer.eos_token_id
-        candidates: list[list[tuple[str, list[int]]]] = [[] for _ in prompts]
+        """Gather K candidates per prompt from every enabled source (whole conversations on a
+        multi-turn task, ranked by their return)."""
+        c = self.config
+        parts = []
         if c.use_demonstration:
-            demos = [row.get("response") or "" for row in prompts]
-            for group, demo, ids in zip(
-                candidates, demos, encode_responses(run.tokenizer, demos), strict=True
-            ):
-                # A prompt without a demonstration keeps its slot (K stays fixed) but ranks nowhere.
-                group.append(("demonstration", ids) if demo else (ABSENT, [eos]))
-        for ids in encode_responses(run.tokenizer, list(c.fixed_candidates)):
-            for group in candidates:
-                group.append(("fixed", ids))
+            # A prompt without a demonstration keeps its slot (K stays fixed) but ranks nowhere.
+            has_demo = [bool(row.get("messages") or row.get("response")) for row in prompts]
+            rows = [
+                row if demo else {**row, "response": "", "messages": []}
+                for row, demo in zip(prompts, has_demo, strict=True)
+            ]
+            demos = run.demonstrations(rows)
+            demos.sources = ["demonstration" if d else ABSENT for d in has_demo]
+            parts.append(demos)
+        for text in c.fixed_candidates:
+            fixed = [{**row, "response": text, "messages": []} for row in prompts]
+            parts.append(run.demonstrations(fixed, source="fixed"))
         for source, model, count in (
             ("sft_model", self.sft_model, c.sft_model_samples),
             ("policy", run.policy, c.policy_samples),
         ):
             if count:
-                sampled = run.sample(model, prompts, count, self.params, source=source)
-                for i, (ids, mask) in enumerate(
-                    zip(sampled.response_ids, sampled.response_mask, strict=True)
-                ):
-                    candidates[i // count].append((source, ids[mask.bool()].tolist()))
-        flat = [cand for group in candidates for cand in group]
-        return run.collate(
-            prompts, [ids for _, ids in flat], len(candidates[0]), [s for s, _ in flat]
-        )
+                parts.append(run.sample(model, prompts, count, self.params, source=source))
+        return run.join(prompts, parts)
 
     @alignbench.hookimpl
     def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
