@@ -124,7 +124,8 @@ class Run:
     ) -> Batch:
         """Sample ``num_samples`` responses per prompt from ``model`` with the run's generator:
         on a multi-turn task, whole conversations with the task's user (:func:`converse`)."""
-        if self.task.multi_turn:
+        # A hand-built Run (benchmarks) may have no task: single-turn.
+        if getattr(self.task, "multi_turn", False):
             return converse(
                 model,
                 self.tokenizer,

@@ -63,9 +63,11 @@ def test_builtins_come_through_the_entry_point_group(registry) -> None:
         *("best_of_n", "dpo", "grpo", "online_dpo", "ppo"),
         *("reinforce_pp", "rft", "rloo", "rrhf", "sft"),
     ]
-    assert registry.names("reward") == ["abstention", "exact_match", "length", "rm"]
+    assert registry.names("reward") == [
+        *("abstention", "dialogue", "exact_match", "length", "mixed", "rm", "turn")
+    ]
     assert registry.names("feedback") == ["dataset", "file", "simulated"]
-    assert registry.names("task") == ["dataset", "facts", "rubric"]
+    assert registry.names("task") == ["dataset", "dialogue", "facts", "rubric"]
     for name in ("ppo", "rrhf", "rewards", "facts", "feedback", "rubric", "grpo", "rloo"):
         assert "entry point alignbench_plugins." in registry.origins[name]
 
@@ -246,7 +248,7 @@ def test_third_party_entry_point_cannot_shadow_a_builtin(monkeypatch) -> None:
     monkeypatch.setattr(metadata, "entry_points", entry_points)
     monkeypatch.delenv("ALIGNBENCH_DISABLE_EXTERNAL_PLUGINS")
     registry = build_registry()
-    assert registry.names("task") == ["dataset", "facts", "rubric"]
+    assert registry.names("task") == ["dataset", "dialogue", "facts", "rubric"]
     assert registry.origins["facts"].startswith("alignbench ")
     [(name, error)] = registry.failed.items()
     assert name == "someone-elses-package:facts" and "already taken" in error
