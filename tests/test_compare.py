@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignbench.compare import (
+from alignbench.report.cli import main
+from alignbench.report.plots import seed_band
+from alignbench.report.stats import (
     bootstrap_ci,
     interquartile_mean,
-    main,
     permutation_test,
-    seed_band,
     smallest_permutation_p,
 )
 
@@ -278,7 +278,7 @@ def test_seed_band_interpolates_onto_the_shared_range() -> None:
 
 def test_hierarchical_interval_counts_world_to_world_variation() -> None:
     """Seeds that agree within worlds but worlds that disagree give a wide interval."""
-    from alignbench.compare import hierarchical_ci
+    from alignbench.report.stats import hierarchical_ci
 
     worlds = [[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5], [0.9, 0.9, 0.9, 0.9]]
     low, high = hierarchical_ci(worlds)
@@ -291,7 +291,7 @@ def test_hierarchical_interval_counts_world_to_world_variation() -> None:
 
 def test_paired_difference_is_paired_by_world() -> None:
     """A constant +0.1 in every world is certain, however much the worlds differ."""
-    from alignbench.compare import paired_difference_ci
+    from alignbench.report.stats import paired_difference_ci
 
     base = {"w0": [0.1, 0.1], "w1": [0.5, 0.5], "w2": [0.9, 0.9]}
     better = {w: [v + 0.1 for v in values] for w, values in base.items()}
@@ -302,7 +302,7 @@ def test_paired_difference_is_paired_by_world() -> None:
 
 def test_area_and_compute_to_threshold_by_hand() -> None:
     """AUC = trapezoid mean; the threshold is crossed by linear interpolation; inf if never."""
-    from alignbench.curves import area_under_curve, compute_to_threshold
+    from alignbench.report.curves import area_under_curve, compute_to_threshold
 
     xs, ys = np.asarray([0.0, 1.0, 2.0]), np.asarray([0.0, 1.0, 1.0])
     assert area_under_curve(xs, ys) == pytest.approx((0.5 + 1.0) / 2)
@@ -432,3 +432,15 @@ def test_a_method_that_trains_nothing_is_named_not_plotted(tmp_path: Path, capsy
     assert "Left out of the curves: `algo=best_of_n` — no training compute" in out
     assert "| `algo=fast` | 1.000 [" not in out  # the curves still have their real budget
     assert "at 1/4 of the budget" in out and "| `algo=best_of_n` (baseline) | 2/2" in out
+
+
+def test_the_old_module_names_still_work() -> None:
+    """``alignbench.compare`` and ``alignbench.curves`` re-export the report package's names."""
+    from alignbench import compare, curves
+    from alignbench.report import curves as report_curves
+    from alignbench.report import jobs, metrics
+
+    assert all(hasattr(compare, name) for name in compare.__all__)
+    assert compare.main is main and compare.bootstrap_ci is bootstrap_ci
+    assert compare.IGNORED_KEYS is jobs.IGNORED_KEYS and compare.TRADEOFF is metrics.TRADEOFF
+    assert all(getattr(curves, n) is getattr(report_curves, n) for n in curves.__all__)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignbench.compare import main, short_number
+from alignbench.report.cli import main
+from alignbench.report.jobs import short_number
 
 
 def _job(
