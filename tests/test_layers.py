@@ -79,3 +79,18 @@ def test_core_modules_import_each_other_without_cycles() -> None:
         if name not in state:
             visit(name, [name])
     assert cycles == [], " ; ".join(" → ".join(c) for c in cycles)
+
+
+def test_every_core_package_is_installed() -> None:
+    """Each folder of alignbench/ with an __init__.py is listed in pyproject's packages: a
+    non-editable install (a wheel) would otherwise leave it out and its imports would fail."""
+    import tomllib
+
+    pyproject = tomllib.loads((CORE.parent / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(path.parent.relative_to(CORE.parent).parts)
+        for path in CORE.rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+    assert found - listed == set()
