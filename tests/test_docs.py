@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import math
 import re
 import sys
@@ -11,14 +12,16 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pluggy
 import pytest
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
-from alignbench import AlgorithmConfig, Batch, Run, hookspecs
-from alignbench.app import _check_run_hooks
+from alignbench import CORRECT, WRONG, AlgorithmConfig, Batch, Run, hookspecs, turn_rewards
+from alignbench.app import _check_run_hooks, run_job
 from alignbench.budget import Budget, FlopCounter
 from alignbench.config import ModelConfig
 from alignbench.defaults import DefaultScore
@@ -26,6 +29,7 @@ from alignbench.models import build_model, build_tokenizer
 from alignbench.registry import build_registry
 from alignbench_plugins.facts import FactsConfig, FactsTask
 from alignbench_plugins.rewards import AbstentionConfig, AbstentionReward
+from tests.conftest import compose
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 HOOKSPECS = {
@@ -58,6 +62,9 @@ def example(name: str) -> str:
 @pytest.fixture
 def isolated_plugins() -> Iterator[None]:
     """Undo what loading a plugin folder does to the process: ConfigStore nodes, sys.modules."""
+    # Hydra stores its own configs (hydra/sweeper/basic, ...) once per process, the first time it
+    # looks for its plugins: store them now, so that undoing a test's nodes never removes them.
+    Plugins.instance()
     store = ConfigStore.instance()
     saved_repo = copy.deepcopy(store.repo)
     saved_modules = set(sys.modules)
@@ -167,3 +174,133 @@ def test_example_algorithm_takes_a_step(tmp_path: Path, isolated_plugins: None) 
     assert stats and all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
     assert flops.by_model["policy"] > 0
+
+
+# ------------------------------------------------------------------ the multi-turn example
+
+#: A job on the guide's multi-turn example small enough to take seconds (``TINY``'s task keys
+#: belong to the facts task).
+MULTI_TURN_TINY = [
+    "task=counting",
+    "reward=count_turns",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "stage.sft.epochs=4",
+    "algo.prompts_per_step=4",
+    "algo.max_new_tokens=4",
+    "eval.max_new_tokens=4",
+    "budget.kind=steps",
+    "budget.amount=2",
+    "eval.points=0",
+    "logger=none",
+]
+
+
+def _dialogue(*texts: str) -> list[dict[str, str]]:
+    """Messages alternating user, assistant, user, ..."""
+    return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def multi_turn_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The guide's multi-turn example as a plugin file, in one folder for the whole module: the
+    plugin's module name (its path) is part of the stage-1 cache key, so the jobs share a model."""
+    folder = tmp_path_factory.mktemp("multi_turn_plugins")
+    (folder / "counting.py").write_text(example("multi-turn-task"), encoding="utf-8")
+    return folder
+
+
+def test_example_multi_turn_task_is_a_consistent_environment(
+    multi_turn_folder: Path, isolated_plugins: None
+) -> None:
+    """The documented counting task and its reward, loaded as a plugin: disjoint splits, right
+    demonstration dialogues in its own vocabulary, a user seeded by ``rng`` alone, follow-ups
+    judged in the conversation's context, and one reward per turn discounted by turn_gamma."""
+    registry = build_registry([str(multi_turn_folder)])
+    assert not registry.failed
+    task_entry, reward_entry = (
+        registry.get("task", "counting"),
+        registry.get("reward", "count_turns"),
+    )
+    assert task_entry.cls.multi_turn and reward_entry.cls.multi_turn
+    task = task_entry.cls(task_entry.config_cls(name="counting"))
+    assert task.max_turns == 3
+    splits = task.splits
+    assert set(splits) == {"sft", "rl", "dev", "test"}
+    starts = [set(split["start"]) for split in splits.values()]
+    assert sum(map(len, starts)) == len(set().union(*starts))
+    vocabulary = set(task.vocabulary())
+    demos = splits["sft"].to_list()
+    for row in demos:
+        messages, turns = row["messages"], len(row["messages"]) // 2
+        assert messages == _dialogue(*(m["content"] for m in messages))
+        assert messages[0]["content"] == row["prompt"] and len(messages) == 2 * turns
+        assert 1 <= turns <= task.max_turns
+        assert task.turn_verdicts(row, messages) == [CORRECT] * turns
+        assert {w for m in messages for w in m["content"].split()} <= vocabulary
+    assert max(len(row["messages"]) for row in demos) > 2
+
+    row = {"prompt": "count from 3", "start": 3}
+    opening = _dialogue("count from 3", "3")
+
+    def replies(seed: int) -> list[str | None]:
+        rng = np.random.default_rng(seed)
+        return [task.user_reply(row, opening, rng) for _ in range(20)]
+
+    assert replies(0) == replies(0) != replies(1)
+    assert set(replies(0)) == {None, "next ?", "skip one ?"}
+    # A follow-up counts on from the conversation, not from the model's wrong answer.
+    assert task.turn_verdicts(row, _dialogue("count from 3", "4", "next ?", "4")) == [
+        WRONG,
+        CORRECT,
+    ]
+
+    config = reward_entry.config_cls(name="count_turns", wrong=-1.0, bonus=0.5, turn_gamma=0.5)
+    reward = reward_entry.cls(config, task)
+    flawless = _dialogue("count from 3", "3", "skip one ?", "5")
+    flawed = _dialogue("count from 3", "3", "next ?", "5")
+    per_turn, returns = turn_rewards(reward, [row, row], [flawless, flawed])
+    assert per_turn.tolist() == [[1.0, 1.5], [1.0, -1.0]]
+    assert returns.tolist() == [1.0 + 0.5 * 1.5, 1.0 - 0.5 * 1.0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # Per-turn credit (PPO's default), a discount between turns and a whole-dialogue bonus.
+        ["algo=ppo", "algo.ppo_epochs=1", "algo.num_minibatches=1"]
+        + ["reward.turn_gamma=0.9", "reward.bonus=1"],
+        ["algo=rrhf"],
+    ],
+    ids=["ppo", "rrhf"],
+)
+def test_example_multi_turn_task_runs_a_job(
+    overrides: list[str],
+    multi_turn_folder: Path,
+    tmp_path: Path,
+    cache_dir: Path,
+    isolated_plugins: None,
+) -> None:
+    """A whole job on the documented multi-turn task with its reward: stage 1 on the
+    demonstration dialogues, two steps of conversations, greedy dialogues evaluated by the
+    task's dialogue metrics."""
+    registry = build_registry([str(multi_turn_folder)])
+    cfg = compose([*MULTI_TURN_TINY, f"cache_dir={cache_dir}", *overrides], registry)
+    summary = run_job(cfg, tmp_path / "out", registry=registry)
+    assert summary["status"] == "finished", summary.get("error")
+    assert (summary["task"], summary["reward"]) == ("counting", "count_turns")
+    assert summary["headline_metrics"] == ["test/accuracy_turn", "test/dialogue_success"]
+    for prefix in ("dev", "test"):
+        for name in ("accuracy_turn", "dialogue_success", "turns", "reward", "gold_reward"):
+            assert math.isfinite(summary[f"{prefix}/{name}"]), f"{prefix}/{name}"
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    steps = [record for record in map(json.loads, lines) if record["kind"] == "step"]
+    assert len(steps) == 2
+    assert all(step["policy/turns"] > 1 for step in steps)  # the user did follow up
+    completions = tmp_path / "out" / "completions" / f"test_step{summary['steps']}.jsonl"
+    records = [json.loads(line) for line in completions.read_text().splitlines()]
+    turns = [sum(m["role"] == "assistant" for m in r["dialogue"]) for r in records]
+    assert 1 < max(turns) <= 3
+    assert [len(r["verdicts"]) for r in records] == turns
