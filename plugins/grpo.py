@@ -116,6 +116,9 @@ class GRPO:
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
         self.params = SamplingParams.from_config(config)
+        # Dr. GRPO's constant normaliser: the most trained tokens a sequence can have (in a
+        # conversation, every assistant turn's).
+        self.max_tokens = config.max_new_tokens * max(1, getattr(run.task, "max_turns", 1))
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
@@ -160,11 +163,11 @@ class GRPO:
                 per_token, clipped = ops.clipped_surrogate(
                     logprobs, old, advantages[rows], c.clip_eps, c.clip_eps_high or None
                 )
-                pg_loss = ops.aggregate_loss(per_token, m, c.loss_type, c.max_new_tokens)
+                pg_loss = ops.aggregate_loss(per_token, m, c.loss_type, self.max_tokens)
                 loss, parts = pg_loss, {"loss/policy": pg_loss.item()}
                 if ref is not None:
                     kl = ops.kl_penalty(logprobs, ref[rows], c.kl_estimator)
-                    kl_loss = ops.aggregate_loss(kl, m, c.loss_type, c.max_new_tokens)
+                    kl_loss = ops.aggregate_loss(kl, m, c.loss_type, self.max_tokens)
                     loss = loss + c.beta * kl_loss
                     parts["loss/kl"] = kl_loss.item()
                 run.check_finite(**{"loss/total": loss})
