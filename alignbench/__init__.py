@@ -1,8 +1,9 @@
 """alignbench: compare alignment algorithms fairly — same model, data, reward and compute budget.
 
 The public API a plugin is written against: the hook markers and specs, the base classes of
-configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, the shared math in
-:mod:`alignbench.ops`, and the model helpers in :mod:`alignbench.models`.
+configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, stage 2's
+:class:`RewardModel`, the shared math in :mod:`alignbench.ops`, and the model helpers in
+:mod:`alignbench.models`.
 """
 
 from alignbench import crowd, ops
@@ -38,7 +39,6 @@ from alignbench.errors import (
     UnknownReward,
     UnknownTask,
 )
-from alignbench.feedback import FeedbackSource, Group, ranking_to_preference
 from alignbench.hardware import model_device
 from alignbench.hookspecs import Register, hookimpl, hookspec
 from alignbench.loop import PromptStream
@@ -52,9 +52,13 @@ from alignbench.models import (  # noqa: E402
     token_logprobs,
 )
 from alignbench.provenance import input_path  # noqa: E402
-from alignbench.reward import Reward, turn_rewards
-from alignbench.reward_model import (  # noqa: E402
+from alignbench.reward import PrepareContext, Reward, turn_rewards
+from alignbench.rm import (
+    FeedbackSource,
+    Group,
+    RewardModel,
     load_groups,
+    ranking_to_preference,
     refresh_reward_model,
     request_feedback,
     retrain_reward_model,
@@ -81,10 +85,12 @@ __all__ = [
     "Interrupted",
     "NonFiniteError",
     "PluginError",
+    "PrepareContext",
     "PromptStream",
     "Register",
     "Reward",
     "RewardConfig",
+    "RewardModel",
     "Run",
     "SamplingParams",
     "SharedBaseReference",

@@ -44,11 +44,10 @@ from alignbench.errors import (
     Interrupted,
     PluginError,
 )
-from alignbench.feedback import Group
 from alignbench.hardware import check_hardware, place
 from alignbench.loop import run_loop
 from alignbench.lora import apply_lora, export_lora, is_lora
-from alignbench.models import check_loadable, load_pretrained, response_logprobs, save_pretrained
+from alignbench.models import check_loadable, load_pretrained, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger, write_json_atomic
 from alignbench.provenance import git_commit, sha256_file
 from alignbench.registry import (
@@ -58,12 +57,9 @@ from alignbench.registry import (
     implementers,
     load_plugin_dirs,
 )
-from alignbench.reward_model import (
-    load_groups,
-    load_reward_model,
-    ranking_accuracy,
-    reward_model_stage,
-)
+from alignbench.reward import PrepareContext
+from alignbench.rm.feedback import Group
+from alignbench.rm.stage import stage_groups
 from alignbench.run import Run
 from alignbench.stages import model_source, sft_stage
 from alignbench.validation import (
@@ -165,14 +161,14 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
 
 def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
     """``{role: "<file>:<sha256 prefix>"}`` of the plugins a job runs (algorithm, task, reward,
-    and the feedback source where a reward model is trained): a finished result or a checkpoint
-    made by other plugin code is not this job's result."""
+    and the feedback source where the reward uses it): a finished result or a checkpoint made by
+    other plugin code is not this job's result."""
     classes = {
         "algo": registry.get("algo", cfg.algo.name).cls,
         "task": registry.get("task", cfg.task.name).cls,
         "reward": registry.get("reward", cfg.reward.name).cls,
     }
-    if getattr(classes["reward"], "needs_reward_model", False):
+    if getattr(classes["reward"], "uses_feedback", False):
         classes["feedback"] = registry.get("feedback", cfg.feedback.name).cls
     out = {}
     for role, cls in classes.items():
@@ -217,34 +213,6 @@ def _finished_summary(
                 "rerun=true to run it again (the old results are moved aside)"
             )
     return summary if same else None
-
-
-@torch.no_grad()
-def policy_as_reward_model(run: Run, rm_path: Path) -> dict[str, float]:
-    """Held-out ranking accuracy of the trained policy used as a reward model (RRHF's view).
-
-    Its score of a response is the length-normalised log-probability; the learned reward model's
-    accuracy on the same held-out groups is reported beside it.
-    """
-    from alignbench import ops
-    from alignbench.reward_model import group_batch
-
-    groups = [g for g in load_groups(rm_path / "heldout.jsonl") if g.gold is not None]
-    if not groups:
-        return {}
-    scores = []
-    with run.flops.paused():
-        for start in range(0, len(groups), 64):
-            chunk = groups[start : start + 64]
-            batch, _ = group_batch(run.tokenizer, chunk)
-            batch = batch.to(run.device)
-            logprobs = response_logprobs(
-                run.policy, batch.input_ids, batch.attention_mask, batch.prompt_length
-            )
-            per = batch.grouped(ops.sequence_scores(logprobs, batch.response_mask))
-            scores += [row[: len(g.responses)].tolist() for row, g in zip(per, chunk, strict=True)]
-    accuracy = ranking_accuracy(scores, groups)
-    return {f"rm/policy_as_rm_{k}": v for k, v in accuracy.items()}
 
 
 def run_job(
@@ -312,22 +280,23 @@ def run_job(
     # LoRA after stage 1 (only the adapters train); every model lives on `device=`.
     policy = apply_lora(policy.to(device), cfg.model.lora)
     stages: dict[str, Any] = {"stage/sft": stage_info}
-    rm_path = None
-    if reward.needs_reward_model:
-        source = registry.get("feedback", cfg.feedback.name).cls(to_object(cfg.feedback), task)
-        rm_path, stages["stage/rm"] = reward_model_stage(
-            cfg, task, source, sft_path, stage_info["key"]
-        )
-        model = load_reward_model(rm_path, sft_path).to(device)
-        reward.use_reward_model(model, tokenizer, source, cfg, rm_path)
+    context = PrepareContext(
+        cfg=cfg,
+        task=task,
+        tokenizer=tokenizer,
+        sft_path=sft_path,
+        sft_key=stage_info["key"],
+        device=device,
+        feedback=lambda: registry.get("feedback", cfg.feedback.name).cls(
+            to_object(cfg.feedback), task
+        ),
+    )
+    stages.update(reward.prepare(context))  # what the reward needs (a learned one: stage 2)
 
     def ranked_groups(split: str) -> list[Group]:
         # Stage 2 on demand (an offline algorithm's data), cached like the reward model's.
-        source = registry.get("feedback", cfg.feedback.name).cls(to_object(cfg.feedback), task)
-        path, stages["stage/rm"] = reward_model_stage(
-            cfg, task, source, sft_path, stage_info["key"]
-        )
-        return load_groups(path / f"{split}.jsonl")
+        groups, stages["stage/rm"] = stage_groups(context, split)
+        return groups
 
     policy.eval()
     flops = FlopCounter()
@@ -386,8 +355,7 @@ def run_job(
         _check_run_hooks(pm, f"algorithm:{cfg.algo.name}", getattr(algorithm, "trains", True))
         result = run_loop(run, algorithm, resume_from)
         summary.update(result["final"])
-        if rm_path is not None:
-            summary.update(policy_as_reward_model(run, rm_path))
+        summary.update(reward.final_metrics(run))  # e.g. the policy read as a reward model
         summary["initial"] = result["initial"]
         summary["model_dir"] = str(export_policy(run, output_dir / "model"))
         summary["status"] = "finished"

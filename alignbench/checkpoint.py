@@ -2,12 +2,12 @@
 
 A checkpoint is a folder ``checkpoints/step-<n>/`` holding every trained model as safetensors
 and ``state.pt`` with everything else: optimisers, the algorithm's other state (KL controller,
-data streams), the budget spent, the FLOP counters, the RNG states of Python, NumPy and torch
-(global and the run's sampling generator), the prompt stream's position, the initial
-evaluation, and how many lines of ``metrics.jsonl`` were written. It is written under a temporary
-name and renamed, then ``checkpoints/latest`` is replaced atomically, so a job killed while
-saving leaves the previous checkpoint intact. ``state.pt`` is read with
-``torch.load(weights_only=True)``.
+data streams), the reward's (``Reward.state_dict``), the budget spent, the FLOP counters, the
+RNG states of Python, NumPy and torch (global and the run's sampling generator), the prompt
+stream's position, the initial evaluation, and how many lines of ``metrics.jsonl`` were written.
+It is written under a temporary name and renamed, then ``checkpoints/latest`` is replaced
+atomically, so a job killed while saving leaves the previous checkpoint intact. ``state.pt`` is
+read with ``torch.load(weights_only=True)``.
 
 What of an algorithm is saved is found, not declared: its attributes that are modules with
 trainable parameters, optimisers, and objects with ``state_dict`` / ``load_state_dict``.
@@ -192,8 +192,7 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
             state["optimizers"][attr] = value.state_dict()
         else:
             state["states"][attr] = value.state_dict()
-    if hasattr(run.reward, "state_dict"):
-        state["reward"] = run.reward.state_dict()
+    state["reward"] = run.reward.state_dict()  # every reward's own (a rule reward's is empty)
     metrics = run.output_dir / "metrics.jsonl"
     state.update(
         step=run.step,
@@ -233,8 +232,7 @@ def load(run: Run, algorithm: Any, folder: Path) -> dict[str, Any]:
                 f"{folder / 'state.pt'} has no usable state for {attr!r} "
                 f"({type(exc).__name__}) — {_FIX}"
             ) from None
-    if "reward" in state:
-        run.reward.load_state_dict(state["reward"])
+    run.reward.load_state_dict(state.get("reward", {}))
     run.step = state["step"]
     run.budget.spent.update(state["budget"])
     run.flops.total = state["flops"]["total"]

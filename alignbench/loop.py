@@ -188,14 +188,13 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
     )
     # "evals": budget points evaluated so far (the loop state is checkpointed, so a resumed run
     # evaluates at the same points).
-    state: dict[str, Any] = {"refreshed": 0, "skipped": 0, "evals": 0}
+    state: dict[str, Any] = {"skipped": 0, "evals": 0}
     if resume_from is not None:
         state = checkpoint.load(run, algorithm, resume_from)
         stream.load_state_dict(state["stream"])
         log.info("resumed from %s at step %d", resume_from, run.step)
     else:
         state["initial"] = run_eval(run, 0, initial=True)
-    rounds = run.reward.rounds
     # An inference-time method (best-of-N) declares `trains = False`: no step, no budget spent.
     trains = getattr(algorithm, "trains", True)
 
@@ -206,17 +205,13 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
     with StopRequested() as stop:
         while trains and not run.budget.exhausted:
             prompts = stream.next()
-            refresh_stats: dict[str, float] = {}
+            reward_stats: dict[str, float] = {}
             flops_before = run.flops.total
             try:
                 with StepTimer() as timer:
-                    # Delayed feedback requested D steps ago arrives (a reward's own business).
-                    refresh_stats = run.reward.before_step(run)
-                    due = (state["refreshed"] + 1) / (rounds + 1)
-                    if state["refreshed"] < rounds and run.budget.fraction >= due:
-                        # Online feedback: part of the step's cost, charged like everything else.
-                        refresh_stats.update(run.reward.refresh(run))
-                        state["refreshed"] += 1
+                    # The reward's own business (a learned reward's online feedback rounds and
+                    # delayed labels): part of the step's cost, charged like everything else.
+                    reward_stats = run.reward.before_step(run)
                     # precision=bf16/fp16: autocast around the hooks (weights stay fp32).
                     with run.autocast():
                         batch = hook.alignbench_rollout(run=run, prompts=prompts)
@@ -268,7 +263,7 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
             )
             metrics = {
                 **batch_statistics(batch, run.task),
-                **refresh_stats,
+                **reward_stats,
                 **(stats or {}),
                 **run.budget.metrics(),
                 "health/skipped_batches": float(state["skipped"]),

@@ -35,8 +35,19 @@ SFT_SOURCES = (
     "stages.py",
     "task.py",
 )
-#: Core modules whose code determines stage 2 (the reward model): stage 1's and its own.
-RM_SOURCES = (*SFT_SOURCES, "crowd.py", "feedback.py", "reward_model.py", "sampling.py")
+#: Core modules whose code determines stage 2 (the reward model): stage 1's and its own (the
+#: modules of ``alignbench/rm/`` the stage runs; not ``model.py``, RL's door to the result).
+RM_SOURCES = (
+    *SFT_SOURCES,
+    "crowd.py",
+    "sampling.py",
+    "rm/evaluation.py",
+    "rm/feedback.py",
+    "rm/groups.py",
+    "rm/selection.py",
+    "rm/stage.py",
+    "rm/training.py",
+)
 #: Torch intra-op threads every stage is built with, whatever ``threads`` says: the thread count
 #: changes the last bits of a training step (3 threads against 1, measured), and a thousand steps
 #: turn that into another model. On 2 cores one thread was also the faster (README).

@@ -1,16 +1,22 @@
-"""The base class of rewards: a callable that scores responses to prompts."""
+"""The base class of rewards: a callable that scores responses to prompts, and its lifecycle."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from omegaconf import DictConfig
+from transformers import PreTrainedTokenizerBase
 
 from alignbench.config import RewardConfig
 from alignbench.task import Task
 
 if TYPE_CHECKING:
     from alignbench.batch import Batch
+    from alignbench.rm.feedback import FeedbackSource
     from alignbench.run import Run
 
 
@@ -28,18 +34,38 @@ def checked_rewards(values: Any, n: int, name: str) -> torch.Tensor:
     return values
 
 
+@dataclass
+class PrepareContext:
+    """What :meth:`Reward.prepare` receives, before the run exists: the job's config and task,
+    the stage-1 model (its folder, cache key and tokenizer), the device every model lives on,
+    and ``feedback()``, which builds the configured ``feedback=`` source on demand."""
+
+    cfg: DictConfig
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    sft_path: Path
+    sft_key: str
+    device: torch.device
+    feedback: Callable[[], FeedbackSource]
+
+
 class Reward:
     """Scores responses: ``reward(rows, responses) -> Tensor[N]``, one float per response.
 
     Constructed once per run with its config and the run's task (whose gold judge a rule-based
     reward may use). Subclasses implement :meth:`score` (texts), or override :meth:`score_batch`
     to score token ids directly (a reward model sharing the policy's tokenizer).
+
+    The core calls the lifecycle of every reward, in this order: :meth:`prepare` (before the run
+    exists: build or load what the reward needs), :meth:`setup` (the run exists),
+    :meth:`before_step` (before every training step), :meth:`state_dict` /
+    :meth:`load_state_dict` (checkpoints) and :meth:`final_metrics` (after the final
+    evaluation). Every default does nothing, which is right for a rule reward.
     """
 
-    #: True for a reward that needs the stage-2 reward model (the core trains or loads it first).
-    needs_reward_model: ClassVar[bool] = False
-    #: Online feedback rounds: :meth:`refresh` is called this many times, evenly over the budget.
-    rounds: int = 0
+    #: True for a reward whose :meth:`prepare` uses the ``feedback=`` source: that plugin's code
+    #: then belongs to the job's fingerprint, like the reward's own.
+    uses_feedback: ClassVar[bool] = False
     #: True for a reward that scores conversations (:meth:`score_turns`); a multi-turn task
     #: accepts only such rewards, checked before stage 1 trains.
     multi_turn: ClassVar[bool] = False
@@ -48,15 +74,32 @@ class Reward:
         self.config = config
         self.task = task
 
+    def prepare(self, context: PrepareContext) -> dict[str, Any]:
+        """Called once after stage 1, before the run exists: build or load what the reward needs
+        (a learned reward trains its reward model here, cached). Returns records for the job's
+        summary, e.g. ``{"stage/rm": {...}}`` (nothing by default)."""
+        return {}
+
     def setup(self, run: Run) -> None:
         """Called once the run exists (a model-based reward tracks its model's FLOPs here)."""
 
-    def refresh(self, run: Run) -> dict[str, float]:
-        """Online feedback: update the reward from the current policy; returns statistics."""
+    def before_step(self, run: Run) -> dict[str, float]:
+        """Called before every training step, as part of it (what it computes is charged to the
+        step's budget); returns statistics logged with the step. A learned reward's online
+        feedback happens here: rounds requested, delayed labels arriving."""
         return {}
 
-    def before_step(self, run: Run) -> dict[str, float]:
-        """Called before every step (delayed feedback arrives here); returns statistics."""
+    def state_dict(self) -> dict[str, Any]:
+        """What of the reward changes during RL, saved in every checkpoint (tensors, numbers,
+        strings, and lists and dicts of them); nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from what :meth:`state_dict` saved (a resumed run)."""
+
+    def final_metrics(self, run: Run) -> dict[str, float]:
+        """Called once after the final evaluation: metrics added to the job's summary (not
+        charged to the budget); nothing by default."""
         return {}
 
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:

@@ -34,10 +34,11 @@ from omegaconf import DictConfig
 from alignbench.budget import set_threads
 from alignbench.compare import bootstrap_ci
 from alignbench.config import CONF_PACKAGE, Selection, to_object
-from alignbench.feedback import Group
 from alignbench.models import load_pretrained
 from alignbench.registry import Registry, build_registry
-from alignbench.reward_model import generate_groups, reward_model_stage
+from alignbench.rm.feedback import Group
+from alignbench.rm.groups import generate_groups
+from alignbench.rm.stage import reward_model_stage
 from alignbench.stages import sft_stage
 from alignbench.task import Task
 

@@ -19,10 +19,10 @@ RM = ["reward=rm", "feedback.labels=12", "stage.rm.epochs=2", "feedback.k=2", "a
 def _trainings(monkeypatch) -> list[list[tuple[int, int]]]:
     """Record, for every retraining of the reward model during RL, (requested_at, arrived_at) of
     each online group it trains on."""
-    import alignbench_plugins.rewards as rewards
+    import alignbench.rm.model as model
 
     calls: list[list[tuple[int, int]]] = []
-    original = rewards.retrain_reward_model
+    original = model.retrain_reward_model
 
     def recording(model, tokenizer, groups, rm_cfg):
         calls.append(
@@ -34,7 +34,7 @@ def _trainings(monkeypatch) -> list[list[tuple[int, int]]]:
         )
         return original(model, tokenizer, groups, rm_cfg)
 
-    monkeypatch.setattr(rewards, "retrain_reward_model", recording)
+    monkeypatch.setattr(model, "retrain_reward_model", recording)
     return calls
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-import alignbench.reward_model as reward_model
+import alignbench.rm.stage as rm_stage
 import alignbench.stages as stages
 from alignbench import ConfigError
 from alignbench.checkpoint import config_fingerprint
@@ -165,8 +165,8 @@ def test_rankings_file_content_is_keyed_and_read_from_the_start_folder(
         assert source.path == tmp_path / "rankings.jsonl"
         return _key(
             monkeypatch,
-            reward_model,
-            lambda: reward_model.reward_model_stage(cfg, task, source, sft_path, sft_info["key"]),
+            rm_stage,
+            lambda: rm_stage.reward_model_stage(cfg, task, source, sft_path, sft_info["key"]),
         )
 
     (tmp_path / "rankings.jsonl").write_text(json.dumps(line) + "\n")
@@ -237,8 +237,8 @@ def test_reward_model_key_follows_the_sft_weights(
     def key(folder: Path) -> str:
         return _key(
             monkeypatch,
-            reward_model,
-            lambda: reward_model.reward_model_stage(cfg, task, source, folder, sft_info["key"]),
+            rm_stage,
+            lambda: rm_stage.reward_model_stage(cfg, task, source, folder, sft_info["key"]),
         )
 
     rebuilt = Path(shutil.copytree(sft_path, tmp_path / "rebuilt"))

@@ -1,0 +1,215 @@
+"""The :class:`RewardModel`: stage 2's one public object (train or load, score, keep learning)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench.batch import Batch, collate, encode_responses
+from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.models import ScalarHeadModel, load_pretrained
+from alignbench.rm.evaluation import policy_ranking_accuracy
+from alignbench.rm.feedback import FeedbackSource, Group
+from alignbench.rm.groups import group_dict, load_groups
+from alignbench.rm.stage import context_stage, load_reward_model, request_feedback
+from alignbench.rm.training import retrain_reward_model, sequence_rewards
+from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from alignbench.reward import PrepareContext
+    from alignbench.run import Run
+
+
+class RewardModel:
+    """A scalar-head network trained to respect ranked groups of responses, with those groups.
+
+    :meth:`train` builds it for a job — stage 2 from the ``feedback=`` source, cached by
+    everything that determines it — and :meth:`load` reads one from a stage folder.
+    :meth:`score` scores a batch's sequences (token ids), :meth:`score_texts` responses as text.
+    During RL it can keep learning from feedback on the current policy: :meth:`request` asks the
+    source to rank fresh groups, which arrive ``feedback.delay`` steps later (:meth:`arrive`:
+    training goes on over every group so far); :meth:`refresh` does both at once. What of it
+    changes that way is :meth:`state_dict`.
+    """
+
+    def __init__(
+        self,
+        network: ScalarHeadModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: RMStageConfig | None = None,
+        groups: Sequence[Group] = (),
+        *,
+        folder: Path | None = None,
+        info: dict[str, Any] | None = None,
+        task: Task | None = None,
+        source: FeedbackSource | None = None,
+        feedback: FeedbackConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.network = network
+        self.tokenizer = tokenizer
+        self.config = config or RMStageConfig()
+        #: The groups trained on so far (the stage's train split, then every online arrival).
+        self.groups = list(groups)
+        #: The stage folder it came from, and the stage's record (``stage/rm`` in a summary).
+        self.folder, self.info = folder, dict(info or {})
+        # What online feedback needs: whom to ask, about what, and its own random streams (the
+        # prompts and labels drawn, and the policy's samples).
+        self.task, self.source, self.feedback = task, source, feedback
+        self.rng = np.random.default_rng((feedback.seed if feedback else 0) + 1)
+        self.generator = torch.Generator().manual_seed(seed + 17)
+        #: Requested, not yet arrived: (step they arrive, groups), oldest first.
+        self.pending: list[tuple[int, list[Group]]] = []
+
+    @classmethod
+    def train(cls, context: PrepareContext) -> RewardModel:
+        """The job's reward model: stage 2 trained from the ``feedback=`` source on the stage-1
+        model's groups (or taken from the cache), frozen, on the job's device."""
+        folder, info, source = context_stage(context)
+        network = load_reward_model(folder, context.sft_path).to(context.device)
+        return cls(
+            network,
+            context.tokenizer,
+            to_object(context.cfg.stage.rm),
+            load_groups(folder / "train.jsonl"),
+            folder=folder,
+            info=info,
+            task=context.task,
+            source=source,
+            feedback=to_object(context.cfg.feedback),
+            seed=int(context.cfg.seed),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        folder: Path,
+        sft_path: Path,
+        config: RMStageConfig | None = None,
+        device: torch.device | str = "cpu",
+    ) -> RewardModel:
+        """A trained reward model from a stage-2 folder (frozen; scoring only: no source to ask)."""
+        _, tokenizer = load_pretrained(sft_path)
+        network = load_reward_model(folder, sft_path).to(device)
+        groups = load_groups(folder / "train.jsonl")
+        return cls(network, tokenizer, config, groups, folder=folder)
+
+    @property
+    def rounds(self) -> int:
+        """Online feedback rounds asked for (``feedback.rounds``; 0 without a source)."""
+        return self.feedback.rounds if self.feedback else 0
+
+    @property
+    def delay(self) -> int:
+        """Steps between requesting online labels and their arrival (``feedback.delay``)."""
+        return self.feedback.delay if self.feedback else 0
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Rewards ``[N]`` of a batch's sequences: the network's scalar at each last token."""
+        return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
+
+    def score_texts(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
+        """One reward per (row, response), tokenised as the policy would."""
+        ids = encode_responses(self.tokenizer, responses)
+        batch = collate(self.tokenizer, rows, ids, 1, ["eval"] * len(rows))
+        return self.score(batch).tolist()
+
+    def heldout(self) -> list[Group]:
+        """The stage's held-out groups (none for a model not built from a stage folder)."""
+        path = self.folder / "heldout.jsonl" if self.folder else None
+        return load_groups(path) if path and path.is_file() else []
+
+    def policy_metrics(self, run: Run) -> dict[str, float]:
+        """Held-out ranking accuracy of the run's policy used as a reward model (RRHF's view:
+        length-normalised log-probability), ``rm/policy_as_rm_accuracy_{labels,gold}``."""
+        groups = [g for g in self.heldout() if g.gold is not None]
+        if not groups:
+            return {}
+        accuracy = policy_ranking_accuracy(run, groups)
+        return {f"rm/policy_as_rm_{k}": v for k, v in accuracy.items()}
+
+    # -- online feedback -------------------------------------------------------------------------
+
+    def request(self, policy: PreTrainedModel, step: int) -> list[Group]:
+        """Ask the source to rank fresh groups of ``policy``'s responses, at ``step``; they
+        arrive at ``step + delay`` (each group records ``requested_at``)."""
+        if self.source is None or self.task is None or self.feedback is None:
+            raise TypeError("this reward model has no feedback source (use RewardModel.train)")
+        fresh = request_feedback(
+            self.network,
+            policy,
+            self.tokenizer,
+            self.task,
+            self.source,
+            self.feedback,
+            self.config,
+            self.rng,
+            self.generator,
+        )
+        for group in fresh:
+            group.extras["requested_at"] = step
+        self.pending.append((step + self.delay, fresh))
+        return fresh
+
+    def arrive(self, step: int) -> dict[str, float]:
+        """The requested groups due by ``step`` join the others and the network is trained on all
+        of them; nothing happens (``{}``) while none is due. Returns the training statistics."""
+        arrived = [g for due, groups in self.pending if due <= step for g in groups]
+        if not arrived:
+            return {}
+        self.pending = [(due, groups) for due, groups in self.pending if due > step]
+        for group in arrived:
+            group.extras["arrived_at"] = step
+        self.groups.extend(arrived)
+        stats = retrain_reward_model(self.network, self.tokenizer, self.groups, self.config)
+        if self.delay:
+            stats["feedback/pending"] = float(sum(len(groups) for _, groups in self.pending))
+            stats["feedback/label_age"] = float(
+                step - min(g.extras["requested_at"] for g in arrived)
+            )
+        return stats
+
+    def refresh(self, policy: PreTrainedModel, step: int) -> dict[str, float]:
+        """One online round: :meth:`request` fresh groups, then :meth:`arrive` (at once without a
+        delay); with a delay the statistics add ``feedback/requested``."""
+        fresh = self.request(policy, step)
+        stats = self.arrive(step)
+        if self.delay:
+            stats["feedback/requested"] = float(len(fresh))
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """What online feedback changes: the weights, the groups (arrived and pending) and the
+        random streams (checkpoint-safe: tensors, numbers and strings)."""
+        return {
+            "model": self.network.state_dict(),
+            "groups": json.dumps([group_dict(g) for g in self.groups]),
+            "rng": self.rng.bit_generator.state,
+            # The sampler of fresh groups: without it a resumed run samples other groups.
+            "generator": self.generator.get_state(),
+            # Labels still on their way are part of where the run stands.
+            "pending": json.dumps(
+                [[due, [group_dict(g) for g in groups]] for due, groups in self.pending]
+            ),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from what :meth:`state_dict` saved."""
+        self.network.load_state_dict(state["model"])
+        self.groups = [Group(**g) for g in json.loads(state["groups"])]
+        self.pending = [
+            (int(due), [Group(**g) for g in groups])
+            for due, groups in json.loads(state.get("pending", "[]"))
+        ]
+        self.rng.bit_generator.state = state["rng"]
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

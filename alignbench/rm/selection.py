@@ -1,0 +1,116 @@
+"""Choosing what to label (active learning) and collecting labelled groups from a source.
+
+Under a label budget, ``feedback.selection`` decides which candidate groups a feedback source is
+asked to rank: the first ones (``random``: the pool is already shuffled), those spread widest over
+the prompts (``diversity``: greedy k-center on the trunk's embeddings), or those the current
+reward model is least sure of (``uncertainty``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench.config import FeedbackConfig, RMStageConfig, Selection
+from alignbench.models import ScalarHeadModel, position_ids
+from alignbench.rm.feedback import FeedbackSource, Group
+from alignbench.rm.groups import check_vocabulary, generate_groups, group_batch
+from alignbench.rm.training import score_groups, train_reward_model
+from alignbench.task import Task
+
+
+def _confidence(scores: list[float]) -> float:
+    """How sure the model is of a group's order: mean |sigmoid(s_i - s_j) - 1/2| over pairs."""
+    s = np.asarray(scores)
+    probs = 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :])))
+    upper = np.triu_indices(len(s), k=1)
+    return float(np.abs(probs[upper] - 0.5).mean()) if len(upper[0]) else 1.0
+
+
+@torch.no_grad()
+def _embeddings(
+    model: ScalarHeadModel, tokenizer: PreTrainedTokenizerBase, groups: list[Group]
+) -> np.ndarray:
+    """A vector per group: the trunk's mean hidden state over the group's sequences."""
+    vectors = []
+    for g in groups:
+        batch, _ = group_batch(tokenizer, [g])
+        mask = batch.attention_mask
+        hidden = model.trunk(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids(mask)
+        ).last_hidden_state
+        mean = (hidden * mask[..., None]).sum((0, 1)) / mask.sum()
+        vectors.append(torch.nn.functional.normalize(mean, dim=0).numpy())
+    return np.stack(vectors)
+
+
+def _k_center(vectors: np.ndarray, count: int, rng: np.random.Generator) -> list[int]:
+    """Greedy k-center: repeatedly take the group farthest from everything chosen so far."""
+    chosen = [int(rng.integers(len(vectors)))]
+    distance = np.linalg.norm(vectors - vectors[chosen[0]], axis=1)
+    while len(chosen) < min(count, len(vectors)):
+        pick = int(distance.argmax())
+        chosen.append(pick)
+        distance = np.minimum(distance, np.linalg.norm(vectors - vectors[pick], axis=1))
+    return chosen
+
+
+def label_groups(
+    pool: list[Group],
+    source: FeedbackSource,
+    fb: FeedbackConfig,
+    rm_cfg: RMStageConfig,
+    make_model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    rng: np.random.Generator,
+) -> list[Group]:
+    """Choose ``fb.labels`` groups of the pool by ``fb.selection``; the source ranks them."""
+    budget = min(fb.labels, len(pool))
+
+    def ask(groups: list[Group]) -> list[Group]:
+        for group, preference in zip(groups, source.rank(groups, rng), strict=True):
+            group.preference = preference
+        return groups
+
+    if fb.selection == Selection.random:
+        return ask(pool[:budget])
+    if fb.selection == Selection.diversity:
+        chosen = _k_center(_embeddings(make_model(), tokenizer, pool), budget, rng)
+        return ask([pool[i] for i in chosen])
+    # Uncertainty: a quarter of the budget at random, a reward model on it, then its doubts.
+    seed_count = max(2, budget // 4)
+    seed, rest = ask(pool[:seed_count]), pool[seed_count:]
+    probe = make_model()
+    train_reward_model(probe, tokenizer, seed, rm_cfg, epochs=max(1, rm_cfg.epochs // 2))
+    confidence = [_confidence(s) for s in score_groups(probe, tokenizer, rest)]
+    doubtful = [rest[i] for i in np.argsort(confidence)[: budget - seed_count]]
+    return seed + ask(doubtful)
+
+
+def collect_feedback(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    source: FeedbackSource,
+    fb: FeedbackConfig,
+    rm_cfg: RMStageConfig,
+    make_model: Any,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> list[Group]:
+    """Labelled groups: the source's own, or sampled from ``policy`` and selected for labelling."""
+    own = source.load_groups()
+    if own is not None:
+        check_vocabulary(tokenizer, own)
+        return own
+    prompts = task.splits["rl"].to_list()
+    size = min(
+        len(prompts), fb.labels * (1 if fb.selection == Selection.random else fb.pool_factor)
+    )
+    rows = [prompts[i] for i in rng.permutation(len(prompts))[:size]]
+    pool = generate_groups(policy, tokenizer, task, rows, fb, generator)
+    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
+    return [g for g in groups if g.preference is not None]

@@ -1,0 +1,208 @@
+"""Stage 2, cached like stage 1: ranked groups from the SFT model and the reward model fit to them;
+and online feedback, the same collection from the current policy during RL.
+
+Groups of K responses are produced from a policy (sampling or beam search), a selection strategy
+decides which are worth labelling under the label budget, a feedback source ranks them, and a
+scalar-head model learns to respect the rankings with ``ops.ranking_rm_loss`` over every
+ordered pair of each group. Declared sources add contrast to a group (the prompt's human
+demonstration, the task's abstention phrase). A share of the groups is held out: the best epoch
+on their labels is kept (early stopping), and pairwise accuracy is reported against the labels
+(noisy) and the task's gold utility (the truth). The probe scores the model on held-out
+questions beside reference scorers (always abstain, random, the gold utility itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench import provenance
+from alignbench.budget import FlopCounter
+from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
+from alignbench.rm.evaluation import probe_report, ranking_accuracy
+from alignbench.rm.feedback import FeedbackSource, Group
+from alignbench.rm.groups import load_groups, ordered_pairs, save_groups
+from alignbench.rm.selection import collect_feedback
+from alignbench.rm.training import retrain_reward_model, score_groups, train_reward_model
+from alignbench.stages import cached_stage, config_hash
+from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from alignbench.reward import PrepareContext
+
+#: Bump when this stage's code changes what it produces.
+RM_STAGE_VERSION = 3
+#: Feedback keys that only matter during RL (online rounds), left out of the stage's key.
+ONLINE_ONLY_KEYS = ("rounds", "delay")
+
+
+def new_reward_model(
+    sft_path: Path, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase
+) -> ScalarHeadModel:
+    """An untrained reward model: the SFT trunk (``stage.rm.init=sft``) or a fresh one (scratch)."""
+    torch.manual_seed(cfg.stage.rm.seed)
+    if cfg.stage.rm.init == "scratch":
+        if cfg.model.name_or_path:  # the same architecture as the SFT model, fresh weights
+            return ScalarHeadModel(random_like(sft_path))
+        return ScalarHeadModel(build_model(to_object(cfg.model), tokenizer))
+    return ScalarHeadModel(load_pretrained(sft_path)[0])
+
+
+def load_reward_model(path: Path, sft_path: Path) -> ScalarHeadModel:
+    """A frozen trained reward model from the stage's cache folder."""
+    model = ScalarHeadModel(load_pretrained(sft_path)[0])
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    return freeze(model)
+
+
+def reward_model_stage(
+    cfg: DictConfig,
+    task: Task,
+    source: FeedbackSource,
+    sft_path: Path,
+    sft_key: str,
+) -> tuple[Path, dict[str, Any]]:
+    """The folder of the stage-2 reward model, trained unless the cache already holds it."""
+    # The SFT model's weights (as verified by stage 1), the plugins' sources and the contents of
+    # their input files (a rankings file) are keyed, not only their names.
+    sft_files = json.loads((sft_path / "stage.json").read_text())["provenance"]["files"]
+    plugins = {"task": task, "feedback": source}
+    # Online-round keys (rounds, delay) change RL, not this stage: a sweep over them shares one
+    # reward model.
+    feedback = OmegaConf.to_container(cfg.feedback, resolve=True, enum_to_str=True)
+    key = config_hash(
+        sft_key,
+        {k: v for k, v in feedback.items() if k not in ONLINE_ONLY_KEYS},
+        cfg.stage.rm,
+        RM_STAGE_VERSION,
+        sft_files,
+        provenance.key_parts(plugins),
+        provenance.STAGE_THREADS,
+    )
+
+    def build(folder: Path) -> dict[str, Any]:
+        fb, rm_cfg = to_object(cfg.feedback), to_object(cfg.stage.rm)
+        policy, tokenizer = load_pretrained(sft_path)
+        flops = FlopCounter()
+        flops.track(policy, "sampler")
+        rng = np.random.default_rng(fb.seed)
+        generator = torch.Generator().manual_seed(fb.seed)
+
+        def make_model() -> ScalarHeadModel:
+            return flops.track(new_reward_model(sft_path, cfg, tokenizer), "reward_model")
+
+        groups = collect_feedback(
+            policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator
+        )
+        order = rng.permutation(len(groups))
+        held = max(1, round(len(groups) * rm_cfg.heldout_share)) if len(groups) > 1 else 0
+        heldout = [groups[i] for i in order[:held]]
+        train = [groups[i] for i in order[held:]]
+        model = make_model()
+        stats = train_reward_model(model, tokenizer, train, rm_cfg, heldout=heldout)
+        accuracy = ranking_accuracy(score_groups(model, tokenizer, heldout), heldout)
+        golden = [g for g in groups if g.gold is not None]
+        label_accuracy = ranking_accuracy([g.preference for g in golden], golden)
+        probe = probe_report(model, tokenizer, task, exclude={g.row["prompt"] for g in groups})
+        flops.close()
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            folder / "model.safetensors",
+        )
+        save_groups(folder / "heldout.jsonl", heldout)
+        save_groups(folder / "train.jsonl", train)
+        return {
+            "groups": len(groups),
+            "train_groups": len(train),
+            "heldout_groups": len(heldout),
+            "flops": flops.total,
+            "heldout_accuracy_labels": accuracy.get("accuracy_labels"),
+            "heldout_accuracy_gold": accuracy.get("accuracy_gold"),
+            # How good the labels themselves are, over all groups (what a reward model learns from).
+            "labels_accuracy_gold": label_accuracy.get("accuracy_gold"),
+            # Contrast: which declared sources entered the groups, and how many pairs they order.
+            **{
+                f"groups_with_{name}": sum(name in g.extras.get("sources", []) for g in groups)
+                for name in ("demonstration", "abstention")
+            },
+            "ordered_gold_pairs": sum(ordered_pairs(g.gold) for g in groups),
+            "ordered_label_pairs": sum(ordered_pairs(g.preference) for g in groups),
+            **source.statistics(),
+            **probe,
+            **stats,
+        }
+
+    return cached_stage(
+        cfg.cache_dir,
+        "rm",
+        key,
+        build,
+        sources=provenance.RM_SOURCES,
+        plugins=plugins,
+        rebuild=cfg.cache_rebuild,
+    )
+
+
+def context_stage(context: PrepareContext) -> tuple[Path, dict[str, Any], FeedbackSource]:
+    """Stage 2 of a job (its folder, its ``stage/rm`` record, and the ``feedback=`` source it was
+    built from), from what a reward's ``prepare`` receives."""
+    source = context.feedback()
+    folder, info = reward_model_stage(
+        context.cfg, context.task, source, context.sft_path, context.sft_key
+    )
+    return folder, info, source
+
+
+def stage_groups(context: PrepareContext, split: str) -> tuple[list[Group], dict[str, Any]]:
+    """Stage 2's ranked groups of ``split`` (``train`` or ``heldout``), built (and cached) on
+    demand, and the stage's ``stage/rm`` record."""
+    folder, info, _ = context_stage(context)
+    return load_groups(folder / f"{split}.jsonl"), info
+
+
+# -- online feedback -----------------------------------------------------------------------------
+
+
+def request_feedback(
+    model: ScalarHeadModel,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    source: FeedbackSource,
+    fb: FeedbackConfig,
+    rm_cfg: RMStageConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> list[Group]:
+    """Online feedback: fresh groups from the current policy, ranked by the source (not yet
+    trained on: with ``feedback.delay`` they arrive later)."""
+    return collect_feedback(
+        policy, tokenizer, task, source, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
+    )
+
+
+def refresh_reward_model(
+    model: ScalarHeadModel,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    source: FeedbackSource,
+    fb: FeedbackConfig,
+    rm_cfg: RMStageConfig,
+    groups: list[Group],
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Online feedback: rank fresh groups from the current policy; train on all groups so far."""
+    fresh = request_feedback(model, policy, tokenizer, task, source, fb, rm_cfg, rng, generator)
+    groups.extend(fresh)
+    return retrain_reward_model(model, tokenizer, groups, rm_cfg)

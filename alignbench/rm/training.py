@@ -1,0 +1,142 @@
+"""Fitting a scalar-head model to ranked groups: the pairwise Bradley-Terry loss, early stopping on
+held-out labels, and scoring groups with the result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from alignbench import ops
+from alignbench.config import RMStageConfig
+from alignbench.errors import DataError
+from alignbench.hardware import model_device
+from alignbench.models import ScalarHeadModel, freeze
+from alignbench.rm.feedback import Group
+from alignbench.rm.groups import group_batch, ordered_pairs
+
+
+def sequence_rewards(
+    model: ScalarHeadModel, input_ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The reward model's score ``[N]`` of each sequence: its scalar at the last real token."""
+    device = model_device(model)  # texts scored at evaluation are collated on the CPU
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    values = model(input_ids, mask)
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+    return values[torch.arange(len(last), device=device), last]
+
+
+def label_loss(scores: list[list[float]], groups: list[Group]) -> float:
+    """Bradley-Terry loss of ``scores`` over every pair the groups' labels order (NaN if none).
+
+    The mean of ``-log sigmoid(s_i - s_j)`` over all label-ordered pairs (i preferred to j) of
+    all groups, pooled — the quantity early stopping watches on the held-out groups.
+    """
+    total, count = 0.0, 0
+    for s, g in zip(scores, groups, strict=True):
+        if g.preference is None:
+            continue
+        for i, p_i in enumerate(g.preference):
+            for j, p_j in enumerate(g.preference):
+                if p_i > p_j:
+                    total += float(np.logaddexp(0.0, -(s[i] - s[j])))
+                    count += 1
+    return total / count if count else float("nan")
+
+
+def train_reward_model(
+    model: ScalarHeadModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: list[Group],
+    cfg: RMStageConfig,
+    epochs: int | None = None,
+    heldout: list[Group] | None = None,
+) -> dict[str, Any]:
+    """Fit ``model`` to the groups' rankings with the pairwise Bradley-Terry loss.
+
+    With ``heldout`` groups that order at least one pair and ``cfg.patience > 0``, their label
+    loss is measured before training (epoch 0) and after every epoch; training stops after
+    ``patience`` epochs without a lower one and the best epoch's weights are restored.
+    """
+    labelled = [g for g in groups if g.preference is not None]
+    if not labelled:
+        raise DataError("no labelled group to train the reward model on — raise feedback.labels")
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    # foreach: one fused kernel per step instead of a loop over tensors (same numbers).
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
+    )
+    watch = [g for g in heldout or [] if ordered_pairs(g.preference)]
+    stopping = cfg.patience > 0 and bool(watch)
+    history: list[float] = []
+    best_epoch, best_state = 0, None
+    if stopping:
+        model.eval()
+        history.append(label_loss(score_groups(model, tokenizer, watch), watch))
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    losses = []
+    total_epochs = epochs if epochs is not None else cfg.epochs
+    epoch = 0
+    for epoch in range(1, total_epochs + 1):
+        model.train()
+        order = rng.permutation(len(labelled))
+        for start in range(0, len(labelled), cfg.batch_size):
+            chunk = [labelled[i] for i in order[start : start + cfg.batch_size]]
+            batch, preference = group_batch(tokenizer, chunk)
+            scores = sequence_rewards(model, batch.input_ids, batch.attention_mask)
+            loss = ops.ranking_rm_loss(batch.grouped(scores), preference)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+        if not stopping:
+            continue
+        model.eval()
+        history.append(label_loss(score_groups(model, tokenizer, watch), watch))
+        if history[-1] < history[best_epoch]:
+            best_epoch = epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    if stopping and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {
+        "final_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])) if losses else 0.0,
+        "epochs_run": epoch,
+        "best_epoch": best_epoch if stopping else epoch,
+        "heldout_loss_by_epoch": history,
+    }
+
+
+def retrain_reward_model(
+    model: ScalarHeadModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: list[Group],
+    rm_cfg: RMStageConfig,
+) -> dict[str, float]:
+    """Online feedback: keep training the reward model on all groups so far (a quarter of the
+    stage's epochs), then freeze it again."""
+    model.requires_grad_(True)
+    stats = train_reward_model(model, tokenizer, groups, rm_cfg, epochs=max(1, rm_cfg.epochs // 4))
+    freeze(model)
+    return {"feedback/groups": float(len(groups)), "feedback/rm_loss": stats["final_loss"]}
+
+
+@torch.no_grad()
+def score_groups(
+    model: ScalarHeadModel, tokenizer: PreTrainedTokenizerBase, groups: list[Group]
+) -> list[list[float]]:
+    """The reward model's score of every response of every group."""
+    out = []
+    for start in range(0, len(groups), 64):
+        chunk = groups[start : start + 64]
+        batch, _ = group_batch(tokenizer, chunk)
+        scores = batch.grouped(sequence_rewards(model, batch.input_ids, batch.attention_mask))
+        out += [row[: len(g.responses)].tolist() for row, g in zip(scores, chunk, strict=True)]
+    return out
