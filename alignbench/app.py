@@ -138,24 +138,42 @@ def _check_hook_names(registry: Registry, cls: type) -> None:
 def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> None:
     """A multi-turn task runs only with a reward that scores dialogues and an algorithm that
     declares ``multi_turn = True`` (one that credits assistant tokens through ``response_mask``
-    and reads turn ends from the batch); a multi-turn reward needs such a task."""
-    task_multi = bool(getattr(registry.get("task", task).cls, "multi_turn", False))
-    reward_multi = bool(getattr(registry.get("reward", reward).cls, "multi_turn", False))
+    and reads turn ends from the batch) and answers no evaluation itself (``alignbench_respond``
+    answers single questions); a multi-turn reward needs such a task. The fixes named are the
+    registered plugins that fit."""
+
+    def multi(group: str, name: str) -> bool:
+        return bool(getattr(registry.get(group, name).cls, "multi_turn", False))
+
+    def fitting(group: str, wanted: bool) -> str:
+        names = [n for n in registry.names(group) if multi(group, n) == wanted]
+        return ", ".join(f"{group}={n}" for n in names) or f"none is registered in {group}"
+
+    task_multi, reward_multi = multi("task", task), multi("reward", reward)
     if task_multi and not reward_multi:
         raise ConfigError(
             f"task={task} is a multi-turn task and reward={reward} scores single responses — "
-            "use a reward that scores dialogues (reward=turn, dialogue or mixed)"
+            f"use a reward that scores dialogues ({fitting('reward', True)})"
         )
     if reward_multi and not task_multi:
         raise ConfigError(
-            f"reward={reward} scores dialogues and task={task} is single-turn — use "
-            "task=dialogue, or a single-turn reward such as reward=abstention"
+            f"reward={reward} scores dialogues and task={task} is single-turn — use a multi-turn "
+            f"task ({fitting('task', True)}) or a single-turn reward"
         )
-    if task_multi and not getattr(registry.get("algo", algo).cls, "multi_turn", False):
+    if not task_multi:
+        return
+    cls = registry.get("algo", algo).cls
+    if not multi("algo", algo):
         raise ConfigError(
             f"algo={algo} does not support multi-turn tasks (task={task}) — use one that does "
-            "(ppo, rrhf, sft, rft, grpo, rloo, reinforce_pp, online_dpo); a plugin declares "
-            "multi_turn = True on its class (docs/plugins.md)"
+            f"({fitting('algo', True)}); a plugin declares multi_turn = True on its class "
+            "(docs/plugins.md)"
+        )
+    if hasattr(cls, "alignbench_respond"):
+        raise ConfigError(
+            f"algo={algo} answers evaluation questions itself (alignbench_respond), which a "
+            f"multi-turn task (task={task}) evaluates as whole greedy dialogues — drop "
+            "multi_turn = True from it or its alignbench_respond"
         )
 
 
