@@ -318,3 +318,32 @@ def test_turns_ends_and_count() -> None:
     turns = Turns(index=torch.tensor([[0, 0, -1, 1, -1], [0, -1, -1, -1, -1]]), dialogues=[[], []])
     assert turns.count.tolist() == [2, 1]
     assert turns.ends().tolist() == [[1, 3], [0, -1]]
+
+
+def test_an_algorithm_answering_evaluation_itself_is_refused_on_a_multi_turn_task() -> None:
+    """A multi-turn algorithm with its own alignbench_respond would be ignored silently (the
+    evaluation of a conversation is the core's greedy dialogue): refused in one line."""
+    from types import SimpleNamespace
+
+    from alignbench.app import check_multi_turn
+
+    class Answers:
+        multi_turn = True
+
+        def alignbench_respond(self, run, rows):  # type: ignore[no-untyped-def]
+            return None
+
+    classes = {
+        ("algo", "answers"): Answers,
+        ("task", "echo"): EchoTask,
+        ("reward", "count"): TurnCount,
+    }
+    registry = SimpleNamespace(
+        get=lambda group, name: SimpleNamespace(cls=classes[(group, name)]),
+        names=lambda group: [n for g, n in classes if g == group],
+    )
+    with pytest.raises(alignbench.ConfigError, match="answers evaluation questions itself"):
+        check_multi_turn(registry, "answers", "echo", "count")  # type: ignore[arg-type]
+    Answers.alignbench_respond = None  # type: ignore[assignment]
+    del Answers.alignbench_respond
+    check_multi_turn(registry, "answers", "echo", "count")  # type: ignore[arg-type]
