@@ -30,6 +30,7 @@ PACKAGE = Path(__file__).resolve().parent
 SFT_SOURCES = (
     "batch.py",
     "budget.py",
+    "cache.py",
     "models.py",
     "ops.py",
     "stages.py",

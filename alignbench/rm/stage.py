@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench import provenance
 from alignbench.budget import FlopCounter
+from alignbench.cache import cached_stage, config_hash
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
 from alignbench.rm.evaluation import probe_report, ranking_accuracy
@@ -33,7 +34,6 @@ from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import load_groups, ordered_pairs, save_groups
 from alignbench.rm.selection import collect_feedback
 from alignbench.rm.training import retrain_reward_model, score_groups, train_reward_model
-from alignbench.stages import cached_stage, config_hash
 from alignbench.task import Task
 
 if TYPE_CHECKING:
