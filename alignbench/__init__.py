@@ -24,6 +24,7 @@ from alignbench.config import (
     AlgorithmConfig,
     FeedbackConfig,
     RewardConfig,
+    SamplingConfig,
     TaskConfig,
     to_object,  # noqa: E402
 )
@@ -92,6 +93,7 @@ __all__ = [
     "RewardConfig",
     "RewardModel",
     "Run",
+    "SamplingConfig",
     "SamplingParams",
     "SharedBaseReference",
     "Task",

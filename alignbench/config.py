@@ -31,6 +31,25 @@ class BudgetKind(str, enum.Enum):
 
 
 @dataclass
+class SamplingConfig:
+    """How responses are sampled: one schema for every algorithm (``algo.sampling``) and for the
+    reward model's feedback groups (``feedback.sampling``); read by
+    :meth:`alignbench.SamplingParams.from_config`. Evaluation is greedy and has only a length
+    (``eval.max_new_tokens``), the same for every algorithm of a comparison."""
+
+    # Sampling temperature; a training forward recomputes the sampler's log-probs from
+    # logits / temperature [H24: Huang et al. 2024, "The N+ Implementation Details of RLHF"].
+    temperature: float = 1.0
+    # 0 = off: PPO's and the policy-gradient methods' log-probs assume sampling from the full
+    # distribution [H24].
+    top_k: int = 0
+    # 1 = off, for the same reason.
+    top_p: float = 1.0
+    # Answers are at most 4 words + eos on the facts task.
+    max_new_tokens: int = 8
+
+
+@dataclass
 class AlgorithmConfig:
     """Keys every algorithm has; an algorithm's own config dataclass subclasses this."""
 
@@ -39,6 +58,8 @@ class AlgorithmConfig:
     prompts_per_step: int = 16
     # Which task split the prompts come from (`rl` prompts, or `sft` demonstrations).
     prompt_split: str = "rl"
+    # How the algorithm samples (an algorithm that never samples, such as offline DPO, ignores it).
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 @dataclass
@@ -87,8 +108,8 @@ class FeedbackConfig:
     # Responses per group, and how they are produced from the SFT (or current) policy.
     k: int = 4
     decoding: Decoding = Decoding.sample
-    temperature: float = 1.0
-    max_new_tokens: int = 8
+    # Sampling of the K responses (`decoding: beam` reads only max_new_tokens).
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # The label budget: ranked groups bought from the source.
     labels: int = 400
     # Which groups are labelled: random, the current RM's least confident, or spread over prompts.
@@ -214,6 +235,8 @@ class EvalConfig:
     # every algorithm of a comparison is evaluated at the same compute; plus one at the start.
     # 0 = only at the start and the end.
     points: int = 10
+    # Greedy answers of at most this many tokens. Not read from `algo.sampling`: evaluation is
+    # the same for every algorithm of a comparison, whatever each one samples with.
     max_new_tokens: int = 8
     batch_size: int = 256
 

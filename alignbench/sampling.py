@@ -28,6 +28,7 @@ from alignbench.batch import (
     pad_prompts,
     transcript,
 )
+from alignbench.config import SamplingConfig
 from alignbench.decoding import decoder
 from alignbench.hardware import model_device
 from alignbench.models import position_ids
@@ -49,14 +50,14 @@ class SamplingParams:
     greedy: bool = False
 
     @classmethod
-    def from_config(cls, config: Any) -> SamplingParams:
-        """The decoding an algorithm config declares: its ``max_new_tokens``, ``temperature``,
-        ``top_k`` and ``top_p`` (one definition instead of a copy in every algorithm)."""
+    def from_config(cls, sampling: SamplingConfig) -> SamplingParams:
+        """The decoding a :class:`~alignbench.config.SamplingConfig` declares (``algo.sampling``,
+        ``feedback.sampling``): its ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``."""
         return cls(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
         )
 
 

@@ -32,11 +32,6 @@ class BestOfNConfig(AlgorithmConfig):
     # ("Scaling Laws for Reward Model Overoptimization") measure best-of-n up to n in the
     # thousands. 16 is a middle point: 16 generations + 16 reward forwards per question.
     n: int = 16
-    # Plain temperature-1 samples of at most 8 tokens, as every algorithm samples here.
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 8
 
     def validate(self) -> None:
         """Refuse an N below 1 (one line naming the key)."""
@@ -52,7 +47,7 @@ class BestOfN:
 
     def __init__(self, run: Run, config: BestOfNConfig) -> None:
         self.config = config
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
 
     @alignbench.hookimpl
     def alignbench_respond(self, run: Run, rows: list[dict[str, Any]]) -> list[str]:

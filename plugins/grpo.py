@@ -71,12 +71,8 @@ class GRPOConfig(AlgorithmConfig):
     # [TRL] max_grad_norm 1.0, no weight decay.
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
-    # Sample from the full distribution ([S24, TRL]: temperature 1): the ratio assumes it.
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    # Answers are at most 4 words + eos on the facts task (as PPO).
-    max_new_tokens: int = 8
+    # `sampling` (AlgorithmConfig): temperature 1 from the full distribution [S24, TRL], as the
+    # ratio assumes.
 
     def validate(self) -> None:
         """Refuse option values GRPO cannot run with (one line naming the key and the fix)."""
@@ -115,10 +111,10 @@ class GRPO:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
         # Dr. GRPO's constant normaliser: the most trained tokens a sequence can have (in a
         # conversation, every assistant turn's).
-        self.max_tokens = config.max_new_tokens * max(1, getattr(run.task, "max_turns", 1))
+        self.max_tokens = config.sampling.max_new_tokens * max(1, getattr(run.task, "max_turns", 1))
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
@@ -132,7 +128,7 @@ class GRPO:
                     batch.input_ids,
                     batch.attention_mask,
                     batch.prompt_length,
-                    c.temperature,
+                    c.sampling.temperature,
                 )
         return batch
 
@@ -159,7 +155,7 @@ class GRPO:
                     batch.attention_mask[rows],
                     batch.prompt_length,
                 )
-                logprobs = token_logprobs(logits, batch.response_ids[rows], c.temperature)
+                logprobs = token_logprobs(logits, batch.response_ids[rows], c.sampling.temperature)
                 per_token, clipped = ops.clipped_surrogate(
                     logprobs, old, advantages[rows], c.clip_eps, c.clip_eps_high or None
                 )
@@ -178,7 +174,7 @@ class GRPO:
                 self.optimizer.step()
                 with torch.no_grad():
                     delta = logprobs - old
-                    entropy = ops.token_entropy(logits / c.temperature)
+                    entropy = ops.token_entropy(logits / c.sampling.temperature)
                     parts.update(
                         {
                             "loss/total": loss.item(),

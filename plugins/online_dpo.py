@@ -51,11 +51,6 @@ class OnlineDPOConfig(AlgorithmConfig):
     lr: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    # Sampling as PPO and RRHF here: plain temperature-1 samples of at most 8 tokens.
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 8
 
     def validate(self) -> None:
         """Refuse values online DPO cannot run with (one line naming the key and the fix)."""
@@ -99,7 +94,7 @@ class OnlineDPO:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:

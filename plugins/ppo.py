@@ -73,10 +73,6 @@ class PPOConfig(AlgorithmConfig):
     early_stop_kl: float = 0.0
     ptx_coef: float = 0.5
     ptx_batch_size: int = 16
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 8
 
 
 class KLController:
@@ -154,7 +150,7 @@ class PPO:
             if config.ptx_coef
             else None
         )
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
         policy_params = list(run.policy.parameters())
         if self.value_head is not None:
             policy_params += list(self.value_head.parameters())
@@ -245,7 +241,7 @@ class PPO:
                 batch.input_ids,
                 batch.attention_mask,
                 batch.prompt_length,
-                c.temperature,
+                c.sampling.temperature,
             )
             # With one mini-batch, the update's first forward sees every sequence before any
             # optimiser step: its values are these, so the update takes them from there.
@@ -328,7 +324,7 @@ class PPO:
                 rows = order[start : start + size]
                 m = mask[rows]
                 logits, shared_values = self._policy_forward(run, batch, rows)
-                logprobs = token_logprobs(logits, tokens[rows], c.temperature)
+                logprobs = token_logprobs(logits, tokens[rows], c.sampling.temperature)
                 if epoch == 0 and start == 0:
                     gap = ops.masked_mean((logprobs - old_logprobs[rows]).abs(), m)
                     record(logprob_gap=gap.item())
@@ -344,7 +340,9 @@ class PPO:
                 vf_loss = ops.value_loss(
                     values, old_values[rows], returns[rows], m, c.clip_range_value
                 )
-                scaled = logits if c.temperature == 1.0 else logits / c.temperature
+                scaled = (
+                    logits if c.sampling.temperature == 1.0 else logits / c.sampling.temperature
+                )
                 entropy = ops.masked_mean(_entropy(scaled.detach()), m)
                 loss = pg_loss + c.vf_coef * vf_loss
                 if self.demos is not None:
@@ -352,7 +350,7 @@ class PPO:
                     record(ptx=ptx.item())
                     loss = loss + c.ptx_coef * ptx
                 if c.entropy_coef:
-                    entropy_term = ops.masked_mean(_entropy(logits / c.temperature), m)
+                    entropy_term = ops.masked_mean(_entropy(logits / c.sampling.temperature), m)
                     loss = loss - c.entropy_coef * entropy_term
                 run.check_finite(**{"loss/policy": pg_loss, "loss/value": vf_loss})
                 self.optimizer.zero_grad(set_to_none=True)

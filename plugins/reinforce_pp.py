@@ -71,12 +71,8 @@ class ReinforcePPConfig(AlgorithmConfig):
     lr: float = 3e-4
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
-    # Sample from the full distribution (temperature 1, no top-k / top-p): the ratio assumes it.
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    # Answers are at most 4 words + eos on the facts task (as PPO).
-    max_new_tokens: int = 8
+    # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p,
+    # as the ratio assumes.
 
     def validate(self) -> None:
         """Refuse option values REINFORCE++ cannot run with (one line naming the key and fix)."""
@@ -106,7 +102,7 @@ class ReinforcePP:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
@@ -120,14 +116,14 @@ class ReinforcePP:
                     batch.input_ids,
                     batch.attention_mask,
                     batch.prompt_length,
-                    c.temperature,
+                    c.sampling.temperature,
                 )
             if c.baseline == "greedy":
                 greedy = run.sample(
                     run.policy,
                     prompts,
                     1,
-                    SamplingParams(max_new_tokens=c.max_new_tokens, greedy=True),
+                    SamplingParams(max_new_tokens=c.sampling.max_new_tokens, greedy=True),
                     source="greedy",
                 )
                 # Scored like every response, so a learned reward model's passes are charged.
@@ -165,7 +161,7 @@ class ReinforcePP:
                     batch.input_ids[rows],
                     batch.attention_mask[rows],
                     batch.prompt_length,
-                    c.temperature,
+                    c.sampling.temperature,
                 )
                 loss, clipfrac = ops.policy_loss(logprobs, old, advantages[rows], m, c.clip_eps)
                 run.check_finite(**{"loss/policy": loss})

@@ -60,12 +60,8 @@ class RLOOConfig(AlgorithmConfig):
     # [TRL] max_grad_norm 1.0, no weight decay.
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
-    # Sample from the full distribution (temperature 1, no top-k / top-p): REINFORCE assumes it.
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    # Answers are at most 4 words + eos on the facts task (as PPO).
-    max_new_tokens: int = 8
+    # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p,
+    # as REINFORCE assumes.
 
     def validate(self) -> None:
         """Refuse option values RLOO cannot run with (one line naming the key and the fix)."""
@@ -95,7 +91,7 @@ class RLOO:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
@@ -109,7 +105,7 @@ class RLOO:
                     batch.input_ids,
                     batch.attention_mask,
                     batch.prompt_length,
-                    c.temperature,
+                    c.sampling.temperature,
                 )
         return batch
 
@@ -142,7 +138,7 @@ class RLOO:
                     batch.input_ids[rows],
                     batch.attention_mask[rows],
                     batch.prompt_length,
-                    c.temperature,
+                    c.sampling.temperature,
                 )
                 sequence_logprobs = ops.sequence_scores(logprobs, mask[rows], 0.0)
                 per_sequence, clipped = ops.clipped_surrogate(

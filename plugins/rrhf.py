@@ -56,10 +56,6 @@ class RRHFConfig(AlgorithmConfig):
     max_grad_norm: float = 1.0
     # Optimisation passes over each step's batch.
     epochs: int = 1
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 8
 
 
 @dataclass
@@ -102,7 +98,7 @@ class RRHF:
         self.optimizer = torch.optim.AdamW(
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.params = SamplingParams.from_config(config)
+        self.params = SamplingParams.from_config(config.sampling)
 
     def group_size(self, run: Run) -> int:
         """K: candidates per prompt."""

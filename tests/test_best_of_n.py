@@ -85,7 +85,11 @@ def test_best_of_n_beats_the_plain_policy(tmp_path, cache_dir) -> None:
     -0.48 -> 0.12). At temperature 0.5: this tiny SFT model's T=1 distribution is so flat that
     its samples are mostly word salad (then best-of-16 is below greedy: -1.16)."""
     summary = _run(
-        tmp_path, cache_dir, "algo=best_of_n", "algo.temperature=0.5", "stage.sft.epochs=15"
+        tmp_path,
+        cache_dir,
+        "algo=best_of_n",
+        "algo.sampling.temperature=0.5",
+        "stage.sft.epochs=15",
     )
     for prefix in ("test", "dev", "eval_rl"):
         greedy, best = summary["initial"][f"{prefix}/reward"], summary[f"{prefix}/reward"]

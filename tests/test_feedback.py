@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from alignbench import DataError, Group
-from alignbench.config import RMStageConfig
+from alignbench.config import RMStageConfig, SamplingConfig
 from alignbench.feedback import pairwise_agreement, ranking_to_preference
 from alignbench.reward_model import (
     contrast_responses,
@@ -270,7 +270,9 @@ def tiny_model(task: FactsTask):
 
 
 def _feedback(**kwargs) -> SimulatedConfig:
-    return SimulatedConfig(name="simulated", k=4, max_new_tokens=3, **kwargs)
+    return SimulatedConfig(
+        name="simulated", k=4, sampling=SamplingConfig(max_new_tokens=3), **kwargs
+    )
 
 
 def test_demonstration_takes_one_place_in_the_group(task, tiny_model) -> None:

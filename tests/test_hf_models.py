@@ -239,8 +239,8 @@ PIPELINE = [
 def test_sft_rm_ppo_and_rrhf_end_to_end(folders, kind: str, tiny_job) -> None:
     """SFT -> reward model (reward=rm) -> PPO and RRHF, on a BPE model with a chat template."""
     path = f"model.name_or_path={folders[kind]}"
-    ppo = tiny_job(path, "algo=ppo", *PIPELINE, "algo.max_new_tokens=6", out="ppo")
-    rrhf = tiny_job(path, "algo=rrhf", *PIPELINE, "algo.max_new_tokens=6", out="rrhf")
+    ppo = tiny_job(path, "algo=ppo", *PIPELINE, "algo.sampling.max_new_tokens=6", out="ppo")
+    rrhf = tiny_job(path, "algo=rrhf", *PIPELINE, "algo.sampling.max_new_tokens=6", out="rrhf")
     for summary in (ppo, rrhf):
         assert summary["status"] == "finished", summary.get("error")
         assert summary["stage/sft"]["final_loss"] < 6.0

@@ -133,7 +133,9 @@ def test_ptx_mixes_demonstrations_into_the_update(toy) -> None:
 
 def test_truncation_is_visible_and_penalised(toy) -> None:
     """Responses cut at max_new_tokens show in the logs and pay the missing-eos penalty."""
-    _, steps = toy("algo.max_new_tokens=1", "algo.missing_eos_penalty=3", "budget.amount=1")
+    _, steps = toy(
+        "algo.sampling.max_new_tokens=1", "algo.missing_eos_penalty=3", "budget.amount=1"
+    )
     [step] = steps
     assert step["policy/truncated_share"] > 0.5
     assert step["objective/scores"] < step["objective/reward"] - 1.0

@@ -79,9 +79,9 @@ def generate_groups(
     """
     model.eval()
     if fb.decoding == Decoding.beam:
-        texts = beam_responses(model, tokenizer, rows, fb.k, fb.max_new_tokens)
+        texts = beam_responses(model, tokenizer, rows, fb.k, fb.sampling.max_new_tokens)
     else:
-        params = SamplingParams(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature)
+        params = SamplingParams.from_config(fb.sampling)
         sampled = sample(model, tokenizer, rows, fb.k, params, generator).responses
         texts = [sampled[i * fb.k : (i + 1) * fb.k] for i in range(len(rows))]
     groups = []
