@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from alignbench import ops
+
 
 @dataclass
 class Turns:
@@ -35,12 +37,11 @@ class Turns:
     def ends(self) -> torch.Tensor:
         """Position in the response of each assistant turn's last token ``[N, T]`` (-1: none)."""
         turns = max(1, int(self.count.max()))
-        positions = torch.arange(self.index.shape[1], device=self.index.device)
         ends = torch.full(
-            (self.index.shape[0], turns), -1, dtype=torch.long, device=positions.device
+            (self.index.shape[0], turns), -1, dtype=torch.long, device=self.index.device
         )
         for t in range(turns):
-            ends[:, t] = torch.where(self.index == t, positions, -1).max(-1).values
+            ends[:, t] = ops.last_positions(self.index == t)
         return ends
 
     def to(self, device: torch.device) -> Turns:
@@ -95,9 +96,7 @@ class Batch:
     def last_positions(self) -> torch.Tensor:
         """Position in the response of each sequence's last token ``[N]`` (its eos when it
         ended; in a conversation, the last assistant reply's)."""
-        mask = self.response_mask.bool()
-        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        return torch.where(mask, positions, -1).max(-1).values.clamp(min=0)
+        return ops.last_positions(self.response_mask).clamp(min=0)
 
     def token_lists(self) -> list[tuple[list[int], list[int], list[int]]]:
         """Each sequence's response as ``(ids, response_mask, turn index)`` lists without the

@@ -21,12 +21,15 @@ __all__ = [
     "aggregate_loss",
     "best_worst_pairs",
     "clipped_surrogate",
+    "demonstration_nll",
     "discounted_returns",
     "dpo_loss",
     "gae",
+    "gather_last",
     "group_advantages",
     "kl_penalty",
     "kl_shaped_rewards",
+    "last_positions",
     "leave_one_out_advantages",
     "masked_mean",
     "masked_var",
@@ -86,6 +89,39 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
 
 
+def last_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of ``mask`` ``[N, L]`` -> ``[N]``; -1 where a row has none.
+
+    ``max(i for i in range(L) if mask[n, i])``: a response's last token (its eos when it ended),
+    in a conversation the last assistant reply's (user tokens sit between the masked ones), or a
+    whole sequence's last real token under an attention mask.
+    """
+    valid = mask.bool()
+    positions = torch.arange(valid.shape[-1], device=valid.device).expand_as(valid)
+    return torch.where(valid, positions, -1).max(-1).values
+
+
+def gather_last(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[n, last_positions(mask)[n]]`` ``[N, L]`` -> ``[N]``: the value at each row's last
+    masked position (position 0 for a row with none).
+
+    The one last-token readout: a reward model's score of a sequence (its scalar at the last real
+    token), whether a response ended with eos (its token there).
+    """
+    last = last_positions(mask).clamp(min=0)
+    return values.gather(-1, last[:, None]).squeeze(-1)
+
+
+def demonstration_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The SFT loss: token-mean negative log-likelihood of demonstrations, ``[N, T]`` -> ``[]``.
+
+    ``-sum(logprobs * mask) / sum(mask)`` (:func:`masked_mean`): every token of the batch weighs
+    the same, so a long demonstration counts more than a short one. Stage 1, PPO-ptx (Ouyang et
+    al. 2022, eq. 2) and RRHF's / RFT's / SFT's loss on the best candidate all use it.
+    """
+    return -masked_mean(logprobs, mask)
+
+
 def gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -136,10 +172,9 @@ def place_turn_rewards(turn_rewards: torch.Tensor, turn_index: torch.Tensor) -> 
     token of assistant turn t (``turn_index`` ``[N, T]``: each token's turn, -1 elsewhere) and
     0 everywhere else: the dense reward a per-turn critic credits turn by turn."""
     out = torch.zeros(turn_index.shape, dtype=turn_rewards.dtype, device=turn_rewards.device)
-    positions = torch.arange(turn_index.shape[1], device=turn_index.device)
     rows = torch.arange(turn_index.shape[0], device=turn_index.device)
     for t in range(turn_rewards.shape[1]):
-        end = torch.where(turn_index == t, positions, -1).max(-1).values
+        end = last_positions(turn_index == t)
         present = end >= 0
         out[rows[present], end[present]] += turn_rewards[present, t]
     return out
@@ -363,9 +398,7 @@ def kl_shaped_rewards(
     """
     valid = mask.bool()
     rewards = torch.where(valid, -beta * kl, torch.zeros_like(kl))
-    # The last valid position (in a conversation, user tokens sit between the valid ones).
-    positions = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
-    last = torch.where(valid, positions, -1).max(-1).values.clamp(min=0)
+    last = last_positions(valid).clamp(min=0)
     rows = torch.arange(rewards.shape[0], device=valid.device)
     rewards[rows, last] = rewards[rows, last] + scores.to(rewards.dtype)
     return rewards

@@ -225,7 +225,7 @@ class PPO:
         logprobs = response_logprobs(
             run.policy, demos.input_ids, demos.attention_mask, demos.prompt_length
         )
-        return -ops.masked_mean(logprobs, demos.response_mask)
+        return ops.demonstration_nll(logprobs, demos.response_mask)
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -262,9 +262,10 @@ class PPO:
         mask = batch.response_mask.float()
         returns = run.rewards(batch).float()
         batch.rewards = returns.clone()
-        eos = run.tokenizer.eos_token_id
         last = batch.last_positions
-        ended = batch.response_ids.gather(1, last[:, None]).squeeze(1) == eos
+        ended = (
+            ops.gather_last(batch.response_ids, batch.response_mask) == run.tokenizer.eos_token_id
+        )
         turns = batch.turns
         # One row of scores per sequence: the turns' rewards, or one score on the last token.
         per_turn = turns is not None and c.credit == "turn"

@@ -153,7 +153,7 @@ class RRHF:
                 if c.rank_weight
                 else scores.new_zeros(())
             )
-            nll = -ops.masked_mean(logprobs[best_rows], batch.response_mask[best_rows])
+            nll = ops.demonstration_nll(logprobs[best_rows], batch.response_mask[best_rows])
             loss = c.rank_weight * rank + c.sft_weight * nll
             run.check_finite(**{"loss/total": loss})
             self.optimizer.zero_grad(set_to_none=True)

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from alignbench.ops import (
+    demonstration_nll,
     gae,
+    gather_last,
     kl_penalty,
+    last_positions,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -55,6 +58,27 @@ def test_masked_mean_empty_mask_is_zero():
     x = torch.tensor([[BIG, 1.0], [2.0, 3.0]])
     mask = torch.zeros(2, 2)
     check(masked_mean(x, mask), 0.0, torch.float32)
+
+
+# --------------------------------------------------------------------------- last token
+
+
+def test_last_positions_and_gather_last():
+    """The last 1 of each row (a gap inside a row counts, as a user turn does); -1 / position 0
+    for a row without one."""
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    assert last_positions(mask).tolist() == [1, 2, 3, -1]
+    values = torch.tensor([[1.0, 2.0, BIG, BIG], [3.0, BIG, 4.0, BIG], [5.0, 6.0, 7.0, 8.0]])
+    check(gather_last(values, mask[:3]), [2.0, 4.0, 8.0], torch.float32)
+    assert gather_last(torch.tensor([[9, 8]]), torch.tensor([[0, 0]])).tolist() == [9]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_demonstration_nll_is_the_token_mean(dtype):
+    """-(sum of valid log-probs) / (valid tokens): (0.5 + 1 + 1.5) / 3 = 1, padding ignored."""
+    logprobs = torch.tensor([[-0.5, -1.0, -BIG], [-1.5, -BIG, -BIG]], dtype=dtype)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    check(demonstration_nll(logprobs, mask), 1.0, dtype)
 
 
 # --------------------------------------------------------------------------- masked_whiten

@@ -24,9 +24,7 @@ def sequence_rewards(
     """The reward model's score ``[N]`` of each sequence: its scalar at the last real token."""
     device = model_device(model)  # texts scored at evaluation are collated on the CPU
     input_ids, mask = input_ids.to(device), mask.to(device)
-    values = model(input_ids, mask)
-    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
-    return values[torch.arange(len(last), device=device), last]
+    return ops.gather_last(model(input_ids, mask), mask)
 
 
 def label_loss(scores: list[list[float]], groups: list[Group]) -> float:
