@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import inspect
 import json
@@ -20,7 +21,19 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
-from alignbench import CORRECT, WRONG, AlgorithmConfig, Batch, Run, hookspecs, turn_rewards
+import alignbench
+from alignbench import (
+    CORRECT,
+    WRONG,
+    AlgorithmConfig,
+    Batch,
+    ConfigError,
+    Run,
+    hookimpl,
+    hookspecs,
+    load_pretrained,
+    turn_rewards,
+)
 from alignbench.app import _check_run_hooks, run_job
 from alignbench.budget import Budget, FlopCounter
 from alignbench.config import ModelConfig
@@ -29,7 +42,7 @@ from alignbench.models import build_model, build_tokenizer
 from alignbench.registry import build_registry
 from alignbench_plugins.facts import FactsConfig, FactsTask
 from alignbench_plugins.rewards import AbstentionConfig, AbstentionReward
-from tests.conftest import compose
+from tests.conftest import TINY, compose
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 HOOKSPECS = {
@@ -46,6 +59,26 @@ def guide() -> str:
 def documented_hooks() -> set[str]:
     """Hook names that have a section headed exactly "### `<name>`"."""
     return set(re.findall(r"^### `(alignbench_\w+)`[ \t]*$", guide(), flags=re.MULTILINE))
+
+
+def examples() -> list[str]:
+    """The names of every ``<!-- example: <name> -->`` in the guide."""
+    return re.findall(r"^<!-- example: ([\w-]+) -->$", guide(), flags=re.MULTILINE)
+
+
+def prose() -> str:
+    """The guide without its fenced code blocks (a name used only in an example is not
+    documented)."""
+    return re.sub(r"^[ \t]*```.*?^[ \t]*```", "", guide(), flags=re.MULTILINE | re.DOTALL)
+
+
+def hook_section(name: str) -> str:
+    """The text of the guide's "### `<name>`" section, up to the next heading."""
+    match = re.search(
+        rf"^### `{re.escape(name)}`[ \t]*\n(.*?)(?=^#)", guide(), flags=re.MULTILINE | re.DOTALL
+    )
+    assert match, f'docs/plugins.md lacks a "### `{name}`" section'
+    return match.group(1)
 
 
 def example(name: str) -> str:
@@ -94,6 +127,54 @@ def test_every_hook_has_a_section_in_the_guide(name: str) -> None:
 def test_guide_documents_no_hook_that_does_not_exist() -> None:
     stale = documented_hooks() - set(HOOKSPECS)
     assert not stale, f"docs/plugins.md documents hooks that hookspecs.py lacks: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("name", sorted(HOOKSPECS))
+def test_every_hook_section_says_what_a_wrong_return_does(name: str) -> None:
+    """The contract includes the failure: what the core does when the hook returns the wrong
+    thing (a one-line error, a fallback, or nothing because the value is ignored)."""
+    assert "- **Wrong return:**" in hook_section(name), (
+        f'the "### `{name}`" section of docs/plugins.md has no "- **Wrong return:**" line'
+    )
+
+
+def test_every_public_name_is_in_the_guide() -> None:
+    """Every name of ``alignbench.__all__`` appears in backticks in the guide's prose (not only
+    inside an example), as itself or as ``alignbench.<name>``: the guide is the API."""
+    spans = re.findall(r"`([^`]+)`", prose())
+
+    def documented(name: str) -> bool:
+        # `name`, `name(...)`, `alignbench.name`, but not `run.name` (another thing).
+        pattern = re.compile(rf"(?:^|(?<=[^\w.])|(?<=\balignbench\.)){re.escape(name)}(?!\w)")
+        return any(pattern.search(span) for span in spans)
+
+    assert alignbench.__all__
+    missing = [name for name in alignbench.__all__ if not documented(name)]
+    assert not missing, f"docs/plugins.md does not document these public names: {missing}"
+
+
+@pytest.mark.parametrize("name", examples())
+def test_examples_use_only_the_public_api(name: str) -> None:
+    """A guide example imports nothing from ``alignbench.<module>`` and only names of
+    ``alignbench.__all__``, as the built-in plugins must (tests/test_plugins.py)."""
+    public = set(alignbench.__all__)
+    used = []
+    for node in ast.walk(ast.parse(example(name))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert not node.module.startswith("alignbench."), f"imports {node.module}"
+            if node.module == "alignbench":
+                used += [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+            assert not [n for n in names if n.startswith("alignbench.")], f"imports {names}"
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "alignbench"
+        ):
+            used.append(node.attr)
+    assert used, "the example uses nothing from alignbench (is the parse right?)"
+    assert set(used) <= public, f"not in alignbench.__all__: {sorted(set(used) - public)}"
 
 
 @pytest.mark.parametrize("name", sorted(HOOKSPECS))
@@ -304,3 +385,98 @@ def test_example_multi_turn_task_runs_a_job(
     turns = [sum(m["role"] == "assistant" for m in r["dialogue"]) for r in records]
     assert 1 < max(turns) <= 3
     assert [len(r["verdicts"]) for r in records] == turns
+
+
+# ------------------------------------------------------------------ the AI-judge example
+
+#: The words the guide's AI judge is asked for on the facts world (two tokens, both known to the
+#: stage-1 model: the sum over the verdict's tokens is exercised).
+VERDICT = "not know"
+
+
+def judged(model: torch.nn.Module, tokenizer: typing.Any, question: str) -> float:
+    """``log p(VERDICT | question)`` by hand: one unpadded forward, no alignbench helper."""
+    asked = tokenizer.encode(question, add_special_tokens=False)
+    verdict = tokenizer.encode(" " + VERDICT, add_special_tokens=False)
+    assert len(verdict) == 2 and tokenizer.unk_token_id not in verdict
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([asked + verdict])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return sum(logprobs[len(asked) - 1 + i, token].item() for i, token in enumerate(verdict))
+
+
+class ScoredBatches:
+    """A wrapper around the score hook (allowed beside the algorithm's): records what each step
+    was scored on and the rewards it got."""
+
+    def __init__(self) -> None:
+        self.scored: list[tuple[list[dict[str, typing.Any]], list[str], list[float]]] = []
+
+    @hookimpl(wrapper=True)
+    def alignbench_score(self, run: Run, batch: Batch) -> typing.Generator[None, Batch, Batch]:
+        scored = yield
+        self.scored.append((scored.rows, list(scored.responses), scored.rewards.tolist()))
+        return scored
+
+
+def test_example_ai_judge_reward_runs_a_job(
+    tmp_path: Path, cache_dir: Path, isolated_plugins: None
+) -> None:
+    """The documented AI-judge reward, loaded as a plugin, in a whole tiny job: the judge's
+    forward passes are charged to the budget under its own name, and every reward, in training
+    and in evaluation, is the judge's log-probability of the verdict."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "ai_judge.py").write_text(example("ai-judge-reward"), encoding="utf-8")
+    registry = build_registry([str(folder)])
+    assert not registry.failed
+    assert not registry.get("reward", "ai_judge").cls.uses_feedback
+    recorder = ScoredBatches()
+    registry.pm.register(recorder, name="test:scored-batches")
+    overrides = ["algo=rrhf", "reward=ai_judge", f"reward.verdict='{VERDICT}'"]
+    cfg = compose([*TINY, f"cache_dir={cache_dir}", *overrides], registry)
+    summary = run_job(cfg, tmp_path / "out", registry=registry)
+    assert summary["status"] == "finished", summary.get("error")
+    assert summary["stage/judge"]["verdict"] == VERDICT
+
+    # Charged: every step pays for its judgements, and the budget counts them.
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    steps = [record for record in map(json.loads, lines) if record["kind"] == "step"]
+    assert len(steps) == 2
+    assert 0 < steps[0]["flops/judge"] < steps[1]["flops/judge"]
+    by_model = summary["flops_by_model"]
+    assert by_model["judge"] == steps[-1]["flops/judge"]  # evaluation's judging is not charged
+    assert summary["budget/flops"] == pytest.approx(sum(by_model.values()))
+
+    # The rewards are what the judge says, by hand.
+    judge, tokenizer = load_pretrained(summary["stage/judge"]["model"])
+    judge.eval()
+
+    def expected(row: dict[str, typing.Any], response: str) -> float:
+        return judged(
+            judge, tokenizer, cfg.reward.question.format(prompt=row["prompt"], response=response)
+        )
+
+    assert len(recorder.scored) == 2
+    for rows, responses, rewards in recorder.scored:
+        by_hand = [expected(row, r) for row, r in zip(rows, responses, strict=True)]
+        assert rewards == pytest.approx(by_hand, abs=1e-4)
+    completions = tmp_path / "out" / "completions" / f"test_step{summary['steps']}.jsonl"
+    records = [json.loads(line) for line in completions.read_text().splitlines()]
+    rewards = [record["reward"] for record in records]
+    assert rewards == pytest.approx([expected(r, r["response"]) for r in records], abs=1e-4)
+    assert len({round(value, 4) for value in rewards}) > 1  # it judges: not one constant
+    assert summary["test/reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-5)
+
+
+def test_example_ai_judge_refuses_a_verdict_it_cannot_spell(
+    tmp_path: Path, cache_dir: Path, isolated_plugins: None
+) -> None:
+    """`facts` has no word "yes": the default verdict is refused in one ConfigError line, before
+    any RL step."""
+    (tmp_path / "ai_judge.py").write_text(example("ai-judge-reward"), encoding="utf-8")
+    registry = build_registry([str(tmp_path)])
+    cfg = compose([*TINY, f"cache_dir={cache_dir}", "algo=rrhf", "reward=ai_judge"], registry)
+    with pytest.raises(ConfigError, match="reward.verdict='yes' is not in the judge's vocabulary"):
+        run_job(cfg, tmp_path / "out", registry=registry)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
