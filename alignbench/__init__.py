@@ -47,6 +47,7 @@ from alignbench.lora import SharedBaseReference, is_lora
 from alignbench.models import (  # noqa: E402
     ScalarHeadModel,
     load_pretrained,
+    position_ids,
     response_logits,
     response_logprobs,
     response_values,
@@ -122,6 +123,7 @@ __all__ = [
     "load_pretrained",
     "model_device",
     "normalize_answer",
+    "position_ids",
     "ranking_to_preference",
     "refresh_reward_model",
     "request_feedback",

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -32,6 +33,7 @@ from alignbench import (
     ScalarHeadModel,
     load_pretrained,
     ops,
+    position_ids,
     response_logits,
     response_logprobs,
     response_values,
@@ -117,6 +119,14 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
     return float(1.0 - ops.masked_var(returns - values, mask) / var_returns)
 
 
+class Targets(NamedTuple):
+    """What the update fits: the rollout's values ``[N, R]`` and the GAE advantages and returns."""
+
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
 class PPO:
     """The PPO algorithm as a run-hook implementer (rollout, score with KL shaping, update)."""
 
@@ -187,7 +197,7 @@ class PPO:
         out = run.policy(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            position_ids=position_ids(mask),
             logits_to_keep=r + 1,
             output_hidden_states=True,
             use_cache=False,
@@ -303,109 +313,135 @@ class PPO:
     @alignbench.hookimpl
     def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
         """GAE, then PPO epochs of clipped policy/value losses over shuffled mini-batches."""
-        c, x = self.config, batch.extras
-        mask = batch.response_mask
-        old_logprobs, old_values = batch.logprobs, x.get("values")
-        if old_values is not None:
-            advantages, returns = self._advantages(x["token_rewards"], old_values, batch)
-        n = batch.num_sequences
-        size = max(1, math.ceil(n / c.num_minibatches))
-        tokens = batch.response_ids
+        c = self.config
+        # GAE from the rollout's values; with one mini-batch they come from the first forward.
+        values = batch.extras.get("values")
+        targets = self._targets(batch, values) if values is not None else None
         stats: dict[str, list[float]] = {}
-
-        def record(**values: float) -> None:
-            for key, value in values.items():
-                stats.setdefault(key, []).append(float(value))
-
         run.policy.train()
-        stop = False
+        for i, (epoch, rows) in enumerate(self._minibatches(run, batch.num_sequences)):
+            epochs_run = epoch + 1
+            targets, step = self._minibatch_step(run, batch, rows, targets, first=i == 0)
+            for key, value in step.items():
+                stats.setdefault(key, []).append(value)
+            if c.early_stop_kl and step["approxkl"] > c.early_stop_kl:
+                break
+        run.policy.eval()
+        out = self._statistics(batch, stats, targets, epochs_run)
+        self.kl.update(out["objective/kl"], batch.num_sequences)
+        return out
+
+    def _minibatches(self, run: Run, n: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(epoch, rows)`` of every mini-batch: each epoch a new shuffle of the ``n`` rows."""
+        c = self.config
+        size = max(1, math.ceil(n / c.num_minibatches))
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(n, generator=run.generator)
             for start in range(0, n, size):
-                rows = order[start : start + size]
-                m = mask[rows]
-                logits, shared_values = self._policy_forward(run, batch, rows)
-                logprobs = token_logprobs(logits, tokens[rows], c.sampling.temperature)
-                if epoch == 0 and start == 0:
-                    gap = ops.masked_mean((logprobs - old_logprobs[rows]).abs(), m)
-                    record(logprob_gap=gap.item())
-                values = (
-                    shared_values if shared_values is not None else self._values(run, batch, rows)
-                )
-                if old_values is None:  # the rollout left them to this forward over every row
-                    old_values = torch.empty_like(values).index_copy_(0, rows, values.detach())
-                    advantages, returns = self._advantages(x["token_rewards"], old_values, batch)
-                pg_loss, clipfrac = ops.policy_loss(
-                    logprobs, old_logprobs[rows], advantages[rows], m, c.clip_range
-                )
-                vf_loss = ops.value_loss(
-                    values, old_values[rows], returns[rows], m, c.clip_range_value
-                )
-                scaled = (
-                    logits if c.sampling.temperature == 1.0 else logits / c.sampling.temperature
-                )
-                entropy = ops.masked_mean(_entropy(scaled.detach()), m)
-                loss = pg_loss + c.vf_coef * vf_loss
-                if self.demos is not None:
-                    ptx = self._ptx_loss(run)
-                    record(ptx=ptx.item())
-                    loss = loss + c.ptx_coef * ptx
-                if c.entropy_coef:
-                    entropy_term = ops.masked_mean(_entropy(logits / c.sampling.temperature), m)
-                    loss = loss - c.entropy_coef * entropy_term
-                run.check_finite(**{"loss/policy": pg_loss, "loss/value": vf_loss})
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.critic_optimizer is not None:
-                    self.critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                trained = [p for g in self.optimizer.param_groups for p in g["params"]]
-                grad_norm = torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
-                critic_norm = (
-                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
-                    if self.critic is not None
-                    else None
-                )
-                run.check_finite(**{"policy/grad_norm": grad_norm, "val/grad_norm": critic_norm})
-                self.optimizer.step()
-                if self.critic_optimizer is not None:
-                    self.critic_optimizer.step()
-                with torch.no_grad():
-                    approxkl = 0.5 * ops.masked_mean((logprobs - old_logprobs[rows]) ** 2, m)
-                ratio = ops.masked_mean(torch.exp(logprobs.detach() - old_logprobs[rows]), m)
-                record(
-                    pg=pg_loss.item(),
-                    vf=vf_loss.item(),
-                    clipfrac=clipfrac.item(),
-                    approxkl=approxkl.item(),
-                    entropy=entropy.item(),
-                    ratio=ratio.item(),
-                    grad_norm=grad_norm.item(),
-                )
-                if epoch == 0 and start == 0:
-                    record(first_ratio=ratio.item(), first_clipfrac=clipfrac.item())
-                if c.early_stop_kl and approxkl.item() > c.early_stop_kl:
-                    stop = True
-                    break
-            if stop:
-                break
-        run.policy.eval()
-        kl_k1 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k1") * mask
-        kl_k3 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k3") * mask
-        sequence_kl = x["kl"].sum(-1).mean().item()
-        self.kl.update(sequence_kl, n)
+                yield epoch, order[start : start + size]
+
+    def _targets(self, batch: Batch, old_values: torch.Tensor) -> Targets:
+        """The rollout's values with the GAE advantages and returns computed from them."""
+        return Targets(
+            old_values, *self._advantages(batch.extras["token_rewards"], old_values, batch)
+        )
+
+    def _minibatch_step(
+        self, run: Run, batch: Batch, rows: torch.Tensor, targets: Targets | None, first: bool
+    ) -> tuple[Targets, dict[str, float]]:
+        """One optimiser step of the clipped policy and value losses (+ PPO-ptx, entropy bonus)
+        on ``rows``; the targets (made here when the rollout left the values to this forward)
+        and the step's statistics."""
+        c, temperature = self.config, self.config.sampling.temperature
+        m, old_logprobs = batch.response_mask[rows], batch.logprobs[rows]
+        logits, shared_values = self._policy_forward(run, batch, rows)
+        logprobs = token_logprobs(logits, batch.response_ids[rows], temperature)
+        values = shared_values if shared_values is not None else self._values(run, batch, rows)
+        if targets is None:  # one mini-batch: this forward sees every row before any step
+            targets = self._targets(
+                batch, torch.empty_like(values).index_copy_(0, rows, values.detach())
+            )
+        pg_loss, clipfrac = ops.policy_loss(
+            logprobs, old_logprobs, targets.advantages[rows], m, c.clip_range
+        )
+        vf_loss = ops.value_loss(
+            values, targets.values[rows], targets.returns[rows], m, c.clip_range_value
+        )
+        scaled = logits if temperature == 1.0 else logits / temperature
+        entropy = ops.masked_mean(_entropy(scaled.detach()), m)
+        loss = pg_loss + c.vf_coef * vf_loss
+        stats: dict[str, float] = {}
+        if self.demos is not None:
+            ptx = self._ptx_loss(run)
+            stats["ptx"] = ptx.item()
+            loss = loss + c.ptx_coef * ptx
+        if c.entropy_coef:
+            loss = loss - c.entropy_coef * ops.masked_mean(_entropy(logits / temperature), m)
+        run.check_finite(**{"loss/policy": pg_loss, "loss/value": vf_loss})
+        grad_norm = self._optimiser_step(run, loss)
+        with torch.no_grad():
+            delta = logprobs - old_logprobs
+            approxkl = 0.5 * ops.masked_mean(delta**2, m)
+            ratio = ops.masked_mean(torch.exp(delta), m)
+        stats.update(
+            pg=pg_loss.item(),
+            vf=vf_loss.item(),
+            clipfrac=clipfrac.item(),
+            approxkl=approxkl.item(),
+            entropy=entropy.item(),
+            ratio=ratio.item(),
+            grad_norm=grad_norm.item(),
+        )
+        if first:  # how far the sampler's log-probs are from the training forward's
+            gap = ops.masked_mean(delta.abs(), m)
+            stats.update(
+                logprob_gap=gap.item(), first_ratio=ratio.item(), first_clipfrac=stats["clipfrac"]
+            )
+        return targets, stats
+
+    def _optimiser_step(self, run: Run, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip the policy's and the critic's gradients, step both; the policy's norm."""
+        c = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
+        critic_norm = (
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+            if self.critic is not None
+            else None
+        )
+        run.check_finite(**{"policy/grad_norm": grad_norm, "val/grad_norm": critic_norm})
+        self.optimizer.step()
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.step()
+        return grad_norm
+
+    def _statistics(
+        self, batch: Batch, stats: dict[str, list[float]], targets: Targets, epochs_run: int
+    ) -> dict[str, float]:
+        """The step's metrics: the rollout's KL and scores, and the mini-batches' means."""
+        x, mask = batch.extras, batch.response_mask
 
         def mean(key: str) -> float:
             return sum(stats[key]) / len(stats[key])
 
+        def sequence_mean(per_token: torch.Tensor) -> float:
+            return per_token.sum(-1).mean().item()
+
+        kl_k1 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k1") * mask
+        kl_k3 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k3") * mask
         extra = {"loss/ptx": mean("ptx")} if "ptx" in stats else {}
         return {
             **extra,
-            "objective/kl": sequence_kl,
-            "objective/kl_k1": kl_k1.sum(-1).mean().item(),
-            "objective/kl_k3": kl_k3.sum(-1).mean().item(),
+            "objective/kl": sequence_mean(x["kl"]),
+            "objective/kl_k1": sequence_mean(kl_k1),
+            "objective/kl_k3": sequence_mean(kl_k3),
             "objective/kl_coef": x["beta"],
             "objective/scores": x["scores"].mean().item(),
-            "objective/non_score_reward": (-x["beta"] * x["kl"]).sum(-1).mean().item(),
+            "objective/non_score_reward": sequence_mean(-x["beta"] * x["kl"]),
             "objective/entropy": mean("entropy"),
             "policy/approxkl": mean("approxkl"),
             "policy/clipfrac": mean("clipfrac"),
@@ -414,12 +450,12 @@ class PPO:
             "policy/truncated_share": 1.0 - x["ended"].float().mean().item(),
             "loss/policy": mean("pg"),
             "loss/value": mean("vf"),
-            "val/mean": ops.masked_mean(old_values, mask).item(),
-            "val/explained_variance": _explained_variance(old_values, returns, mask),
+            "val/mean": ops.masked_mean(targets.values, mask).item(),
+            "val/explained_variance": _explained_variance(targets.values, targets.returns, mask),
             "ppo/logprob_gap": stats["logprob_gap"][0],
             "ppo/first_ratio": stats["first_ratio"][0],
             "ppo/first_clipfrac": stats["first_clipfrac"][0],
-            "ppo/epochs_run": float(epoch + 1),
+            "ppo/epochs_run": float(epochs_run),
         }
 
 
