@@ -1,8 +1,8 @@
-"""``python -m alignbench``: run a job or a ``--multirun`` sweep (see ``alignbench.app``)."""
+"""``python -m alignbench``: run a job or a ``--multirun`` sweep (see ``alignbench.cli``)."""
 
 import sys
 
-from alignbench.app import main
+from alignbench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

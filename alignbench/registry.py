@@ -243,3 +243,21 @@ def implementers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
         for impl in hook.get_hookimpls()
         if not (impl.trylast or impl.wrapper or impl.hookwrapper)
     ]
+
+
+def describe(registry: Registry) -> dict[str, object]:
+    """A JSON-ready description of every registered name and every failed plugin."""
+    groups = {
+        group: [
+            {
+                "name": entry.name,
+                "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
+                "config": entry.config_cls.__qualname__,
+                "plugin": entry.plugin,
+                "origin": registry.origins.get(entry.plugin, "?"),
+            }
+            for entry in sorted(registry.entries.get(group, {}).values(), key=lambda e: e.name)
+        ]
+        for group in GROUPS
+    }
+    return {"groups": groups, "failed": dict(registry.failed)}

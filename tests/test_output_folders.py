@@ -35,13 +35,13 @@ def test_a_sweep_dir_under_a_file_is_refused(capsys, tmp_path, monkeypatch):
 
 def test_a_read_only_output_folder_is_refused(capsys, tmp_path, monkeypatch):
     """A read-only hydra.run.dir (simulated: tests run as root, who may write anywhere)."""
-    import alignbench.app as app
+    import alignbench.cli as cli
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ro").mkdir()
-    real = app.os.access
+    real = cli.os.access
     monkeypatch.setattr(
-        app.os, "access", lambda path, mode: Path(path).name != "ro" and real(path, mode)
+        cli.os, "access", lambda path, mode: Path(path).name != "ro" and real(path, mode)
     )
     assert main([*TINY, "algo=sft", "hydra.run.dir=ro/job"]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,0 +1,516 @@
+"""One job: its config and folder, the plugin registry, and the steps that build its Run and train.
+
+:func:`run_job` takes :class:`Job`'s steps in order: check, skip a finished result, claim the
+folder (resume or start over), build the Run (task, reward, stage 1, what the reward prepares),
+register the plugins, train. A test or a benchmark takes only the steps it needs: ``build()`` and
+``start()`` give a Run whose hooks can be stepped by hand, without the loop; ``make_run()`` makes
+the Run of models built by hand (a benchmark's), with no stage 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignbench import checkpoint, jobdir
+from alignbench.budget import Budget, FlopCounter, set_threads
+from alignbench.checkpoint import config_fingerprint
+from alignbench.config import BudgetConfig, to_object
+from alignbench.defaults import DefaultScore
+from alignbench.errors import ConfigError, Interrupted, PluginError
+from alignbench.hardware import check_hardware, place
+from alignbench.loop import run_loop
+from alignbench.lora import apply_lora, export_lora, is_lora
+from alignbench.models import load_pretrained, save_pretrained
+from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
+from alignbench.provenance import git_commit, sha256_file
+from alignbench.registry import Registry, build_registry, hook_typos, implementers, load_plugin_dirs
+from alignbench.reward import PrepareContext, Reward
+from alignbench.rm.feedback import Group
+from alignbench.rm.stage import stage_groups
+from alignbench.run import Run
+from alignbench.stages import sft_stage
+from alignbench.task import Task
+from alignbench.validation import check_choices, check_ranges
+
+log = logging.getLogger("alignbench")
+
+RUN_HOOKS = ("alignbench_rollout", "alignbench_update", "alignbench_score", "alignbench_respond")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, torch, transformers and alignbench, recorded in every summary."""
+    import platform
+
+    import transformers
+
+    from alignbench import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "alignbench": __version__,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) so a job is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- the plugins' contracts, checked before stage 1 trains -----------------------------------------
+
+
+def _check_run_hooks(pm: Any, algorithm_name: str | None, trains: bool = True) -> None:
+    """Exactly one implementer of rollout and update (the algorithm), at most one score override,
+    and respond answered by the algorithm or by no one.
+
+    With ``algorithm_name=None`` (before the algorithm is registered) no plugin may implement them.
+    An algorithm with ``trains = False`` (best-of-N) need not implement rollout and update.
+    """
+    for hook in RUN_HOOKS:
+        names = implementers(pm, hook)
+        if algorithm_name is None:
+            if names:
+                raise PluginError(
+                    f"{hook} is implemented by {', '.join(names)} — run hooks belong to the "
+                    "algorithm object, not to plugin modules"
+                )
+            continue
+        required = trains and hook in ("alignbench_rollout", "alignbench_update")
+        if names != [algorithm_name] and (required or names):
+            raise PluginError(
+                f"{hook} must be implemented by the algorithm alone, found: "
+                f"{', '.join(names) or 'none'}"
+                " — run hooks belong to the algorithm object, not to plugin modules"
+            )
+
+
+def _check_hook_names(registry: Registry, cls: type) -> None:
+    """An algorithm class whose hook methods are misspelt fails before stage 1, in one line."""
+    typos = hook_typos(registry.pm, cls)
+    if typos:
+        raise PluginError(f"{cls.__qualname__}: {typos[0]}")
+
+
+def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> None:
+    """A multi-turn task runs only with a reward that scores dialogues and an algorithm that
+    declares ``multi_turn = True`` (one that credits assistant tokens through ``response_mask``
+    and reads turn ends from the batch) and answers no evaluation itself (``alignbench_respond``
+    answers single questions); a multi-turn reward needs such a task. The fixes named are the
+    registered plugins that fit."""
+
+    def multi(group: str, name: str) -> bool:
+        return bool(getattr(registry.get(group, name).cls, "multi_turn", False))
+
+    def fitting(group: str, wanted: bool) -> str:
+        names = [n for n in registry.names(group) if multi(group, n) == wanted]
+        return ", ".join(f"{group}={n}" for n in names) or f"none is registered in {group}"
+
+    task_multi, reward_multi = multi("task", task), multi("reward", reward)
+    if task_multi and not reward_multi:
+        raise ConfigError(
+            f"task={task} is a multi-turn task and reward={reward} scores single responses — "
+            f"use a reward that scores dialogues ({fitting('reward', True)})"
+        )
+    if reward_multi and not task_multi:
+        raise ConfigError(
+            f"reward={reward} scores dialogues and task={task} is single-turn — use a multi-turn "
+            f"task ({fitting('task', True)}) or a single-turn reward"
+        )
+    if not task_multi:
+        return
+    cls = registry.get("algo", algo).cls
+    if not multi("algo", algo):
+        raise ConfigError(
+            f"algo={algo} does not support multi-turn tasks (task={task}) — use one that does "
+            f"({fitting('algo', True)}); a plugin declares multi_turn = True on its class "
+            "(docs/plugins.md)"
+        )
+    if hasattr(cls, "alignbench_respond"):
+        raise ConfigError(
+            f"algo={algo} answers evaluation questions itself (alignbench_respond), which a "
+            f"multi-turn task (task={task}) evaluates as whole greedy dialogues — drop "
+            "multi_turn = True from it or its alignbench_respond"
+        )
+
+
+# -- what a result was made with ------------------------------------------------------------------
+
+
+def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
+    """``{role: "<file>:<sha256 prefix>"}`` of the plugins a job runs (algorithm, task, reward,
+    and the feedback source where the reward uses it): a finished result or a checkpoint made by
+    other plugin code is not this job's result."""
+    classes = {
+        "algo": registry.get("algo", cfg.algo.name).cls,
+        "task": registry.get("task", cfg.task.name).cls,
+        "reward": registry.get("reward", cfg.reward.name).cls,
+    }
+    if getattr(classes["reward"], "uses_feedback", False):
+        classes["feedback"] = registry.get("feedback", cfg.feedback.name).cls
+    out = {}
+    for role, cls in classes.items():
+        try:
+            file = Path(inspect.getsourcefile(cls) or "")
+        except TypeError:  # a class without a source file (built in C)
+            file = Path("")
+        digest = sha256_file(file)[:16] if file.is_file() else "unknown"
+        out[role] = f"{file.name or cls.__qualname__}:{digest}"
+    return out
+
+
+def _code_changes(recorded: dict[str, str] | None, current: dict[str, str]) -> str | None:
+    """What differs between the plugin code a result was made with and the current code."""
+    if recorded is None:
+        return "it records no plugin code (made by an older alignbench)"
+    changed = [
+        f"{role} {current.get(role, recorded.get(role, '?')).split(':')[0]}"
+        for role in sorted(set(recorded) | set(current))
+        if recorded.get(role) != current.get(role)
+    ]
+    return f"plugin code changed since: {', '.join(changed)}" if changed else None
+
+
+def _finished_summary(
+    output_dir: Path, fingerprint: str, code: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The summary of a finished job with the same config in ``output_dir``, if there is one.
+
+    With ``code``: a finished result of the same config made by other plugin code is refused
+    (fixed code must never reuse stale results, nor silently replace them).
+    """
+    summary = jobdir.summary_status(output_dir)
+    if summary is None:
+        return None
+    same = summary.get("fingerprint") == fingerprint and summary.get("status") == "finished"
+    if same and code is not None:
+        changed = _code_changes(summary.get("code"), code)
+        if changed:
+            raise ConfigError(
+                f"{output_dir} finished with this config but other code ({changed}) — pass "
+                "rerun=true to run it again (the old results are moved aside)"
+            )
+    return summary if same else None
+
+
+# -- the job --------------------------------------------------------------------------------------
+
+
+def run_job(
+    cfg: DictConfig,
+    output_dir: Path,
+    registry: Registry | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    claimed: bool = False,
+) -> dict[str, Any]:
+    """Run one job (stage 1 if not cached, then the algorithm's loop); returns its summary.
+
+    ``claimed``: the caller already locked the folder, checked it and moved old results aside
+    (the command line does, see :mod:`alignbench.jobdir`); library callers leave it False.
+    """
+    job = Job(cfg, output_dir, registry or build_registry(), claimed=claimed)
+    job.check()
+    finished = job.finished()
+    if finished is not None:
+        log.info(
+            "%s already finished with this config: skipped (rerun=true runs it again)", output_dir
+        )
+        return {**finished, "skipped": True}
+    job.claim()
+    job.build()
+    job.register(group, tags)
+    return job.train()
+
+
+class Job:
+    """One job: the composed config, its output folder and the plugin registry, and what the
+    steps build (the task, the reward, the Run, the algorithm and the plugins registered for it).
+
+    ``claimed``: the caller already locked the folder, checked it and moved old results aside.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        output_dir: Path,
+        registry: Registry | None = None,
+        claimed: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.registry = registry or build_registry()
+        self.claimed = claimed
+        self.device: torch.device | None = None
+        self.fingerprint = ""
+        self.code: dict[str, str] = {}
+        self.resume_from: Path | None = None
+        self.kept_lines = 0  # lines of metrics.jsonl written up to the checkpoint resumed from
+        self.started = time.perf_counter()
+        self.task: Task | None = None
+        self.reward: Reward | None = None
+        self.context: PrepareContext | None = None
+        self.stages: dict[str, Any] = {}
+        self.run: Run | None = None
+        self.algorithm: Any = None
+        self.plugins: dict[str, Any] = {}
+
+    def check(self) -> None:
+        """The config's values, the job folder, and the fingerprint of the config and of the
+        plugin code (before anything is written or trained)."""
+        cfg = self.cfg
+        if cfg.plugin_dirs:
+            load_plugin_dirs(self.registry, list(cfg.plugin_dirs))
+        check_ranges(cfg)  # the command line checked this already; library callers need it too
+        check_choices(to_object(cfg))
+        self.device = check_hardware(cfg)
+        if not self.claimed:
+            jobdir.check_free(cfg, self.output_dir)
+        self.fingerprint = config_fingerprint(cfg)
+        self.code = plugin_code(self.registry, cfg)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of a finished job of this config and code in the folder (None: run it)."""
+        if self.cfg.rerun:
+            return None
+        return _finished_summary(self.output_dir, self.fingerprint, self.code)
+
+    def claim(self) -> None:
+        """Start over (``rerun=true``: old results moved aside) or find the checkpoint to resume
+        from, refusing one of another config or code; a library caller's folder gets the record
+        of its config."""
+        cfg, output_dir = self.cfg, self.output_dir
+        self.resume_from = None if cfg.rerun else checkpoint.latest(output_dir)
+        if cfg.rerun and not self.claimed:
+            jobdir.move_aside(output_dir)
+        elif self.resume_from is not None:
+            saved = checkpoint.verify(self.resume_from)  # a damaged checkpoint is refused whole
+            self.kept_lines = int(saved["metrics_lines"])
+            if saved["fingerprint"] != self.fingerprint:
+                raise ConfigError(
+                    f"{output_dir} holds a checkpoint of a different config — pass rerun=true to "
+                    "start over (the old results are moved aside, not deleted)"
+                )
+            changed = _code_changes(saved.get("code"), self.code)
+            if changed:
+                # Resuming under other code would not give the numbers of either version.
+                raise ConfigError(
+                    f"{output_dir} holds a checkpoint made by other code ({changed}) — pass "
+                    "rerun=true to start over (the old results are moved aside, not deleted)"
+                )
+        if not self.claimed:  # library use: record the config the folder's results come from
+            jobdir.write_hydra_record(output_dir, cfg, None, None)
+
+    def build(self) -> Run:
+        """The task and the reward, the algorithm's contracts checked (before stage 1 trains),
+        stage 1 and what the reward prepares (stage 2 for a learned reward), then the Run."""
+        if self.device is None:  # a caller that goes straight to the Run
+            self.check()
+        cfg, registry = self.cfg, self.registry
+        self.started = time.perf_counter()
+        set_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.task = registry.get("task", cfg.task.name).cls(to_object(cfg.task))
+        self.reward = registry.get("reward", cfg.reward.name).cls(to_object(cfg.reward), self.task)
+        _check_hook_names(registry, registry.get("algo", cfg.algo.name).cls)
+        check_multi_turn(registry, cfg.algo.name, cfg.task.name, cfg.reward.name)
+        budget = Budget.from_config(to_object(cfg.budget))
+        _check_run_hooks(registry.pm, None)  # before any training, not after stage 1
+        policy, tokenizer, sft_path = self.prepare_models()
+        policy.eval()
+        seed_everything(cfg.seed)
+        return self.make_run(
+            config=to_object(cfg.algo),
+            task=self.task,
+            reward=self.reward,
+            tokenizer=tokenizer,
+            policy=policy,
+            sft_path=sft_path,
+            budget=budget,
+            groups_loader=self.ranked_groups,
+            precision=cfg.precision,
+        )
+
+    def prepare_models(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
+        """Stage 1 (SFT, cached) and the policy it starts (with LoRA after it: only the adapters
+        train) on ``device=``; then what the reward prepares (a learned reward: stage 2)."""
+        cfg, task = self.cfg, self.task
+        sft_path, stage_info = sft_stage(cfg, task)
+        policy, tokenizer = load_pretrained(sft_path)
+        policy = apply_lora(policy.to(self.device), cfg.model.lora)
+        self.stages = {"stage/sft": stage_info}
+        self.context = PrepareContext(
+            cfg=cfg,
+            task=task,
+            tokenizer=tokenizer,
+            sft_path=sft_path,
+            sft_key=stage_info["key"],
+            device=self.device,
+            feedback=lambda: self.registry.get("feedback", cfg.feedback.name).cls(
+                to_object(cfg.feedback), task
+            ),
+        )
+        self.stages.update(self.reward.prepare(self.context))
+        return policy, tokenizer, sft_path
+
+    def ranked_groups(self, split: str) -> list[Group]:
+        """Stage 2's ranked groups on demand (an offline algorithm's data), cached like the
+        reward model's."""
+        groups, self.stages["stage/rm"] = stage_groups(self.context, split)
+        return groups
+
+    def make_run(
+        self,
+        *,
+        config: Any,
+        task: Task | None,
+        reward: Reward,
+        tokenizer: PreTrainedTokenizerBase,
+        policy: PreTrainedModel,
+        sft_path: Path,
+        budget: Budget | None = None,
+        groups_loader: Callable[[str], list[Group]] | None = None,
+        precision: str = "fp32",
+    ) -> Run:
+        """The Run of these models: the policy's FLOPs counted, sampling seeded by ``cfg.seed``
+        (the default budget where none is given)."""
+        flops = FlopCounter()
+        flops.track(policy, "policy")
+        self.run = Run(
+            cfg=self.cfg,
+            config=config,
+            task=task,
+            reward=reward,
+            tokenizer=tokenizer,
+            policy=policy,
+            sft_path=sft_path,
+            budget=Budget.from_config(BudgetConfig()) if budget is None else budget,
+            flops=flops,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            output_dir=self.output_dir,
+            pm=self.registry.pm,
+            groups_loader=groups_loader,
+            code=self.code,
+            precision=precision,
+        )
+        return self.run
+
+    def start(self, name: str | None = None) -> Any:
+        """Set the reward up on the Run, make the algorithm ``name`` (``cfg.algo.name`` by default)
+        on the Run's device and register it with the default score: the run hooks answer, no
+        observer records. Returns the algorithm."""
+        self._register(self._algorithm(name))
+        return self.algorithm
+
+    def register(self, group: str | None = None, tags: list[str] | None = None) -> None:
+        """Every plugin of the job: the algorithm (as :meth:`start`), the results writer and the
+        observers the config asks for (W&B with the sweep's ``group`` and ``tags``, progress)."""
+        cfg = self.cfg
+        plugins = self._algorithm(None)
+        plugins["core:results"] = ResultsWriter(self.output_dir, keep_lines=self.kept_lines)
+        if cfg.logger.wandb.enabled:
+            plugins["core:wandb"] = WandbLogger(self.run, group, tags=tags)
+        if cfg.logger.progress_bar:
+            plugins["core:progress"] = ProgressBar(self.run)
+        self._register(plugins)
+
+    def _algorithm(self, name: str | None) -> dict[str, Any]:
+        name = name or self.cfg.algo.name
+        run = self.run
+        run.reward.setup(run)
+        self.algorithm = self.registry.get("algo", name).cls(run, run.config)
+        # A critic or value head the algorithm built on the CPU goes to the job's device.
+        place(self.algorithm, self.device or run.device)
+        return {f"algorithm:{name}": self.algorithm, "core:default-score": DefaultScore()}
+
+    def _register(self, plugins: dict[str, Any]) -> None:
+        for name, plugin in plugins.items():
+            self.registry.pm.register(plugin, name=name)
+        self.plugins.update(plugins)
+
+    def close(self) -> None:
+        """Unregister the job's plugins and stop counting FLOPs."""
+        for name in self.plugins:
+            self.registry.pm.unregister(name=name)
+        self.plugins = {}
+        if self.run is not None:
+            self.run.flops.close()
+
+    def train(self) -> dict[str, Any]:
+        """The loop, from the start or from the checkpoint, and the final evaluation; returns the
+        summary (the observers get it at the run's end, a failed one too, then re-raised)."""
+        run, cfg = self.run, self.cfg
+        summary = self._summary()
+        try:
+            trains = getattr(self.algorithm, "trains", True)
+            _check_run_hooks(self.registry.pm, f"algorithm:{cfg.algo.name}", trains)
+            result = run_loop(run, self.algorithm, self.resume_from)
+            summary.update(result["final"])
+            summary.update(self.reward.final_metrics(run))  # e.g. the policy read as a reward model
+            summary["initial"] = result["initial"]
+            summary["model_dir"] = str(export_policy(run, self.output_dir / "model"))
+            summary["status"] = "finished"
+        except BaseException as exc:
+            summary["status"] = "interrupted" if isinstance(exc, Interrupted) else "failed"
+            summary["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            summary.update(run.budget.metrics())
+            summary["steps"] = run.step
+            summary["wall_time"] = time.perf_counter() - self.started
+            summary["flops_by_model"] = dict(run.flops.by_model)
+            try:
+                self.registry.pm.hook.alignbench_on_run_end(run=run, summary=summary)
+            finally:
+                self.close()
+        return summary
+
+    def _summary(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "status": "running",
+            "algorithm": cfg.algo.name,
+            "task": cfg.task.name,
+            "reward": cfg.reward.name,
+            "seed": cfg.seed,
+            "world": cfg.world,
+            "fingerprint": self.fingerprint,
+            # What the compare report shows for this task by default (Task.headline_metrics).
+            "headline_metrics": list(self.task.headline_metrics),
+            "code": self.code,
+            # What produced these numbers: the code and the libraries.
+            "git_commit": git_commit(),
+            "versions": library_versions(),
+            "output_dir": str(self.output_dir),
+            **self.stages,
+        }
+
+
+def export_policy(run: Run, folder: Path) -> Path:
+    """Write the trained policy and its tokenizer as a Hugging Face folder (what a user takes
+    home: ``AutoModelForCausalLM.from_pretrained(folder)``), atomically: temp folder, rename."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if is_lora(run.policy):  # the adapter (and, if asked, the merged model)
+        export_lora(run.policy, run.tokenizer, tmp, run.cfg.model.lora.merge_on_export)
+    else:
+        save_pretrained(run.policy, run.tokenizer, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
