@@ -1,10 +1,12 @@
 """Structured-config schema: one dataclass per config group, stored in Hydra's ConfigStore.
 
-The YAML files under ``conf/`` hold values; these dataclasses hold the keys and their types, so a
-typo or a wrong type is an error naming the key at start-up. Plugins subclass
-:class:`AlgorithmConfig`, :class:`RewardConfig` or :class:`TaskConfig`; the registry stores each
-subclass under ``<group>/base_<name>`` (and under ``<group>/<name>`` when no YAML of that name
-ships), which is what makes ``algo=<name>`` work for a plugin that ships no YAML at all.
+These dataclasses hold the keys, their types and their defaults (the only copy of each default:
+the YAML files under ``conf/`` compose, name variants that change a few values, and hold
+experiments and searches), so a typo or a wrong type is an error naming the key at start-up.
+Plugins subclass :class:`AlgorithmConfig`, :class:`RewardConfig` or :class:`TaskConfig`; the
+registry stores each subclass under ``<group>/base_<name>`` (and under ``<group>/<name>`` when
+no YAML of that name ships), which is what makes ``algo=<name>`` work for a plugin that ships no
+YAML at all.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class FeedbackConfig:
     """Keys every feedback source has; a source's config dataclass subclasses this."""
 
     name: str = MISSING
-    # Responses per group, and how they are produced from the SFT (or current) policy.
+    # Responses per group, and how they are produced from the SFT (or current) policy:
+    # sample | beam.
     k: int = 4
     decoding: Decoding = Decoding.sample
     # Sampling of the K responses (`decoding: beam` reads only max_new_tokens).
@@ -144,7 +147,8 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    """The base language model: built from these numbers, or loaded from ``name_or_path``."""
+    """The base language model: built from these numbers (a ~0.7 M-parameter Llama, random init,
+    trained in stage 1), or loaded from ``name_or_path``. The default choice ``model=tiny``."""
 
     # A local folder saved with save_pretrained (any causal LM and its tokenizer; a hub id is
     # refused: nothing is downloaded at run time); empty builds a small Llama from the keys below.
@@ -163,10 +167,14 @@ class ModelConfig:
 
 @dataclass
 class BudgetConfig:
-    """How much compute each job may spend, in one unit shared by every algorithm."""
+    """How much compute each job may spend, in one unit shared by every algorithm (the default
+    choice ``budget=default``)."""
 
-    kind: BudgetKind = BudgetKind.steps
-    amount: float = 100.0
+    # steps | samples | tokens | flops | seconds. FLOPs by default: every forward and backward of
+    # every model is charged (generation included), so an algorithm that runs more models gets
+    # fewer steps. 6e11 is ~100 RRHF steps (~10 s here).
+    kind: BudgetKind = BudgetKind.flops
+    amount: float = 6e11
 
 
 @dataclass
@@ -183,7 +191,9 @@ class WandbConfig:
 
 @dataclass
 class LoggerConfig:
-    """Where a job reports besides ``metrics.jsonl`` and ``summary.json``."""
+    """Where a job reports besides ``metrics.jsonl`` and ``summary.json``: by default
+    (``logger=wandb``) an offline W&B run per job (no account, no network);
+    ``logger.wandb.mode=online`` uploads, ``logger=none`` turns W&B off."""
 
     wandb: WandbConfig = field(default_factory=WandbConfig)
     progress_bar: bool = True
@@ -283,19 +293,23 @@ class Config:
     optimized_metric: str = ""
 
 
-_SCHEMAS: dict[str, type] = {
-    "model": ModelConfig,
-    "budget": BudgetConfig,
-    "logger": LoggerConfig,
+#: The core groups: each one's schema and the name of its default choice (conf/config.yaml).
+_SCHEMAS: dict[str, tuple[type, str]] = {
+    "model": (ModelConfig, "tiny"),
+    "budget": (BudgetConfig, "default"),
+    "logger": (LoggerConfig, "wandb"),
 }
 
 
 def store_core_schemas() -> None:
-    """Put the core dataclasses into Hydra's ConfigStore (idempotent)."""
+    """Put the core dataclasses into Hydra's ConfigStore (idempotent): each group's schema as
+    ``<group>/base_<group>`` (what a YAML variant starts from) and, as its default choice, the
+    dataclass itself: its defaults are the only ones, no YAML repeats them."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for group, schema in _SCHEMAS.items():
+    for group, (schema, default) in _SCHEMAS.items():
         cs.store(group=group, name=f"base_{group}", node=schema)
+        cs.store(group=group, name=default, node=schema)
 
 
 def ships_yaml(group: str, name: str) -> bool:

@@ -42,12 +42,18 @@ from alignbench import (
 
 @dataclass
 class SimulatedConfig(FeedbackConfig):
-    """Simulated annotators who rank by the task's gold utility, imperfectly."""
+    """Simulated annotators who rank K responses per prompt by the task's hidden gold utility,
+    imperfectly (stage 2, the reward model, when reward=rm); the imperfections are knobs."""
 
+    # Bradley-Terry noise on each comparison; 0 = always the better response.
     bt_temperature: float = 0.0
+    # Each comparison flipped with this probability; 0.5 = labels at chance.
     error_rate: float = 0.0
+    # Several annotators with their own biases, each perceiving gold + b * words with
+    # b ~ N(0, annotator_bias).
     annotators: int = 1
     annotator_bias: float = 0.0
+    # mean_rank | majority (pairwise vote) | dawid_skene (reliability-aware, crowd-kit).
     aggregate: str = field(default="mean_rank", metadata={"choices": alignbench.crowd.AGGREGATES})
     # A crowd of unequal annotators: each one's error rate (replacing error_rate) and length
     # bias (replacing the N(0, annotator_bias) draw); a list's length is the number of annotators.
@@ -55,6 +61,7 @@ class SimulatedConfig(FeedbackConfig):
     annotator_length_bias: list[float] = field(default_factory=list)
     # Annotators (drawn at random) who label each group; 0 = every annotator labels every group.
     annotators_per_group: int = 0
+    # Share of groups that come back without a label (sparse feedback).
     unlabelled_share: float = 0.0
     # Annotators may call two equally good responses a tie (no pair is trained on); without it
     # a tie is broken by a coin, which teaches a reward model noise.

@@ -9,7 +9,7 @@ reward (whatever ``reward=`` names). One iteration, through the hooks:
 * update: GAE advantages (whitened), then ``ppo_epochs`` passes of clipped policy and value losses
   over shuffled mini-batches.
 
-Every switch is documented in ``conf/algo/ppo.yaml``, the recipe card.
+Every switch is documented in :class:`PPOConfig`, the recipe card.
 """
 
 from __future__ import annotations
@@ -43,38 +43,80 @@ from alignbench import (
 
 @dataclass
 class PPOConfig(AlgorithmConfig):
-    """PPO settings; ``conf/algo/ppo.yaml`` says what each does and where its default comes from."""
+    """PPO recipe card: what each key does and where its default comes from.
 
+    [Z19] Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences"; [O22] Ouyang et al. 2022
+    (InstructGPT); [H24] Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO";
+    [A21] Andrychowicz et al. 2021, "What Matters in On-Policy RL"; [TRL] Hugging Face TRL's PPO
+    defaults. ``choices`` are checked at start-up (alignbench/validation.py), before stage 1.
+    """
+
+    # Responses sampled per prompt: 64 sequences per step with prompts_per_step=16.
     samples_per_prompt: int = 4
-    # `choices` are checked at start-up (alignbench/validation.py), before stage 1 trains.
+    # separate = own network from the SFT model + scalar head [Z19, H24]; shared = value head on
+    # the policy trunk (one network fewer).
     critic: str = field(default="separate", metadata={"choices": ("separate", "shared")})
+    # The separate critic starts from: sft (trunk + zero head) or reward_model (the stage-2 RM,
+    # needs reward=rm) [Z19, O22].
     critic_init: str = field(default="sft", metadata={"choices": ("sft", "reward_model")})
+    # Policy AdamW lr; tuned on facts (1e-4..6e-4 tried, README); large models use 1e-5..3e-6
+    # [Z19, TRL].
     lr: float = 3e-4
+    # Critic AdamW lr; the critic starts from scratch on its head, so it may move faster.
     critic_lr: float = 1e-4
+    # Passes over each rollout; [Z19, TRL] use 4, 2 did better at equal FLOPs here (README).
     ppo_epochs: int = 2
+    # Shuffled mini-batches per pass [TRL].
     num_minibatches: int = 4
+    # Policy ratio clip epsilon [Schulman 2017, TRL].
     clip_range: float = 0.2
+    # Value clipping around the rollout's values [Z19, TRL]; [A21] finds it rarely helps.
     clip_range_value: float = 0.2
+    # Weight of the value loss [TRL].
     vf_coef: float = 0.1
+    # No discounting within a response [Z19, H24].
     gamma: float = 1.0
+    # GAE lambda [Z19, TRL].
     lam: float = 0.95
-    # Conversations: each turn's reward on that turn's last token (GAE carries it back across
-    # turns, discounted by the reward's turn_gamma), or the dialogue's return on its last token.
+    # Conversations: turn = each turn's reward on that turn's last token (GAE carries it back
+    # across turns, discounted by the reward's turn_gamma); terminal = the dialogue's return on
+    # its last token only. No effect on single-turn tasks.
     credit: str = field(default="turn", metadata={"choices": ("turn", "terminal")})
+    # Normalise advantages per batch [Z19, H24].
     whiten_advantages: bool = True
+    # beta, the per-token KL penalty weight [TRL 0.05; Z19 init 0.1..0.15].
     kl_coef: float = 0.05
+    # k1 = logp - ref (unbiased, may be negative per sample); k3 = never negative [Schulman 2020
+    # blog].
     kl_estimator: str = field(default="k1", metadata={"choices": ops.KL_KINDS})
+    # true = Ziegler's proportional controller towards target_kl [Z19].
     adaptive_kl: bool = False
+    # Target sequence KL (nats) for the adaptive controller; [Z19] used 6 for 24-token stories,
+    # our answers are ~2 tokens.
     target_kl: float = 0.5
+    # Controller horizon in sequences [Z19].
     kl_horizon: int = 10000
+    # Scale sequence rewards to unit variance, mean kept [H24: helps with learned RMs].
     whiten_rewards: bool = False
+    # Clip sequence rewards to +-value; 0 = off.
     reward_clip: float = 0.0
+    # Subtract this from responses that hit max_new_tokens without eos [H24 "EOS trick"]; 0 = off.
     missing_eos_penalty: float = 0.0
+    # Entropy bonus; 0 as in [Z19, TRL] (the KL penalty already keeps entropy up).
     entropy_coef: float = 0.0
+    # Global gradient-norm clip [TRL, A21].
     max_grad_norm: float = 1.0
+    # Stop the epochs of a step when approx-KL passes this; 0 = off [Schulman's baselines
+    # target_kl].
     early_stop_kl: float = 0.0
+    # PPO-ptx: weight of an SFT loss on the task's demonstrations in every update, against
+    # forgetting (the "alignment tax") [O22]; 0 = plain PPO (algo=ppo_plain), which here lost
+    # 5-10 points of known accuracy.
     ptx_coef: float = 0.5
+    # Demonstrations per PPO mini-batch when ptx_coef > 0.
     ptx_batch_size: int = 16
+    # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p;
+    # log-probs are recomputed from logits / temperature [H24].
 
 
 class KLController:

@@ -95,7 +95,7 @@ def test_installed_package_ships_plugins_and_configs(tmp_path: Path) -> None:
         "alignbench_plugins/rrhf.py",
         "alignbench_plugins/facts.py",
         "alignbench_conf/config.yaml",
-        "alignbench_conf/model/tiny.yaml",
+        "alignbench_conf/algo/ppo_plain.yaml",
         "alignbench_conf/logger/none.yaml",
     ):
         assert needed in names
