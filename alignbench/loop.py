@@ -56,6 +56,16 @@ class PromptStream:
         self.order = list(state["order"])
 
 
+def check_rollout(batch: Any) -> Batch:
+    """The rollout hook's answer must be a Batch (else one line naming what came back)."""
+    if not isinstance(batch, Batch):
+        raise PluginError(
+            f"alignbench_rollout returned {type(batch).__name__}, not a Batch — a rollout hook "
+            "returns the step's sequences (run.sample, run.demonstrations, run.join)"
+        )
+    return batch
+
+
 def check_scored(run: Run, batch: Any) -> Batch:
     """The score hook's answer must be the batch with one reward per sequence (else one line)."""
     if not isinstance(batch, Batch):
@@ -214,7 +224,7 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                     reward_stats = run.reward.before_step(run)
                     # precision=bf16/fp16: autocast around the hooks (weights stay fp32).
                     with run.autocast():
-                        batch = hook.alignbench_rollout(run=run, prompts=prompts)
+                        batch = check_rollout(hook.alignbench_rollout(run=run, prompts=prompts))
                         batch = check_scored(run, hook.alignbench_score(run=run, batch=batch))
                     run.check_finite(**{"objective/reward": batch.rewards})
                     # Skip mode: an update that fails half-way (PPO steps once per mini-batch)

@@ -191,6 +191,14 @@ def _registrar(registry: Registry, group: str, plugin: str) -> hookspecs.Registe
                 f"plugin {plugin!r} registers {group} {name!r} with config {config_cls!r}: "
                 f"it must be a dataclass subclassing {base.__name__}"
             )
+        if "__dataclass_fields__" not in vars(config_cls):
+            # A subclass of a dataclass without @dataclass of its own: its new keys would be
+            # plain class attributes, unknown to Hydra, so `algo.<key>=...` would be refused.
+            raise PluginError(
+                f"plugin {plugin!r} registers {group} {name!r} with config "
+                f"{config_cls.__name__}, which is not decorated with @dataclass — add "
+                "@dataclass above its class line"
+            )
         known = entries.get(name)
         if known is not None and known.plugin != plugin:
             raise PluginError(

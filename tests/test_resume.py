@@ -484,3 +484,51 @@ def test_changed_plugin_code_never_reuses_a_result(tiny_job, tmp_path: Path) -> 
         tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1")
     again = tiny_job("algo=sft", "budget.amount=2", "checkpoint_every=1", "rerun=true")
     assert again["status"] == "finished" and again["code"] == first["code"]
+
+
+def test_a_score_hook_that_forgets_to_return_the_batch_is_one_line(tiny_job, monkeypatch):
+    """pluggy moves on past a None to the core's default score: that would silently replace the
+    algorithm's rewards by the configured reward; it is refused, naming the plugin."""
+    from alignbench import PluginError, hookimpl
+    from alignbench_plugins.rrhf import RRHF
+
+    def forgets(self, run, batch):
+        batch.rewards = run.rewards(batch) * 2  # and no `return batch`
+
+    monkeypatch.setattr(RRHF, "alignbench_score", hookimpl(forgets), raising=False)
+    with pytest.raises(PluginError, match="algorithm:sft: alignbench_score returned None") as info:
+        tiny_job("algo=sft")
+    assert "\n" not in str(info.value)
+
+
+def test_a_rollout_that_returns_no_batch_is_one_line(tiny_job) -> None:
+    """A rollout returning something else fails at once, naming what came back."""
+    from alignbench import PluginError, hookimpl
+    from alignbench.registry import build_registry
+
+    class Wrong:
+        @hookimpl(wrapper=True)
+        def alignbench_rollout(self):
+            yield
+            return ["a", "b"]
+
+    registry = build_registry()
+    registry.pm.register(Wrong(), name="wrong")
+    with pytest.raises(PluginError, match="alignbench_rollout returned list, not a Batch"):
+        tiny_job("algo=sft", registry=registry)
+
+
+def test_a_config_class_without_its_own_dataclass_decorator_is_refused() -> None:
+    """Subclassing a dataclass without @dataclass leaves its new keys out of the config: the
+    plugin is refused when it registers, before anything composes or trains."""
+    import pluggy
+
+    from alignbench import AlgorithmConfig, PluginError
+    from alignbench.registry import Registry, _registrar
+
+    class NoDecorator(AlgorithmConfig):
+        lr: float = 0.1
+
+    register = _registrar(Registry(pm=pluggy.PluginManager("alignbench")), "algo", "mine")
+    with pytest.raises(PluginError, match="not decorated with @dataclass"):
+        register("mine", object, NoDecorator)
