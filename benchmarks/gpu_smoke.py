@@ -35,11 +35,10 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from alignbench import Reward, Run, SamplingParams, Task
-from alignbench.budget import Budget, FlopCounter
-from alignbench.config import BudgetConfig, LoraConfig, ModelConfig
-from alignbench.defaults import DefaultScore
-from alignbench.hardware import PRECISIONS, check_precision, place, resolve_device
+from alignbench import Reward, Run, SamplingConfig, SamplingParams, Task
+from alignbench.config import LoraConfig, ModelConfig
+from alignbench.hardware import PRECISIONS, check_precision, resolve_device
+from alignbench.job import Job
 from alignbench.lora import apply_lora
 from alignbench.models import (
     ScalarHeadModel,
@@ -107,7 +106,7 @@ def build(
     lora: LoraConfig | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Setup:
-    """``algo`` on a hand-built Run: a policy built from ``model_cfg`` (saved as the SFT model),
+    """``algo`` on the Run of a :class:`Job`: a policy built from ``model_cfg`` (the SFT model),
     a reward network of the same size, all on ``device``; LoRA on the policy if ``lora.r``."""
     torch.manual_seed(0)
     task = facts_task()
@@ -119,45 +118,35 @@ def build(
     policy = apply_lora(policy.to(device), lora or LoraConfig())
     reward_model = ScalarHeadModel(build_model(model_cfg, tokenizer)).eval().requires_grad_(False)
     reward_model.to(device)
-    flops = FlopCounter()
-    flops.track(policy, "policy")
-    flops.track(reward_model, "reward")
-    registry = build_registry()
-    entry = registry.get("algo", algo)
+    job = Job(OmegaConf.create({"seed": 0}), tmp)
+    entry = job.registry.get("algo", algo)
     names = {f.name for f in fields(entry.config_cls)}
-    values = {"samples_per_prompt": 2, "policy_samples": 2, "max_new_tokens": new_tokens}
+    values = {"samples_per_prompt": 2, "policy_samples": 2}
     values.update({"ppo_epochs": 1, "num_minibatches": 1, "ptx_coef": 0.0} if algo == "ppo" else {})
     values.update(overrides or {})
     group = values.get("samples_per_prompt" if algo != "rrhf" else "policy_samples", 1)
     config = entry.config_cls(
         name=algo,
         prompts_per_step=max(1, sequences // group),
+        sampling=SamplingConfig(max_new_tokens=new_tokens),
         **{k: v for k, v in values.items() if k in names},
     )
-    run = Run(
-        cfg=OmegaConf.create({"seed": 0}),
+    run = job.make_run(
         config=config,
         task=task,
         reward=RewardNetwork(reward_model),
         tokenizer=tokenizer,
         policy=policy,
         sft_path=tmp / "sft",
-        budget=Budget.from_config(BudgetConfig()),
-        flops=flops,
-        generator=torch.Generator().manual_seed(0),
-        output_dir=tmp,
-        pm=registry.pm,
         precision=precision,
     )
-    algorithm = entry.cls(run, config)
-    place(algorithm, device)
+    run.track(reward_model, "reward")
+    algorithm = job.start(algo)  # on the policy's device
     # Fixed-length responses: every step has the same shape (and the same FLOPs).
     for attribute in ("params", "sampling"):
         params = getattr(algorithm, attribute, None)
         if isinstance(params, SamplingParams):
             params.min_new_tokens = params.max_new_tokens = new_tokens
-    registry.pm.register(algorithm, name=f"algorithm:{algo}")
-    registry.pm.register(DefaultScore(), name="core:default-score")
     prompts = task.splits["rl"].to_list()[: config.prompts_per_step]
     return Setup(run, prompts, algorithm)
 

@@ -56,12 +56,11 @@ import transformers
 from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median
 from omegaconf import OmegaConf
 
-from alignbench import PromptStream, Reward, Run, SamplingParams, Task
+from alignbench import PromptStream, Reward, Run, SamplingConfig, SamplingParams, Task
 from alignbench.batch import encode_responses
-from alignbench.budget import Budget, FlopCounter
-from alignbench.config import BudgetConfig, ModelConfig
+from alignbench.config import ModelConfig
 from alignbench.decoding import decoder
-from alignbench.defaults import DefaultScore
+from alignbench.job import Job
 from alignbench.models import (
     ScalarHeadModel,
     build_model,
@@ -70,7 +69,7 @@ from alignbench.models import (
     save_pretrained,
 )
 from alignbench.registry import build_registry
-from alignbench_plugins.ppo import PPO, PPOConfig
+from alignbench_plugins.ppo import PPOConfig
 
 VOCAB_WORDS = 1021  # 1024 with pad, eos, unk
 PARTS = ("generation", "scoring", "update", "total")
@@ -132,7 +131,7 @@ class Setup:
 
 
 def build(tmp: Path, task: Task, ptx_coef: float, s: Settings) -> Setup:
-    """PPO with ``ptx_coef`` on a hand-built Run with the benchmark's four networks."""
+    """PPO with ``ptx_coef`` on the Run of a :class:`Job` with the benchmark's four networks."""
     torch.manual_seed(0)
     words = task.vocabulary()
     words += [f"w{i}" for i in range(VOCAB_WORDS - len(words))]
@@ -140,38 +139,28 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings) -> Setup:
     policy = build_model(s.model, tokenizer).eval()
     save_pretrained(policy, tokenizer, tmp / "sft")
     reward_model = ScalarHeadModel(build_model(s.model, tokenizer)).eval().requires_grad_(False)
-    flops = FlopCounter()
-    flops.track(policy, "policy")
-    flops.track(reward_model, "reward")
-    registry = build_registry()
     config = PPOConfig(
         name="ppo",
         prompts_per_step=s.sequences,
         samples_per_prompt=1,
         ppo_epochs=1,
         num_minibatches=1,
-        max_new_tokens=s.new_tokens,
+        sampling=SamplingConfig(max_new_tokens=s.new_tokens),
         ptx_coef=ptx_coef,
         ptx_batch_size=s.ptx_batch_size,
     )
-    run = Run(
-        cfg=OmegaConf.create({"seed": 0}),
+    job = Job(OmegaConf.create({"seed": 0}), tmp)
+    run = job.make_run(
         config=config,
         task=task,
         reward=RewardNetwork(reward_model),
         tokenizer=tokenizer,
         policy=policy,
         sft_path=tmp / "sft",
-        budget=Budget.from_config(BudgetConfig()),
-        flops=flops,
-        generator=torch.Generator().manual_seed(0),
-        output_dir=tmp,
-        pm=registry.pm,
     )
-    ppo = PPO(run, config)
+    run.track(reward_model, "reward")
+    ppo = job.start("ppo")
     ppo.params = SamplingParams(max_new_tokens=s.new_tokens, min_new_tokens=s.new_tokens)
-    registry.pm.register(ppo, name="algorithm:ppo")
-    registry.pm.register(DefaultScore(), name="core:default-score")
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, len(words), (s.sequences, s.prompt_tokens), generator=g)
     prompts = [{"prompt": " ".join(words[int(i)] for i in row)} for row in ids]

@@ -66,11 +66,10 @@ import transformers
 from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median
 from omegaconf import OmegaConf
 
-from alignbench import Reward, Run, SamplingParams, ops
-from alignbench.budget import Budget, FlopCounter
-from alignbench.config import BudgetConfig, ModelConfig, RMStageConfig
-from alignbench.defaults import DefaultScore
+from alignbench import Reward, Run, SamplingConfig, SamplingParams, ops
+from alignbench.config import ModelConfig, RMStageConfig
 from alignbench.feedback import Group
+from alignbench.job import Job
 from alignbench.models import (
     ScalarHeadModel,
     build_model,
@@ -78,11 +77,10 @@ from alignbench.models import (
     count_parameters,
     save_pretrained,
 )
-from alignbench.registry import build_registry
 from alignbench.reward_model import group_batch, sequence_rewards, train_reward_model
-from alignbench_plugins.dpo import DPO, DPOConfig
-from alignbench_plugins.grpo import GRPO, GRPOConfig
-from alignbench_plugins.rloo import RLOO, RLOOConfig
+from alignbench_plugins.dpo import DPOConfig
+from alignbench_plugins.grpo import GRPOConfig
+from alignbench_plugins.rloo import RLOOConfig
 
 METHODS = ("grpo", "rloo", "dpo", "reward")
 TITLES = {"grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "reward": "reward model"}
@@ -176,53 +174,37 @@ def reward_network(s: Settings, tokenizer) -> ScalarHeadModel:
     return model
 
 
-def make_run(tmp: Path, s: Settings, config: Any, groups: list[Group] | None = None) -> Run:
-    """A hand-built Run with the benchmark's policy, the rule reward and stage-2 ``groups``."""
+def algorithm(method: str, tmp: Path, s: Settings, groups: list[Group] | None) -> tuple[Run, Any]:
+    """The alignbench plugin of ``method`` registered on the Run of a :class:`Job`: the
+    benchmark's policy, the rule reward and stage-2 ``groups``."""
+    if method == "dpo":
+        config = DPOConfig(name="dpo", prompts_per_step=s.pairs, beta=BETA["dpo"], lr=LR)
+    else:
+        config = (GRPOConfig if method == "grpo" else RLOOConfig)(
+            name=method,
+            prompts_per_step=s.prompts,
+            samples_per_prompt=s.samples,
+            beta=BETA[method],
+            sampling=SamplingConfig(max_new_tokens=s.new_tokens),
+            lr=LR,
+        )
     tokenizer = build_tokenizer(WORDS)
     policy = policy_model(s, tokenizer).eval()
     save_pretrained(policy, tokenizer, tmp / "sft")
-    flops = FlopCounter()
-    flops.track(policy, "policy")
-    registry = build_registry()
-    return Run(
-        cfg=OmegaConf.create({"seed": 0}),
+    job = Job(OmegaConf.create({"seed": 0}), tmp)
+    run = job.make_run(
         config=config,
         task=None,  # no plugin here reads the task: prompts come from the benchmark
         reward=EvenShare(),
         tokenizer=tokenizer,
         policy=policy,
         sft_path=tmp / "sft",
-        budget=Budget.from_config(BudgetConfig()),
-        flops=flops,
-        generator=torch.Generator().manual_seed(0),
-        output_dir=tmp,
-        pm=registry.pm,
         groups_loader=lambda split: groups or [],
     )
-
-
-def algorithm(method: str, tmp: Path, s: Settings, groups: list[Group] | None) -> tuple[Run, Any]:
-    """The alignbench plugin of ``method`` registered on its own Run."""
-    if method == "dpo":
-        config = DPOConfig(name="dpo", prompts_per_step=s.pairs, beta=BETA["dpo"], lr=LR)
-        run = make_run(tmp, s, config, groups)
-        algo = DPO(run, config)
-    else:
-        cls, config_cls = (GRPO, GRPOConfig) if method == "grpo" else (RLOO, RLOOConfig)
-        config = config_cls(
-            name=method,
-            prompts_per_step=s.prompts,
-            samples_per_prompt=s.samples,
-            beta=BETA[method],
-            max_new_tokens=s.new_tokens,
-            lr=LR,
-        )
-        run = make_run(tmp, s, config)
-        algo = cls(run, config)
+    algo = job.start(method)
+    if method != "dpo":
         # Exactly new_tokens tokens, as TRL's min_new_tokens below.
         algo.params = SamplingParams(max_new_tokens=s.new_tokens, min_new_tokens=s.new_tokens)
-    run.pm.register(algo, name=f"algorithm:{method}")
-    run.pm.register(DefaultScore(), name="core:default-score")
     return run, algo
 
 
