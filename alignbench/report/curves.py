@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from alignbench.report.jobs import Group, group_jobs, is_finished, load_curve, world_of
+from alignbench.report.jobs import JobGroup, group_jobs, is_finished, load_curve, world_of
 from alignbench.report.stats import hierarchical_ci, paired_difference_ci
 
 #: Budget fractions at which the curve section reads each group's value (a budget sweep read
@@ -50,7 +50,9 @@ def compute_to_threshold(
     return math.inf
 
 
-def _curves(group: Group, metric: str, x_key: str) -> list[tuple[str, Any, np.ndarray, np.ndarray]]:
+def _curves(
+    group: JobGroup, metric: str, x_key: str
+) -> list[tuple[str, Any, np.ndarray, np.ndarray]]:
     """(world, summary, xs, ys) of every finished job of a group that has a curve."""
     out = []
     for job in group.jobs:

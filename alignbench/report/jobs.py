@@ -265,8 +265,8 @@ def is_finished(summary: dict[str, Any] | None) -> bool:
 
 
 @dataclass
-class Group:
-    """The jobs that differ only in their seed."""
+class JobGroup:
+    """The jobs that differ only in their seed (one row of a comparison)."""
 
     name: str
     jobs: list[dict[str, Any]] = field(default_factory=list)
@@ -297,21 +297,26 @@ class Group:
         return len({world_of(s) for s in self.finished})
 
 
+#: The report's name for :class:`JobGroup` before the rename (``alignbench.Group`` is stage 2's
+#: ranked group of responses, :class:`alignbench.rm.feedback.Group`).
+Group = JobGroup
+
+
 def world_of(summary: dict[str, Any]) -> str:
     """A job's world: the stage-1 SFT model it started from (task data x SFT seed), by its key."""
     key = (summary.get("stage/sft") or {}).get("key")
     return str(key) if key else f"world={summary.get('world', '?')}"
 
 
-def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) -> list[Group]:
+def group_jobs(jobs: list[dict[str, Any]], group_by: list[str] | None = None) -> list[JobGroup]:
     """Jobs grouped by :func:`group_name`, in the order they first appear."""
-    groups: dict[str, Group] = {}
+    groups: dict[str, JobGroup] = {}
     common = common_overrides(jobs)
     for job in jobs:
         # Overrides that restate a default would split one configuration into two groups.
         noise = [*common, *default_overrides(job, jobs)] if not group_by else common
         name = group_name(job["overrides"], job["summary"], group_by, job.get("path"), noise)
-        groups.setdefault(name, Group(name)).jobs.append(job)
+        groups.setdefault(name, JobGroup(name)).jobs.append(job)
     return list(groups.values())
 
 

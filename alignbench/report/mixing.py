@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alignbench.report.jobs import Group, is_finished, job_config, short_number
+from alignbench.report.jobs import JobGroup, is_finished, job_config, short_number
 
 
 def _task_of(job: dict[str, Any]) -> str | None:
@@ -35,7 +35,7 @@ def _shown(values: list[str]) -> str:
     return ", ".join(names if len(set(names)) == len(names) else values)
 
 
-def mixing_warnings(groups: list[Group]) -> list[str]:
+def mixing_warnings(groups: list[JobGroup]) -> list[str]:
     """One line for each thing the table mixes without grouping it apart: tasks, budgets and
     stage-1 SFT models (per world). A group holding several is always warned about; groups that
     differ are, unless their names say how (an override of the key or an experiment)."""
@@ -67,14 +67,14 @@ def mixing_warnings(groups: list[Group]) -> list[str]:
     return warnings + ([sft] if sft else [])
 
 
-def _named_apart(groups: list[Group], keys: tuple[str, ...]) -> bool:
+def _named_apart(groups: list[JobGroup], keys: tuple[str, ...]) -> bool:
     """Whether every group's name carries an override of one of ``keys``."""
     return all(
         any(part.lstrip("+~").startswith(keys) for part in g.name.split(" ")) for g in groups
     )
 
 
-def _sft_warning(groups: list[Group]) -> str | None:
+def _sft_warning(groups: list[JobGroup]) -> str | None:
     """A line when one world's jobs start from different stage-1 SFT models (other model or
     stage.sft settings, other code, a rebuilt cache), unless the group names say why."""
     for group in groups:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from alignbench.report.jobs import Group, group_jobs, is_finished, load_curve, stage1_starts
+from alignbench.report.jobs import JobGroup, group_jobs, is_finished, load_curve, stage1_starts
 from alignbench.report.metrics import TRADEOFF
 from alignbench.report.stats import bootstrap_ci
 
@@ -92,7 +92,7 @@ def write_plots(
 
 def _tradeoff_plot(
     plt: Any,
-    groups: list[Group],
+    groups: list[JobGroup],
     starts: dict[str, dict[str, Any]],
     colours: dict[str, Any],
     out_dir: Path,

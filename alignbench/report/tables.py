@@ -10,7 +10,7 @@ import numpy as np
 from alignbench.report.jobs import (
     IGNORED_KEYS,
     BadInput,
-    Group,
+    JobGroup,
     common_overrides,
     group_jobs,
     is_finished,
@@ -69,7 +69,7 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def pick_baseline(groups: list[Group], wanted: str | None) -> Group | None:
+def pick_baseline(groups: list[JobGroup], wanted: str | None) -> JobGroup | None:
     """The ``--baseline`` group (backticks optional), else the first group with a finished job."""
     if wanted is not None:
         name = wanted.strip().strip("`")
@@ -142,8 +142,8 @@ def comparison_report(
 
 
 def _significance_notes(
-    groups: list[Group],
-    base: Group | None,
+    groups: list[JobGroup],
+    base: JobGroup | None,
     tested: list[str],
     results: dict[str, dict[str, Comparison]],
 ) -> list[str]:
@@ -188,7 +188,7 @@ def _significance_notes(
     return notes
 
 
-def _world_notes(groups: list[Group], base: Group | None, tested: list[str]) -> list[str]:
+def _world_notes(groups: list[JobGroup], base: JobGroup | None, tested: list[str]) -> list[str]:
     """With several worlds: differences from the baseline paired by world, and world spread."""
     notes = [
         "Jobs span several worlds (a world = the task's data and the stage-1 SFT model it "
