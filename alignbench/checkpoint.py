@@ -16,6 +16,7 @@ trainable parameters, optimisers, and objects with ``state_dict`` / ``load_state
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, load_model, save_model
 
 from alignbench.config import omit_off_switches
-from alignbench.errors import DataError
+from alignbench.errors import DataError, PluginError
 from alignbench.run import Run
 
 CHECKPOINTS = "checkpoints"
@@ -175,6 +176,32 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
         raise DataError(f"{path} holds non-finite weights ({bad[0]}) — {_FIX}")
 
 
+def _check_restorable(state: dict[str, Any], tmp: Path) -> None:
+    """Read ``state.pt`` back as a resume will (weights_only): a plugin's state_dict holding
+    something else (a numpy array, an object) would otherwise be saved without a word and
+    refused at resume as a damaged checkpoint. One line naming the part that cannot be read."""
+    try:
+        torch.load(tmp / "state.pt", weights_only=True)
+        return
+    except Exception as exc:  # noqa: BLE001 — any reason the reader would refuse it
+        reason = str(exc).strip().splitlines()[0][:160]
+    shutil.rmtree(tmp, ignore_errors=True)
+    parts = [("the reward's", state.get("reward")), ("the loop's", state.get("loop"))]
+    parts += [(f"the algorithm's {key!r}", value) for key, value in state["states"].items()]
+    for name, part in parts:
+        buffer = io.BytesIO()
+        torch.save(part, buffer)
+        buffer.seek(0)
+        try:
+            torch.load(buffer, weights_only=True)
+        except Exception:  # noqa: BLE001
+            raise PluginError(
+                f"{name} state_dict() holds something a checkpoint cannot restore ({reason}) — "
+                "keep it to tensors, numbers, strings, and lists / dicts of them"
+            ) from None
+    raise PluginError(f"a checkpoint could not be read back ({reason})")
+
+
 def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
     """Write a checkpoint of the run at its current step; returns its folder."""
     root = run.output_dir / CHECKPOINTS
@@ -205,6 +232,7 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
         code=dict(run.code),
     )
     torch.save(state, tmp / "state.pt")
+    _check_restorable(state, tmp)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

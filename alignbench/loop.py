@@ -77,21 +77,23 @@ def check_scored(run: Run, batch: Any) -> Batch:
     return batch
 
 
-def check_stats(stats: Any) -> dict[str, float]:
-    """The update hook's answer must be a dict of finite numbers (its metrics); NaN is an error
-    (the run's on_nonfinite policy applies), anything else one line naming what came back."""
+def check_stats(stats: Any, source: str = "alignbench_update") -> dict[str, float]:
+    """A hook's statistics must be a dict of finite numbers (its metrics); NaN is an error (the
+    run's on_nonfinite policy applies), anything else one line naming ``source`` and what came
+    back. Checks the update hook's answer and a reward's ``before_step``."""
     if not isinstance(stats, dict):
         raise PluginError(
-            f"alignbench_update returned {type(stats).__name__} — it must return a dict of "
+            f"{source} returned {type(stats).__name__} — it must return a dict of "
             "metrics (name -> number), e.g. {'loss/total': 0.3}"
         )
     for name, value in stats.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise PluginError(
-                f"alignbench_update returned {name!r}: {value!r} — every metric must be a number"
+                f"{source} returned {name!r}: {value!r} — every metric must be a number"
             )
         if not math.isfinite(value):
-            raise NonFiniteError(f"update statistic {name} is not finite ({value})")
+            what = "update statistic" if source == "alignbench_update" else f"{source} statistic"
+            raise NonFiniteError(f"{what} {name} is not finite ({value})")
     return stats
 
 
@@ -193,6 +195,7 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
     With ``resume_from`` the run continues from that checkpoint exactly where it stopped.
     """
     hook, cfg = run.pm.hook, run.cfg
+    reward_name = str(getattr(getattr(run.reward, "config", None), "name", "?"))
     stream = PromptStream(
         run.task.splits[run.config.prompt_split], run.config.prompts_per_step, cfg.seed
     )
@@ -221,7 +224,9 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                 with StepTimer() as timer:
                     # The reward's own business (a learned reward's online feedback rounds and
                     # delayed labels): part of the step's cost, charged like everything else.
-                    reward_stats = run.reward.before_step(run)
+                    reward_stats = check_stats(
+                        run.reward.before_step(run), f"reward {reward_name}: before_step"
+                    )
                     # precision=bf16/fp16: autocast around the hooks (weights stay fp32).
                     with run.autocast():
                         batch = check_rollout(hook.alignbench_rollout(run=run, prompts=prompts))

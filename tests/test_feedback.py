@@ -381,3 +381,37 @@ def test_reference_scorers_on_a_hand_built_probe(task) -> None:
     custom[1] = [0.0] * 3
     custom[1][groups[1].responses.index(ABSTENTION)] = -1.0
     assert probe_metrics(custom, groups)["accuracy"] == pytest.approx(3 / 4)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "message"),
+    [
+        (lambda groups: [[1.0, 0.0]], r"rank gave 1 for 2 groups"),
+        (
+            lambda groups: [[1.0, 0.0], [1.0]],
+            r"group 1 has 2 responses but its preference is \[1.0\]",
+        ),
+        (
+            lambda groups: [None, [1.0, float("nan")]],
+            r"group 1's preference .* not a finite number",
+        ),
+        (lambda groups: "ranked", r"rank gave str for 2 groups"),
+    ],
+)
+def test_a_feedback_source_with_a_wrong_ranking_is_one_line(ranks, message) -> None:
+    """A source's rank() of the wrong length or shape names the source and the group, instead
+    of a zip() error deep in stage 2."""
+    from alignbench import FeedbackSource, PluginError
+    from alignbench.rm.selection import checked_ranks
+
+    class Sloppy(FeedbackSource):
+        def rank(self, groups, rng):
+            return ranks(groups)
+
+    groups = [Group(row={"prompt": f"q{i}"}, responses=["a", "b"]) for i in range(2)]
+    with pytest.raises(PluginError, match=message) as info:
+        checked_ranks(Sloppy(None, None), groups, np.random.default_rng(0))
+    assert "Sloppy" in str(info.value)
+    good = Sloppy(None, None)
+    good.rank = lambda groups, rng: [np.array([1.0, 0.0], dtype=np.float32), None]
+    assert len(checked_ranks(good, groups, np.random.default_rng(0))) == 2

@@ -532,3 +532,33 @@ def test_a_config_class_without_its_own_dataclass_decorator_is_refused() -> None
     register = _registrar(Registry(pm=pluggy.PluginManager("alignbench")), "algo", "mine")
     with pytest.raises(PluginError, match="not decorated with @dataclass"):
         register("mine", object, NoDecorator)
+
+
+def test_a_reward_state_a_checkpoint_cannot_restore_is_one_line(tiny_job, monkeypatch) -> None:
+    """A reward whose state_dict holds a numpy array would be saved silently and refused at
+    resume as "damaged": the checkpoint is read back when written, naming the reward's part."""
+    import numpy as np
+
+    from alignbench import PluginError
+    from alignbench_plugins.rewards import ExactMatchReward
+
+    monkeypatch.setattr(ExactMatchReward, "state_dict", lambda self: {"seen": np.zeros(3)})
+    with pytest.raises(PluginError, match="the reward's state_dict\\(\\) holds something"):
+        tiny_job("algo=sft", "reward=exact_match", "checkpoint_every=1")
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (None, "reward exact_match: before_step returned NoneType"),
+        ({"late": "x"}, "before_step returned 'late': 'x'"),
+    ],
+)
+def test_a_reward_before_step_must_return_numbers(tiny_job, monkeypatch, returned, message):
+    """before_step's statistics are checked like an update's: one line naming the reward."""
+    from alignbench import PluginError
+    from alignbench_plugins.rewards import ExactMatchReward
+
+    monkeypatch.setattr(ExactMatchReward, "before_step", lambda self, run: returned)
+    with pytest.raises(PluginError, match=message):
+        tiny_job("algo=sft", "reward=exact_match")

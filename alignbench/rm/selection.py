@@ -8,6 +8,8 @@ reward model is least sure of (``uncertainty``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.config import FeedbackConfig, RMStageConfig, Selection
+from alignbench.errors import PluginError
 from alignbench.models import ScalarHeadModel, position_ids
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import check_vocabulary, generate_groups, group_batch
@@ -58,6 +61,39 @@ def _k_center(vectors: np.ndarray, count: int, rng: np.random.Generator) -> list
     return chosen
 
 
+def checked_ranks(
+    source: FeedbackSource, groups: list[Group], rng: np.random.Generator
+) -> list[list[float] | None]:
+    """``source.rank(groups, rng)``, checked: one preference vector (or None) per group, one
+    finite number per response; else one line naming the source and the first bad group."""
+    name = type(source).__name__
+    ranks = source.rank(groups, rng)
+    if not isinstance(ranks, list) or len(ranks) != len(groups):
+        size = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
+        raise PluginError(
+            f"feedback source {name}: rank gave {size} for {len(groups)} groups — it returns "
+            "one preference vector (or None) per group, in order"
+        )
+    for i, (group, preference) in enumerate(zip(groups, ranks, strict=True)):
+        if preference is None:
+            continue
+        values = list(preference) if isinstance(preference, list | tuple | np.ndarray) else None
+        if values is None or len(values) != len(group.responses):
+            raise PluginError(
+                f"feedback source {name}: group {i} has {len(group.responses)} responses but "
+                f"its preference is {preference!r} — one number per response (higher = better)"
+            )
+        if not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) and math.isfinite(v)
+            for v in values
+        ):
+            raise PluginError(
+                f"feedback source {name}: group {i}'s preference {values} holds a value that is "
+                "not a finite number"
+            )
+    return ranks
+
+
 def label_groups(
     pool: list[Group],
     source: FeedbackSource,
@@ -71,7 +107,7 @@ def label_groups(
     budget = min(fb.labels, len(pool))
 
     def ask(groups: list[Group]) -> list[Group]:
-        for group, preference in zip(groups, source.rank(groups, rng), strict=True):
+        for group, preference in zip(groups, checked_ranks(source, groups, rng), strict=True):
             group.preference = preference
         return groups
 
