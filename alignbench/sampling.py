@@ -21,12 +21,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import (
     Batch,
-    Turns,
+    collate,
     decode_responses,
     encode_prompts,
     encode_user_turn,
     pad_prompts,
-    transcript,
 )
 from alignbench.config import SamplingConfig
 from alignbench.decoding import decoder
@@ -214,7 +213,6 @@ def converse(
         )
     rngs = [np.random.default_rng(seed) for seed in user_seeds]
     contexts = [list(ids) for ids in encode_prompts(tokenizer, [row["prompt"] for row in rows])]
-    opening = [list(ids) for ids in contexts]
     dialogues = [[{"role": "user", "content": row["prompt"]}] for row in rows]
     ids: list[list[int]] = [[] for _ in rows]
     masks: list[list[int]] = [[] for _ in rows]
@@ -253,30 +251,16 @@ def converse(
         active = still
         if not active:
             break
-    p_ids, p_mask = pad_prompts(opening, pad)
-    length = max(len(r) for r in ids)
-    r_ids = torch.full((n, length), pad, dtype=torch.long)
-    r_attention = torch.zeros((n, length), dtype=torch.long)
-    r_mask = torch.zeros((n, length), dtype=torch.long)
-    r_index = torch.full((n, length), -1, dtype=torch.long)
-    r_logprobs = torch.zeros((n, length))
-    for i in range(n):
-        size = len(ids[i])
-        r_ids[i, :size] = torch.tensor(ids[i])
-        r_attention[i, :size] = 1
-        r_mask[i, :size] = torch.tensor(masks[i])
-        r_index[i, :size] = torch.tensor(index[i])
-        r_logprobs[i, :size] = torch.tensor(logprobs[i])
-    device = model_device(model)
-    return Batch(
-        prompts=list(prompts),
-        group_size=num_samples,
-        input_ids=torch.cat([p_ids, r_ids], dim=1),
-        attention_mask=torch.cat([p_mask, r_attention], dim=1),
-        prompt_length=p_ids.shape[1],
-        response_mask=r_mask,
-        responses=[transcript(d[1:]) for d in dialogues],
-        sources=[source] * n,
-        logprobs=r_logprobs,
-        turns=Turns(index=r_index, dialogues=dialogues),
-    ).to(device)
+    # The opening is the same for the K conversations of a row: collate encodes it once more.
+    batch = collate(
+        tokenizer,
+        list(prompts),
+        ids,
+        num_samples,
+        [source] * n,
+        response_masks=masks,
+        turn_index=index,
+        dialogues=dialogues,
+        logprobs=logprobs,
+    )
+    return batch.to(model_device(model))
