@@ -155,14 +155,15 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
 
 def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
     """``{role: "<file>:<sha256 prefix>"}`` of the plugins a job runs (algorithm, task, reward,
-    and the feedback source where the reward uses it): a finished result or a checkpoint made by
-    other plugin code is not this job's result."""
+    and the feedback source where the reward or the algorithm uses it — ``uses_feedback`` on
+    its class, e.g. DPO's ranked groups): a finished result or a checkpoint made by other
+    plugin code is not this job's result."""
     classes = {
         "algo": registry.get("algo", cfg.algo.name).cls,
         "task": registry.get("task", cfg.task.name).cls,
         "reward": registry.get("reward", cfg.reward.name).cls,
     }
-    if getattr(classes["reward"], "uses_feedback", False):
+    if any(getattr(classes[role], "uses_feedback", False) for role in ("reward", "algo")):
         classes["feedback"] = registry.get("feedback", cfg.feedback.name).cls
     out = {}
     for role, cls in classes.items():

@@ -55,6 +55,17 @@ class Run:
     precision: str = "fp32"
 
     @property
+    def seed(self) -> int:
+        """The job's seed (``seed=``): what a plugin seeds its own random streams from (a plugin
+        reads the typed values it needs from the Run, not the whole config ``cfg``)."""
+        return int(self.cfg["seed"])
+
+    @property
+    def eval_batch_size(self) -> int:
+        """How many evaluation questions are answered per batch (``eval.batch_size``)."""
+        return int(self.cfg["eval"]["batch_size"])
+
+    @property
     def device(self) -> torch.device:
         """The device the policy runs on (``device=``); the core puts every model there."""
         return model_device(self.policy)

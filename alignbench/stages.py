@@ -40,7 +40,7 @@ SFT_STAGE_VERSION = 2
 def sft_loss(model: PreTrainedModel, batch: Any) -> torch.Tensor:
     """Token-mean negative log-likelihood of the batch's responses (the SFT objective)."""
     logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
-    return -ops.masked_mean(logprobs, batch.response_mask)
+    return ops.demonstration_nll(logprobs, batch.response_mask)
 
 
 def model_source(name_or_path: str) -> str:

@@ -54,7 +54,7 @@ class BestOfN:
         """N samples per question, scored by the run's reward; the best of each answers."""
         n = self.config.n
         # As many questions per sampling call as keep it at eval.batch_size sequences.
-        per_call = max(1, int(run.cfg.eval.batch_size) // n)
+        per_call = max(1, run.eval_batch_size // n)
         answers: list[str] = []
         for start in range(0, len(rows), per_call):
             batch = run.sample(run.policy, rows[start : start + per_call], n, self.params)

@@ -102,6 +102,9 @@ def sequence_logprobs(model: Any, batch: Batch, rows: Any = slice(None)) -> torc
 class DPO:
     """Offline DPO as a run-hook implementer (rollout = the next pairs of the data)."""
 
+    #: Trains on stage 2's ranked groups: the ``feedback=`` plugin's code is part of the job.
+    uses_feedback = True
+
     def __init__(self, run: Run, config: DPOConfig) -> None:
         self.config = config
         self.rows, self.chosen, self.rejected = [], [], []
@@ -120,7 +123,7 @@ class DPO:
             )
         pairs = Dataset.from_dict({"pair": list(range(len(self.rows)))})
         # Its own seeded order over the pairs (checkpointed: a resumed run sees the same pairs).
-        self.pairs = PromptStream(pairs, config.prompts_per_step, run.cfg.seed)
+        self.pairs = PromptStream(pairs, config.prompts_per_step, run.seed)
         self.reference = run.load_sft_model("reference")
         self.reference_cache = ReferenceCache(len(self.rows))
         # foreach: one fused kernel per step instead of a loop over tensors (same numbers).

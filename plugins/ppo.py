@@ -198,7 +198,7 @@ class PPO:
         self.kl = KLController(config)
         # PPO-ptx (Ouyang et al. 2022): demonstrations mixed into every update against forgetting.
         self.demos = (
-            PromptStream(run.task.splits["sft"], config.ptx_batch_size, run.cfg.seed + 1)
+            PromptStream(run.task.splits["sft"], config.ptx_batch_size, run.seed + 1)
             if config.ptx_coef
             else None
         )

@@ -218,3 +218,16 @@ def test_the_core_never_names_the_learned_reward() -> None:
         if word in path.read_text()
     ]
     assert offenders == []
+
+
+def test_an_algorithm_that_trains_on_ranked_groups_fingerprints_the_feedback_plugin() -> None:
+    """DPO reads stage 2's groups with a rule reward: the feedback source's code is part of
+    its job (fixed feedback code must not reuse DPO's old results), not of a PPO job's."""
+    from alignbench.job import plugin_code
+    from alignbench.registry import build_registry
+    from tests.conftest import compose
+
+    registry = build_registry()
+    dpo = plugin_code(registry, compose(["algo=dpo", "reward=abstention"], registry))
+    ppo = plugin_code(registry, compose(["algo=ppo", "reward=abstention"], registry))
+    assert dpo["feedback"].startswith("feedback.py:") and "feedback" not in ppo
