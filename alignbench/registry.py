@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -180,6 +181,33 @@ def load_plugin_dirs(registry: Registry, plugin_dirs: list[str]) -> None:
     _collect(registry)
 
 
+#: How the core builds each group's class: the constructor arguments it passes.
+CONSTRUCTORS: dict[str, tuple[str, ...]] = {
+    "algo": ("run", "config"),
+    "reward": ("config", "task"),
+    "task": ("config",),
+    "feedback": ("config", "task"),
+}
+
+
+def _check_constructor(plugin: str, group: str, name: str, cls: type) -> None:
+    """The core builds ``cls(*CONSTRUCTORS[group])``: a class whose constructor cannot take
+    those arguments is refused when it registers, not after stage 1 has trained."""
+    wanted = CONSTRUCTORS[group]
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # a class without an inspectable signature (built in C)
+        return
+    try:
+        signature.bind(*wanted)
+    except TypeError as exc:
+        raise PluginError(
+            f"plugin {plugin!r} registers {group} {name!r} with {cls.__name__}{signature}, but "
+            f"the core builds it as {cls.__name__}({', '.join(wanted)}) ({exc}) — give its "
+            f"__init__ exactly those parameters"
+        ) from None
+
+
 def _registrar(registry: Registry, group: str, plugin: str) -> hookspecs.Register:
     """The ``register`` callback handed to one plugin's registration hook for one group."""
     base = GROUPS[group][1]
@@ -199,6 +227,7 @@ def _registrar(registry: Registry, group: str, plugin: str) -> hookspecs.Registe
                 f"{config_cls.__name__}, which is not decorated with @dataclass — add "
                 "@dataclass above its class line"
             )
+        _check_constructor(plugin, group, name, cls)
         known = entries.get(name)
         if known is not None and known.plugin != plugin:
             raise PluginError(

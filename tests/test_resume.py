@@ -562,3 +562,20 @@ def test_a_reward_before_step_must_return_numbers(tiny_job, monkeypatch, returne
     monkeypatch.setattr(ExactMatchReward, "before_step", lambda self, run: returned)
     with pytest.raises(PluginError, match=message):
         tiny_job("algo=sft", "reward=exact_match")
+
+
+def test_an_algorithm_class_with_the_wrong_constructor_is_refused_at_registration() -> None:
+    """The core builds an algorithm as cls(run, config): a class that takes something else is
+    refused when it registers, naming the signature, not after stage 1 has trained."""
+    import pluggy
+
+    from alignbench import AlgorithmConfig, PluginError
+    from alignbench.registry import Registry, _registrar
+
+    class TakesOnlyConfig:
+        def __init__(self, config):
+            self.config = config
+
+    register = _registrar(Registry(pm=pluggy.PluginManager("alignbench")), "algo", "mine")
+    with pytest.raises(PluginError, match=r"builds it as TakesOnlyConfig\(run, config\)"):
+        register("mine", TakesOnlyConfig, AlgorithmConfig)
