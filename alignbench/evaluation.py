@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import transcript
@@ -15,6 +16,25 @@ from alignbench.errors import PluginError
 from alignbench.reward import Reward, checked_rewards, turn_rewards
 from alignbench.sampling import SamplingParams, converse, sample
 from alignbench.task import Task
+
+
+def _add_totals(
+    values: dict[str, float],
+    scores: torch.Tensor,
+    gold: list[float | None],
+    tally: dict[str, float] | None,
+    count: int,
+) -> None:
+    """Add what every eval set reports beside the task's metrics: the mean ``reward``, the mean
+    ``gold_reward`` where the task knows it, and ``flops_per_question`` when FLOPs are measured."""
+    if tally is not None:
+        # What answering one question cost: a policy's greedy decode, or N samples + N
+        # reward forwards for best-of-N (a rule reward costs no FLOPs in this count).
+        values["flops_per_question"] = sum(tally.values()) / max(1, count)
+    values["reward"] = float(scores.mean())
+    if gold and None not in gold:
+        # The truth next to the proxy: over-optimisation shows as a growing gap.
+        values["gold_reward"] = sum(g for g in gold if g is not None) / len(gold)
 
 
 def generate_greedy(
@@ -71,15 +91,8 @@ def evaluate(
         name = str(getattr(getattr(reward, "config", None), "name", type(reward).__name__))
         with flops.paused() if flops else contextlib.nullcontext():  # scoring is not answering
             scores = checked_rewards(reward(rows, responses), len(rows), name)
-        if flops is not None:
-            # What answering one question cost: a policy's greedy decode, or N samples + N
-            # reward forwards for best-of-N (a rule reward costs no FLOPs in this count).
-            values["flops_per_question"] = sum(tally.values()) / max(1, len(rows))
-        values["reward"] = float(scores.mean())
         gold = [task.gold_utility(row, r) for row, r in zip(rows, responses, strict=True)]
-        if gold and None not in gold:
-            # The truth next to the proxy: over-optimisation shows as a growing gap.
-            values["gold_reward"] = sum(gold) / len(gold)
+        _add_totals(values, scores, gold, tally if flops is not None else None, len(rows))
         metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
         if samples is not None:
             samples[prefix] = completion_records(task, rows, responses, scores.tolist(), gold)
@@ -128,12 +141,8 @@ def evaluate_dialogues(
         values = task.dialogue_metrics(rows, dialogues)
         with flops.paused() if flops else contextlib.nullcontext():
             _, returns = turn_rewards(reward, rows, dialogues)
-        if flops is not None:
-            values["flops_per_question"] = sum(tally.values()) / max(1, len(rows))
-        values["reward"] = float(returns.mean())
         gold = [task.dialogue_utility(row, d) for row, d in zip(rows, dialogues, strict=True)]
-        if gold and None not in gold:
-            values["gold_reward"] = sum(gold) / len(gold)
+        _add_totals(values, returns, gold, tally if flops is not None else None, len(rows))
         metrics.update({f"{prefix}/{name}": float(v) for name, v in values.items()})
         if samples is not None:
             records = []
