@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.argv = [sys.argv[0], *argv]
     _FAILED.clear()
+    tuning.FAILURES.clear()
     # Workers of a parallel launcher inherit this, and so know they are workers (signals.py).
     os.environ[signals.MAIN_PID_ENV] = str(os.getpid())
     signals.install(forward=True)
@@ -333,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return signals.exit_code(stopped)
     if code:
         return code
+    if tuning.FAILURES:
+        return 1
     if _FAILED:
         shown = ", ".join(_FAILED[:5]) + (
             f" (+{len(_FAILED) - 5} more)" if len(_FAILED) > 5 else ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ GROUPS = ("algo", "task", "reward", "feedback", "model", "budget", "logger")
 #: Keys of a search file that belong to the search, not to the experiment it finds, and
 #: keys that say where a trial ran rather than what it was.
 SEARCH_ONLY = ("defaults", "hydra", "optimized_metric", "cache_dir", "rerun", "cache_rebuild")
+#: One line per search whose best trial could not be written: Hydra turns a callback's exception
+#: into a warning, so the command reads this list and exits 1 instead of finishing silently.
+FAILURES: list[str] = []
 
 
 def check_metric(metric: str) -> None:
@@ -128,6 +132,19 @@ class BestTrial(Callback):
         self.name, self.experiment_dir, self.direction = name, experiment_dir, direction
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the best trial's experiment file; a failure is one line and exit status 1."""
+        try:
+            self._write_best(config)
+        except Exception as exc:  # noqa: BLE001 — Hydra would only warn; the command must fail
+            line = (
+                f"tuning: the best trial of {self.name} could not be written "
+                f"({type(exc).__name__}: {exc}) — the trials are in {config.hydra.sweep.dir}; "
+                "fix the cause and run the same command again (finished trials are kept)"
+            )
+            FAILURES.append(line)
+            print(f"error: {line}", file=sys.stderr, flush=True)
+
+    def _write_best(self, config: DictConfig) -> None:
         """Find the best finished trial by ``optimized_metric`` and write its experiment file."""
         sweep, metric = Path(config.hydra.sweep.dir), str(config.get("optimized_metric") or "")
         trials = _trials(sweep, metric)
@@ -160,7 +177,10 @@ class BestTrial(Callback):
             "Report on test with fresh seeds: python -m alignbench "
             f"+experiment={self.name}_best seed=0,1,2 --multirun",
         ]
-        text = best_experiment(folder, self.name, header)
+        # The search file is the hparams_search choice (one file may serve several named
+        # searches, e.g. `facts` for every algorithm); `name` only names the outputs.
+        search = config.hydra.runtime.choices.get("hparams_search") or self.name
+        text = best_experiment(folder, search, header)
         targets = [sweep / f"{self.name}_best.yaml"]
         if self.experiment_dir:
             targets.append(Path(self.experiment_dir) / f"{self.name}_best.yaml")
