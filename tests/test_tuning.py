@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
-from alignbench import ConfigError
+from alignbench import ConfigError, tuning
 from alignbench.app import validate
 from alignbench.registry import build_registry
-from alignbench.tuning import check_metric, objective
+from alignbench.tuning import BestTrial, check_metric, objective
 from tests.conftest import TINY
 
 pytest.importorskip(
@@ -88,3 +89,59 @@ def test_two_trial_search_writes_the_best_trial_as_an_experiment(tmp_path: Path)
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert cost["flops"] == sum(s["budget/flops"] for s in summaries) > 0
     assert "tuning: best dev/gold_reward" in done.stdout
+
+
+def _finished_trial(sweep: Path, name: str, overrides: list[str], value: float) -> None:
+    """A trial folder as a search leaves it: Hydra's record, and a finished summary."""
+    record = sweep / name / ".hydra"
+    record.mkdir(parents=True)
+    choices = {"algo": "dpo", "hparams_search": "facts", "logger": "wandb"}
+    (record / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    (record / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    summary = {"status": "finished", "dev/gold_reward": value, "budget/flops": 1e9}
+    (sweep / name / "summary.json").write_text(json.dumps(summary))
+
+
+def _end_config(sweep: Path) -> object:
+    """The config a callback gets at the end of `hparams_search=facts algo=dpo --multirun`."""
+    return OmegaConf.create(
+        {
+            "optimized_metric": "dev/gold_reward",
+            "hydra": {
+                "sweep": {"dir": str(sweep)},
+                "runtime": {"choices": {"hparams_search": "facts", "algo": "dpo"}},
+            },
+        }
+    )
+
+
+def test_a_named_search_reads_the_search_file_it_ran(tmp_path: Path) -> None:
+    """One file serves every algorithm (hparams_search=facts, name=dpo_facts): the best trial
+    is written under the name, with the file's fixed settings and the trial's sampled values."""
+    sweep = tmp_path / "sweep"
+    _finished_trial(sweep, "a", ["hparams_search=facts", "algo=dpo", "algo.beta=0.3"], 0.2)
+    _finished_trial(sweep, "b", ["hparams_search=facts", "algo=dpo", "algo.beta=0.05"], 0.4)
+    BestTrial(name="dpo_facts").on_multirun_end(_end_config(sweep))
+    best = yaml.safe_load((sweep / "dpo_facts_best.yaml").read_text())
+    assert best["algo"] == {"beta": 0.05}
+    assert best["defaults"] == [{"override /algo": "dpo"}]
+    assert best["budget"] == {"kind": "flops"} and best["eval"] == {"points": 0}
+    assert json.loads((sweep / "tuning.json").read_text())["best_value"] == 0.4
+
+
+def test_a_best_trial_that_cannot_be_written_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra turns a callback's exception into a warning; the search records one line instead,
+    which makes the command exit 1 (cli.main reads tuning.FAILURES)."""
+    sweep, blocked = tmp_path / "sweep", tmp_path / "file"
+    blocked.write_text("")
+    _finished_trial(sweep, "a", ["hparams_search=facts", "algo=dpo", "algo.beta=0.3"], 0.2)
+    tuning.FAILURES.clear()
+    BestTrial(name="dpo_facts", experiment_dir=str(blocked / "sub")).on_multirun_end(
+        _end_config(sweep)
+    )
+    assert len(tuning.FAILURES) == 1 and "dpo_facts could not be written" in tuning.FAILURES[0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: tuning:") and str(sweep) in err[0]
+    tuning.FAILURES.clear()
