@@ -6,7 +6,7 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, sta
 :mod:`alignbench.models`.
 """
 
-from alignbench import crowd, ops
+from alignbench import crowd, distributed, ops
 
 # Helpers the built-in plugins use, public so that every plugin can use them the same way.
 from alignbench.batch import (  # noqa: E402
@@ -107,6 +107,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "crowd",
+    "distributed",
     "ops",
     "ScalarHeadModel",
     "collate",

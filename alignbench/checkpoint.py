@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, load_model, save_model
 
+from alignbench import distributed
 from alignbench.config import omit_off_switches
 from alignbench.errors import DataError, PluginError
 from alignbench.run import Run
@@ -203,8 +204,20 @@ def _check_restorable(state: dict[str, Any], tmp: Path) -> None:
 
 
 def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
-    """Write a checkpoint of the run at its current step; returns its folder."""
+    """Write a checkpoint of the run at its current step; returns its folder.
+
+    With several processes every rank calls it: the weights, optimisers and loop state are the
+    same on every rank, the random states and FLOP counters are not, so rank 0 gathers those of
+    every rank (``ranks``) and is the only one that writes.
+    """
+    ranks = None
+    if distributed.world_size() > 1:
+        ranks = distributed.gather(
+            {"rng": rng_state(run), "flops": [run.flops.total, dict(run.flops.by_model)]}
+        )
     root = run.output_dir / CHECKPOINTS
+    if not distributed.is_main_process():
+        return root / f"step-{run.step}"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{run.step}"
     tmp = root / f".{name}.tmp"
@@ -231,6 +244,8 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
         fingerprint=config_fingerprint(run.cfg),
         code=dict(run.code),
     )
+    if ranks is not None:
+        state["ranks"] = ranks
     torch.save(state, tmp / "state.pt")
     _check_restorable(state, tmp)
     final = root / name
@@ -246,8 +261,23 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
 
 
 def load(run: Run, algorithm: Any, folder: Path) -> dict[str, Any]:
-    """Restore the run and the algorithm from a checkpoint; returns the loop's saved state."""
+    """Restore the run and the algorithm from a checkpoint; returns the loop's saved state.
+
+    A checkpoint of N processes resumes on N processes only (each rank takes its own random
+    state and FLOP counters from ``ranks``), one of one process on one process.
+    """
     state = read_state(folder)
+    saved_world = len(state.get("ranks") or [None])
+    if saved_world != distributed.world_size():
+        raise DataError(
+            f"{folder} was saved by {saved_world} process(es) and this job runs on "
+            f"{distributed.world_size()} — resume with the same number of processes, or pass "
+            "rerun=true to start over"
+        )
+    if "ranks" in state:
+        mine = state["ranks"][distributed.rank()]
+        state["rng"] = mine["rng"]
+        state["flops"] = {"total": mine["flops"][0], "by_model": mine["flops"][1]}
     _load_weights(run.policy, folder / "policy.safetensors")
     for attr, (kind, value) in _parts(algorithm).items():
         if kind == "module":

@@ -32,13 +32,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from alignbench import jobdir, signals, tuning
+from alignbench import distributed, jobdir, signals, tuning
 from alignbench.budget import Budget
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import CONF_PACKAGE, shipped_yaml_names, ships_yaml, to_object
 from alignbench.errors import UNKNOWN_BY_GROUP, AlignbenchError, ConfigError, Interrupted
 from alignbench.hardware import check_hardware
-from alignbench.job import _check_hook_names, check_multi_turn, run_job
+from alignbench.job import _check_hook_names, check_data_parallel, check_multi_turn, run_job
 from alignbench.models import check_loadable
 from alignbench.observers import WandbLogger, write_json_atomic
 from alignbench.registry import Registry, build_registry, describe
@@ -127,6 +127,10 @@ def _job(cfg: DictConfig) -> float | None:
         print(f"[alignbench] {output_dir.name}: not started (the sweep is stopping)", flush=True)
         return
     try:
+        if not distributed.is_main_process():
+            # Another rank of a multi-process job: rank 0 holds the folder and writes it.
+            summary = run_job(cfg, output_dir, _REGISTRY, group=group, tags=tags, claimed=True)
+            return None
         with signals.busy(), jobdir.locked(output_dir):
             jobdir.check_free(cfg, output_dir)
             if cfg.rerun:
@@ -278,6 +282,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_known_keys(typed)
             _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
             check_multi_turn(registry, typed.algo.name, typed.task.name, typed.reward.name)
+            check_data_parallel(registry, cfg)
             check_choices(typed)
             check_ranges(cfg)
             check_hardware(cfg)
@@ -301,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sorted(argv, key=lambda a: not a.startswith("-") and ("=" in a or a[:1] == "~"))
     args = get_args_parser().parse_args(argv)
     try:
+        # Started by accelerate launch / torchrun: join the other ranks (nothing in one process).
+        distributed.setup()
+        if distributed.world_size() > 1 and args.multirun:
+            raise ConfigError(
+                f"--multirun on {distributed.world_size()} processes is not supported — launch "
+                "one job per accelerate launch (or sweep in one process per job)"
+            )
         overrides = _parse_overrides(args.overrides)
         _REGISTRY = build_registry(_plugin_dirs(overrides))
         if not (args.help or args.hydra_help or args.info or args.shell_completion):
@@ -313,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     except AlignbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not distributed.is_main_process():
+        argv.append("hydra/job_logging=none")  # rank 0 alone writes the job's app.log
     sys.argv = [sys.argv[0], *argv]
     _FAILED.clear()
     tuning.FAILURES.clear()

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignbench import checkpoint, jobdir
+from alignbench import checkpoint, distributed, jobdir
 from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import BudgetConfig, to_object
@@ -147,6 +147,43 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
             f"algo={algo} answers evaluation questions itself (alignbench_respond), which a "
             f"multi-turn task (task={task}) evaluates as whole greedy dialogues — drop "
             "multi_turn = True from it or its alignbench_respond"
+        )
+
+
+def check_data_parallel(registry: Registry, cfg: DictConfig) -> None:
+    """On several processes (``accelerate launch`` / ``torchrun``): an algorithm that declares
+    ``data_parallel = True``, prompts that split evenly over the ranks, ``on_nonfinite=stop``
+    and a reward that does not update itself during training; else one line naming the fix."""
+    size = distributed.world_size()
+    if size == 1:
+        return
+    algo = cfg.algo.name
+    if not getattr(registry.get("algo", algo).cls, "data_parallel", False):
+        fitting = [
+            f"algo={n}"
+            for n in registry.names("algo")
+            if getattr(registry.get("algo", n).cls, "data_parallel", False)
+        ]
+        raise ConfigError(
+            f"algo={algo} is not data-parallel (this job runs on {size} processes) — run it in "
+            f"one process, or use one that is ({', '.join(fitting) or 'none is registered'}); "
+            "a plugin declares data_parallel = True on its class (docs/plugins.md)"
+        )
+    per_step = int(cfg.algo.prompts_per_step)
+    if per_step % size:
+        raise ConfigError(
+            f"algo.prompts_per_step={per_step} does not split evenly over {size} processes — "
+            f"use a multiple of {size}"
+        )
+    if cfg.on_nonfinite == "skip":
+        raise ConfigError(
+            f"on_nonfinite=skip is not supported on {size} processes — use on_nonfinite=stop"
+        )
+    reward_cls = registry.get("reward", cfg.reward.name).cls
+    if reward_cls.before_step is not Reward.before_step:
+        raise ConfigError(
+            f"reward={cfg.reward.name} updates itself during training (before_step), which is "
+            f"not data-parallel yet — run it in one process, or use a rule reward"
         )
 
 
@@ -280,6 +317,8 @@ class Job:
             load_plugin_dirs(self.registry, list(cfg.plugin_dirs))
         check_ranges(cfg)  # the command line checked this already; library callers need it too
         check_choices(to_object(cfg))
+        distributed.setup()  # a job started by accelerate launch / torchrun joins its ranks
+        check_data_parallel(self.registry, cfg)
         self.device = check_hardware(cfg)
         if not self.claimed:
             jobdir.check_free(cfg, self.output_dir)
@@ -290,12 +329,24 @@ class Job:
         """The summary of a finished job of this config and code in the folder (None: run it)."""
         if self.cfg.rerun:
             return None
-        return _finished_summary(self.output_dir, self.fingerprint, self.code)
+        # Rank 0's reading, on every rank: all of them skip the job, or none.
+        return distributed.decided_on_main(
+            lambda: _finished_summary(self.output_dir, self.fingerprint, self.code)
+        )
 
     def claim(self) -> None:
         """Start over (``rerun=true``: old results moved aside) or find the checkpoint to resume
         from, refusing one of another config or code; a library caller's folder gets the record
-        of its config."""
+        of its config. With several processes rank 0 does it and every rank resumes from the
+        checkpoint it found."""
+
+        def claimed() -> tuple[Path | None, int]:
+            self._claim()
+            return self.resume_from, self.kept_lines
+
+        self.resume_from, self.kept_lines = distributed.decided_on_main(claimed)
+
+    def _claim(self) -> None:
         cfg, output_dir = self.cfg, self.output_dir
         self.resume_from = None if cfg.rerun else checkpoint.latest(output_dir)
         if cfg.rerun and not self.claimed:
@@ -352,7 +403,9 @@ class Job:
         """Stage 1 (SFT, cached) and the policy it starts (with LoRA after it: only the adapters
         train) on ``device=``; then what the reward prepares (a learned reward: stage 2)."""
         cfg, task = self.cfg, self.task
-        sft_path, stage_info = sft_stage(cfg, task)
+        # Several processes: rank 0 builds (or finds) the cached stage, the others then find it.
+        with distributed.main_process_first():
+            sft_path, stage_info = sft_stage(cfg, task)
         policy, tokenizer = load_pretrained(sft_path)
         policy = apply_lora(policy.to(self.device), cfg.model.lora)
         self.stages = {"stage/sft": stage_info}
@@ -367,7 +420,8 @@ class Job:
                 to_object(cfg.feedback), task
             ),
         )
-        self.stages.update(self.reward.prepare(self.context))
+        with distributed.main_process_first():
+            self.stages.update(self.reward.prepare(self.context))
         return policy, tokenizer, sft_path
 
     def ranked_groups(self, split: str) -> list[Group]:
@@ -403,7 +457,8 @@ class Job:
             sft_path=sft_path,
             budget=Budget.from_config(BudgetConfig()) if budget is None else budget,
             flops=flops,
-            generator=torch.Generator().manual_seed(self.cfg.seed),
+            # Each rank samples its own stream (rank 0's is the one-process stream).
+            generator=torch.Generator().manual_seed(self.cfg.seed + 1_000_003 * distributed.rank()),
             output_dir=self.output_dir,
             pm=self.registry.pm,
             groups_loader=groups_loader,
@@ -424,6 +479,9 @@ class Job:
         observers the config asks for (W&B with the sweep's ``group`` and ``tags``, progress)."""
         cfg = self.cfg
         plugins = self._algorithm(None)
+        if not distributed.is_main_process():  # rank 0 alone writes results, W&B and progress
+            self._register(plugins)
+            return
         plugins["core:results"] = ResultsWriter(self.output_dir, keep_lines=self.kept_lines)
         if cfg.logger.wandb.enabled:
             plugins["core:wandb"] = WandbLogger(self.run, group, tags=tags)
@@ -465,8 +523,11 @@ class Job:
             summary.update(result["final"])
             summary.update(self.reward.final_metrics(run))  # e.g. the policy read as a reward model
             summary["initial"] = result["initial"]
-            summary["model_dir"] = str(export_policy(run, self.output_dir / "model"))
+            if distributed.is_main_process():
+                summary["model_dir"] = str(export_policy(run, self.output_dir / "model"))
             summary["status"] = "finished"
+            if distributed.world_size() > 1:  # every rank's passes (as the budget counts them)
+                summary["flops_by_model"] = distributed.sum_values(dict(run.flops.by_model))
         except BaseException as exc:
             summary["status"] = "interrupted" if isinstance(exc, Interrupted) else "failed"
             summary["error"] = f"{type(exc).__name__}: {exc}"
@@ -475,7 +536,7 @@ class Job:
             summary.update(run.budget.metrics())
             summary["steps"] = run.step
             summary["wall_time"] = time.perf_counter() - self.started
-            summary["flops_by_model"] = dict(run.flops.by_model)
+            summary.setdefault("flops_by_model", dict(run.flops.by_model))
             try:
                 self.registry.pm.hook.alignbench_on_run_end(run=run, summary=summary)
             finally:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from alignbench import checkpoint, signals
+from alignbench import checkpoint, distributed, signals
 from alignbench.batch import Batch
 from alignbench.budget import StepTimer
 from alignbench.config import to_object
@@ -115,7 +115,10 @@ def restore(run: Run, algorithm: Any, saved: dict[str, Any]) -> None:
 
 
 def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
-    """Reward and length statistics of the policy's own samples (all sequences if none are)."""
+    """Reward and length statistics of the policy's own samples (all sequences if none are);
+    with several processes, of every rank's samples (:func:`global_batch_statistics`)."""
+    if distributed.world_size() > 1:
+        return global_batch_statistics(batch, task)
     policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(
         range(len(batch.sources))
     )
@@ -140,12 +143,50 @@ def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
     return stats
 
 
+def global_batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
+    """:func:`batch_statistics` over the samples of every rank: each rank's per-sequence values
+    gathered, then the one-process formulas on all of them."""
+    policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(
+        range(len(batch.sources))
+    )
+    local: dict[str, list[Any]] = {
+        "rewards": batch.rewards[policy].float().tolist() if batch.rewards is not None else [],
+        "lengths": batch.response_mask[policy].sum(-1).float().tolist(),
+        "turns": batch.turns.count[policy].float().tolist() if batch.turns is not None else [],
+        "gold": [],
+    }
+    if task is not None:
+        if batch.turns is not None:
+            dialogues = batch.turns.dialogues
+            local["gold"] = [task.dialogue_utility(batch.rows[i], dialogues[i]) for i in policy]
+        else:
+            local["gold"] = [task.gold_utility(batch.rows[i], batch.responses[i]) for i in policy]
+    parts = distributed.gather(local)
+    every = {key: [v for part in parts for v in part[key]] for key in local}
+    stats: dict[str, float] = {}
+    if batch.rewards is not None:
+        rewards = torch.tensor(every["rewards"])
+        stats["objective/reward"] = float(rewards.mean())
+        stats["objective/reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
+    stats["policy/response_length"] = float(torch.tensor(every["lengths"]).mean())
+    if batch.turns is not None:
+        stats["policy/turns"] = float(torch.tensor(every["turns"]).mean())
+    gold = every["gold"]
+    if gold and None not in gold:
+        stats["objective/gold_reward"] = sum(gold) / len(gold)
+    return stats
+
+
 def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
     """Evaluate the policy (not charged to the budget) and tell the observers.
 
     The algorithm's ``alignbench_respond`` answers, when it implements it, every evaluation but
     the ``initial`` one: that is the stage-1 model's greedy answers, every comparison's start.
+    With several processes only rank 0 evaluates (the weights are the same on every rank); the
+    others return no metrics.
     """
+    if not distributed.is_main_process():
+        return {}
 
     def respond(rows: list[dict[str, Any]]) -> list[str] | None:
         return run.pm.hook.alignbench_respond(run=run, rows=rows)
@@ -212,12 +253,14 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
     trains = getattr(algorithm, "trains", True)
 
     def save() -> None:
+        # Every rank takes part (its random state goes into rank 0's checkpoint); rank 0 writes.
         if algorithm is not None:
             checkpoint.save(run, algorithm, {**state, "stream": stream.state_dict()})
 
     with StopRequested() as stop:
         while trains and not run.budget.exhausted:
-            prompts = stream.next()
+            # Every rank draws the same global prompts and keeps its shard of them.
+            prompts = distributed.shard(stream.next())
             reward_stats: dict[str, float] = {}
             flops_before = run.flops.total
             try:
@@ -268,14 +311,33 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                 continue
             state["skipped_in_a_row"] = 0
             run.step += 1
-            run.budget.charge(
-                steps=1,
-                samples=batch.num_sequences,
-                tokens=batch.num_response_tokens,
-                # Everything counted since the last charge (evaluation is paused: never counted).
-                flops=run.flops.total - run.budget.spent["flops"],
-                seconds=timer.seconds,
-            )
+            if distributed.world_size() == 1:
+                run.budget.charge(
+                    steps=1,
+                    samples=batch.num_sequences,
+                    tokens=batch.num_response_tokens,
+                    # Everything counted since the last charge (evaluation is paused: never
+                    # counted).
+                    flops=run.flops.total - run.budget.spent["flops"],
+                    seconds=timer.seconds,
+                )
+            else:
+                # The global batch's spending, the same on every rank (so all stop together):
+                # samples, tokens and FLOPs summed over ranks, the slowest rank's seconds.
+                spent = distributed.sum_values(
+                    {
+                        "samples": float(batch.num_sequences),
+                        "tokens": float(batch.num_response_tokens),
+                        "flops": float(run.flops.total - flops_before),
+                    }
+                )
+                run.budget.charge(
+                    steps=1,
+                    samples=int(spent["samples"]),
+                    tokens=int(spent["tokens"]),
+                    flops=spent["flops"],
+                    seconds=distributed.maximum(timer.seconds),
+                )
             metrics = {
                 **batch_statistics(batch, run.task),
                 **reward_stats,
@@ -284,7 +346,8 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                 "health/skipped_batches": float(state["skipped"]),
             }
             # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
-            metrics.update({f"flops/{name}": value for name, value in run.flops.by_model.items()})
+            by_model = distributed.sum_values(dict(run.flops.by_model))
+            metrics.update({f"flops/{name}": value for name, value in by_model.items()})
             hook.alignbench_on_step_end(run=run, step=run.step, metrics=metrics)
             # Evaluate at each of `eval.points` evenly spaced budget points (FLOPs by default),
             # the same points for every algorithm; the final evaluation comes after the loop.
@@ -294,12 +357,16 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                 state["evals"] = due
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save()
-            if stop.signal is not None:
+            # With several processes, a signal to any rank stops them all at the same step.
+            signum = stop.signal
+            if distributed.world_size() > 1:
+                signum = int(distributed.maximum(float(signum or 0))) or None
+            if signum is not None:
                 save()
                 raise Interrupted(
-                    f"stopped by signal {stop.signal} at step {run.step}; checkpoint saved — "
+                    f"stopped by signal {signum} at step {run.step}; checkpoint saved — "
                     "run the same command again to resume",
-                    signum=stop.signal,
+                    signum=signum,
                 )
     final = run_eval(run, run.step)
     return {"initial": state["initial"], "final": final}

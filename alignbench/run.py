@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignbench import distributed
 from alignbench.batch import Batch, collate, demonstration_batch, join
 from alignbench.budget import Budget, FlopCounter
 from alignbench.errors import NonFiniteError, PluginError
@@ -86,12 +87,19 @@ class Run:
 
     def check_finite(self, **values: torch.Tensor | None) -> None:
         """Raise NonFiniteError naming the first quantity holding a NaN or inf (call it before
-        ``optimizer.step()``, so a bad batch never reaches the weights)."""
-        for name, value in values.items():
-            if value is not None and not bool(torch.isfinite(value).all()):
-                raise NonFiniteError(
-                    f"step {self.step + 1}: {name} is not finite ({value.float().mean().item()})"
-                )
+        ``optimizer.step()``, so a bad batch never reaches the weights). With several processes
+        every rank raises when any rank finds one, so none waits for the others forever."""
+        names = list(values)
+        bad = [
+            i
+            for i, value in enumerate(values.values())
+            if value is not None and not bool(torch.isfinite(value).all())
+        ]
+        first = distributed.first_index(bad[0] if bad else len(names))
+        if first < len(names):
+            value = values[names[first]]
+            shown = value.float().mean().item() if first in bad else "on another process"
+            raise NonFiniteError(f"step {self.step + 1}: {names[first]} is not finite ({shown})")
 
     def rewards(self, batch: Batch) -> torch.Tensor:
         """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``, on

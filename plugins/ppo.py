@@ -31,6 +31,7 @@ from alignbench import (
     Run,
     SamplingParams,
     ScalarHeadModel,
+    distributed,
     load_pretrained,
     ops,
     position_ids,
@@ -155,10 +156,10 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(returns - values) / Var(returns) over valid tokens (1 = perfect, 0 if flat)."""
-    var_returns = ops.masked_var(returns, mask)
+    var_returns = distributed.masked_var(returns, mask)
     if var_returns <= 0:
         return 0.0
-    return float(1.0 - ops.masked_var(returns - values, mask) / var_returns)
+    return float(1.0 - distributed.masked_var(returns - values, mask) / var_returns)
 
 
 class Targets(NamedTuple):
@@ -175,6 +176,9 @@ class PPO:
     #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
     #: turns are context) and the reward sits where the batch says a dialogue ends.
     multi_turn = True
+    #: Runs on several processes (``accelerate launch``): advantages are whitened, losses
+    #: normalised and metrics averaged over the global batch (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: PPOConfig) -> None:
         if config.critic not in ("separate", "shared"):
@@ -267,17 +271,19 @@ class PPO:
             turn_index=turns.index if turns is not None else None,
             turn_gamma=turns.gamma if turns is not None else 1.0,
         )
-        if c.whiten_advantages:
-            advantages = ops.masked_whiten(advantages, mask)
+        if c.whiten_advantages:  # over every rank's tokens (ops.masked_whiten in one process)
+            advantages = distributed.masked_whiten(advantages, mask)
         return advantages, returns
 
-    def _ptx_loss(self, run: Run) -> torch.Tensor:
-        """NLL of a batch of the task's SFT demonstrations under the policy (PPO-ptx)."""
-        demos = run.demonstrations(self.demos.next())
+    def _ptx_loss(self, run: Run) -> tuple[torch.Tensor, float]:
+        """NLL of a batch of the task's SFT demonstrations under the policy (PPO-ptx), and this
+        rank's share of the batch's tokens (each rank takes its shard of the same batch)."""
+        demos = run.demonstrations(distributed.shard(self.demos.next()))
         logprobs = response_logprobs(
             run.policy, demos.input_ids, demos.attention_mask, demos.prompt_length
         )
-        return ops.demonstration_nll(logprobs, demos.response_mask)
+        share = distributed.share(demos.response_mask.sum())
+        return ops.demonstration_nll(logprobs, demos.response_mask), share
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -333,7 +339,7 @@ class PPO:
         if c.reward_clip:
             scores = scores.clamp(-c.reward_clip, c.reward_clip)
         if c.whiten_rewards:
-            scores = ops.masked_whiten(scores, present.float(), shift_mean=False)
+            scores = distributed.masked_whiten(scores, present.float(), shift_mean=False)
         scores = scores * present
         # The KL that is logged is exactly the KL in the reward: one function, one set of tensors.
         kl = ops.kl_penalty(batch.logprobs, batch.extras["ref_logprobs"], c.kl_estimator) * mask
@@ -370,7 +376,7 @@ class PPO:
                 break
         run.policy.eval()
         out = self._statistics(batch, stats, targets, epochs_run)
-        self.kl.update(out["objective/kl"], batch.num_sequences)
+        self.kl.update(out["objective/kl"], int(distributed.total(batch.num_sequences)))
         return out
 
     def _minibatches(self, run: Run, n: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -411,34 +417,38 @@ class PPO:
         )
         scaled = logits if temperature == 1.0 else logits / temperature
         entropy = ops.masked_mean(_entropy(scaled.detach()), m)
-        loss = pg_loss + c.vf_coef * vf_loss
+        # Token means of the global mini-batch: this rank's mean times its share of the tokens
+        # (1.0 in one process), the gradients then summed over ranks.
+        share = distributed.share(m.sum())
+        loss = pg_loss * share + c.vf_coef * vf_loss * share
         stats: dict[str, float] = {}
         if self.demos is not None:
-            ptx = self._ptx_loss(run)
-            stats["ptx"] = ptx.item()
-            loss = loss + c.ptx_coef * ptx
+            ptx, ptx_share = self._ptx_loss(run)
+            stats.update(distributed.weighted_sum({"ptx": ptx.item()}, ptx_share))
+            loss = loss + c.ptx_coef * ptx * ptx_share
         if c.entropy_coef:
-            loss = loss - c.entropy_coef * ops.masked_mean(_entropy(logits / temperature), m)
+            bonus = ops.masked_mean(_entropy(logits / temperature), m) * share
+            loss = loss - c.entropy_coef * bonus
         run.check_finite(**{"loss/policy": pg_loss, "loss/value": vf_loss})
         grad_norm = self._optimiser_step(run, loss)
         with torch.no_grad():
             delta = logprobs - old_logprobs
             approxkl = 0.5 * ops.masked_mean(delta**2, m)
             ratio = ops.masked_mean(torch.exp(delta), m)
-        stats.update(
+        means = dict(
             pg=pg_loss.item(),
             vf=vf_loss.item(),
             clipfrac=clipfrac.item(),
             approxkl=approxkl.item(),
             entropy=entropy.item(),
             ratio=ratio.item(),
-            grad_norm=grad_norm.item(),
         )
         if first:  # how far the sampler's log-probs are from the training forward's
-            gap = ops.masked_mean(delta.abs(), m)
-            stats.update(
-                logprob_gap=gap.item(), first_ratio=ratio.item(), first_clipfrac=stats["clipfrac"]
-            )
+            means["logprob_gap"] = ops.masked_mean(delta.abs(), m).item()
+        # The global mini-batch's token means (the same on every rank: early stopping agrees).
+        stats.update(distributed.weighted_sum(means, share), grad_norm=grad_norm.item())
+        if first:
+            stats.update(first_ratio=stats["ratio"], first_clipfrac=stats["clipfrac"])
         return targets, stats
 
     def _optimiser_step(self, run: Run, loss: torch.Tensor) -> torch.Tensor:
@@ -449,6 +459,9 @@ class PPO:
             self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # Several processes: the global batch's gradient, before clipping (one all-reduce).
+        critic_params = list(self.critic.parameters()) if self.critic is not None else []
+        distributed.sum_gradients(trained + critic_params)
         grad_norm = torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
         critic_norm = (
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
@@ -476,23 +489,39 @@ class PPO:
         kl_k1 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k1") * mask
         kl_k3 = ops.kl_penalty(batch.logprobs, x["ref_logprobs"], "k3") * mask
         extra = {"loss/ptx": mean("ptx")} if "ptx" in stats else {}
+        # Means over the sequences (and tokens) of every rank's batch.
+        per_sequence = distributed.weighted_sum(
+            {
+                "objective/kl": sequence_mean(x["kl"]),
+                "objective/kl_k1": sequence_mean(kl_k1),
+                "objective/kl_k3": sequence_mean(kl_k3),
+                "objective/scores": x["scores"].mean().item(),
+                "objective/non_score_reward": sequence_mean(-x["beta"] * x["kl"]),
+                "policy/truncated_share": 1.0 - x["ended"].float().mean().item(),
+            },
+            distributed.share(batch.num_sequences),
+        )
+        per_token = distributed.weighted_sum(
+            {"val/mean": ops.masked_mean(targets.values, mask).item()},
+            distributed.share(mask.sum()),
+        )
         return {
             **extra,
-            "objective/kl": sequence_mean(x["kl"]),
-            "objective/kl_k1": sequence_mean(kl_k1),
-            "objective/kl_k3": sequence_mean(kl_k3),
+            "objective/kl": per_sequence["objective/kl"],
+            "objective/kl_k1": per_sequence["objective/kl_k1"],
+            "objective/kl_k3": per_sequence["objective/kl_k3"],
             "objective/kl_coef": x["beta"],
-            "objective/scores": x["scores"].mean().item(),
-            "objective/non_score_reward": sequence_mean(-x["beta"] * x["kl"]),
+            "objective/scores": per_sequence["objective/scores"],
+            "objective/non_score_reward": per_sequence["objective/non_score_reward"],
             "objective/entropy": mean("entropy"),
             "policy/approxkl": mean("approxkl"),
             "policy/clipfrac": mean("clipfrac"),
             "policy/ratio": mean("ratio"),
             "policy/grad_norm": mean("grad_norm"),
-            "policy/truncated_share": 1.0 - x["ended"].float().mean().item(),
+            "policy/truncated_share": per_sequence["policy/truncated_share"],
             "loss/policy": mean("pg"),
             "loss/value": mean("vf"),
-            "val/mean": ops.masked_mean(targets.values, mask).item(),
+            "val/mean": per_token["val/mean"],
             "val/explained_variance": _explained_variance(targets.values, targets.returns, mask),
             "ppo/logprob_gap": stats["logprob_gap"][0],
             "ppo/first_ratio": stats["first_ratio"][0],

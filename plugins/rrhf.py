@@ -28,6 +28,7 @@ from alignbench import (
     Batch,
     Run,
     SamplingParams,
+    distributed,
     ops,
     response_logprobs,
 )
@@ -84,6 +85,9 @@ class RRHF:
     #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
     #: turns are context) and the reward sits where the batch says a dialogue ends.
     multi_turn = True
+    #: Runs on several processes (``accelerate launch``): the ranking loss is a mean over every
+    #: rank's prompts, the SFT loss over every rank's best tokens (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: RRHFConfig) -> None:
         self.config = config
@@ -142,6 +146,9 @@ class RRHF:
         # Ties go to a random candidate: a first-maximum rule would favour one source.
         best = ops.random_argmax(rewards, run.generator)  # [B]
         best_rows = best + torch.arange(len(batch.prompts)) * batch.group_size
+        # This rank's shares of the global normalisers: prompts (ranking) and best tokens (SFT).
+        prompt_share = distributed.share(len(batch.prompts))
+        token_share = distributed.share(batch.response_mask[best_rows].sum())
         run.policy.train()
         for _ in range(c.epochs):
             logprobs = response_logprobs(
@@ -154,26 +161,42 @@ class RRHF:
                 else scores.new_zeros(())
             )
             nll = ops.demonstration_nll(logprobs[best_rows], batch.response_mask[best_rows])
-            loss = c.rank_weight * rank + c.sft_weight * nll
+            loss = c.rank_weight * rank * prompt_share + c.sft_weight * nll * token_share
             run.check_finite(**{"loss/total": loss})
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.sum_gradients(run.policy.parameters())  # the global batch's gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
             run.check_finite(**{"policy/grad_norm": grad_norm})
             self.optimizer.step()
         run.policy.eval()
         best_sources = [batch.sources[i] for i in best_rows.tolist()]
+        best_rewards = rewards.gather(1, best[:, None])
+        if distributed.world_size() > 1:
+            # Every rank's best candidates, and the losses of the global batch.
+            every = [s for part in distributed.gather(best_sources) for s in part]
+            sources = set().union(*distributed.gather(set(batch.sources)))
+            found = best_rewards[~best_rewards.isnan()].tolist()
+            best_rewards = torch.tensor([r for part in distributed.gather(found) for r in part])
+            best_sources = every
+            losses = distributed.weighted_sum({"rank": rank.item()}, prompt_share)
+            losses.update(distributed.weighted_sum({"sft": nll.item()}, token_share))
+            rank_value, nll_value = losses["rank"], losses["sft"]
+            total = c.rank_weight * rank_value + c.sft_weight * nll_value
+        else:
+            sources = set(batch.sources)
+            rank_value, nll_value, total = rank.item(), nll.item(), loss.item()
         shares = {
             f"rrhf/best_is_{source}": best_sources.count(source) / len(best_sources)
-            for source in sorted(set(batch.sources) - {ABSENT})
+            for source in sorted(sources - {ABSENT})
         }
         return {
             **shares,
-            "loss/rank": rank.item(),
-            "loss/sft": nll.item(),
-            "loss/total": loss.item(),
+            "loss/rank": rank_value,
+            "loss/sft": nll_value,
+            "loss/total": total,
             "policy/grad_norm": grad_norm.item(),
-            "objective/reward_best": float(rewards.gather(1, best[:, None]).nanmean()),
+            "objective/reward_best": float(best_rewards.nanmean()),
         }
 
 

@@ -1,0 +1,224 @@
+"""Data parallelism on the CPU (issue 14 item 4): two gloo processes train like one process on
+the same global batch (PPO and RRHF, losses and weights within 1e-5), only rank 0 writes, and a
+two-process job resumes exactly. One spawn of two workers does every two-process part."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from alignbench import distributed
+from alignbench import hookimpl as alignbench_hookimpl
+from alignbench.batch import Batch
+from alignbench.job import Job, run_job
+from alignbench.registry import build_registry
+from tests.conftest import TINY, compose
+
+#: Four prompts a step (two per rank), two steps; PPO's one mini-batch sees each rank's half.
+PROMPTS = 4
+ALGOS = {
+    "ppo": ["algo=ppo", "algo.num_minibatches=1", "algo.ppo_epochs=2", "algo.ptx_batch_size=4"],
+    "rrhf": ["algo=rrhf"],
+}
+TOLERANCE = 1e-5
+
+
+def _rows(batch: Batch, first: int, count: int) -> Batch:
+    """The sequences of prompts ``first .. first + count`` of ``batch`` (what one rank holds)."""
+    n, k = batch.num_sequences, batch.group_size
+    rows = slice(first * k, (first + count) * k)
+
+    def cut(value: Any) -> Any:
+        return (
+            value[rows]
+            if isinstance(value, torch.Tensor) and value.dim() and len(value) == n
+            else value
+        )
+
+    return replace(
+        batch,
+        prompts=batch.prompts[first : first + count],
+        input_ids=batch.input_ids[rows],
+        attention_mask=batch.attention_mask[rows],
+        response_mask=batch.response_mask[rows],
+        responses=batch.responses[rows],
+        sources=batch.sources[rows],
+        logprobs=cut(batch.logprobs),
+        rewards=cut(batch.rewards),
+        extras={key: cut(value) for key, value in batch.extras.items()},
+    )
+
+
+def train_on_the_global_batch(algo: str, cache_dir: Path, out: Path) -> dict[str, Any]:
+    """Two update steps of ``algo`` on the same global batches, whatever the world size: every
+    rank rolls out all the prompts from one seeded stream and updates on its own shard. Returns
+    the steps' statistics and the policy's final weights."""
+    registry = build_registry()
+    cfg = compose([*TINY, f"cache_dir={cache_dir}", *ALGOS[algo]], registry)
+    job = Job(cfg, out / f"{algo}-rank{distributed.rank()}", registry)
+    run = job.build()
+    job.start()
+    prompts = run.task.splits["rl"].to_list()[:PROMPTS]
+    hook, steps = run.pm.hook, []
+    try:
+        for step in range(2):
+            run.generator.manual_seed(100 + step)  # the same global batch on every rank
+            batch = hook.alignbench_rollout(run=run, prompts=prompts)
+            batch = hook.alignbench_score(run=run, batch=batch)
+            if algo == "rrhf":  # distinct rewards: ties are broken with each rank's own stream
+                order = torch.Generator().manual_seed(step)
+                batch.rewards = torch.randperm(batch.num_sequences, generator=order).float()
+            share = PROMPTS // distributed.world_size()
+            mine = _rows(batch, distributed.rank() * share, share)
+            run.generator.manual_seed(200 + step + distributed.rank())
+            steps.append(hook.alignbench_update(run=run, batch=mine))
+    finally:
+        job.close()
+    weights = {k: v.detach().clone() for k, v in run.policy.state_dict().items()}
+    return {"steps": steps, "weights": weights}
+
+
+class StopAtStep:
+    """An observer that fails the job at ``step`` on every rank (a crash after a checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @alignbench_hookimpl
+    def alignbench_on_step_end(self, step: int) -> None:
+        """Raise at the chosen step."""
+        if step == self.step:
+            raise RuntimeError(f"stopped at step {step} by the test")
+
+
+def whole_job(cache_dir: Path, folder: Path, *extra: str, stop_at: int = 0) -> dict[str, Any]:
+    """A tiny RRHF job of 4 steps (checkpoints every 2) through run_job; rank 1 is given its own
+    folder, which must stay empty (rank 0 writes everything)."""
+    registry = build_registry()
+    if stop_at:
+        registry.pm.register(StopAtStep(stop_at), name="test:stop")
+    cfg = compose(
+        [
+            *TINY,
+            f"cache_dir={cache_dir}",
+            "algo=rrhf",
+            "budget.amount=4",
+            "checkpoint_every=2",
+            *extra,
+        ],
+        registry,
+    )
+    where = folder if distributed.is_main_process() else folder.with_name(folder.name + "-rank1")
+    try:
+        return run_job(cfg, where, registry=registry)
+    except RuntimeError as exc:
+        return {"status": "failed", "error": str(exc)}
+
+
+def _worker(rank: int, world: int, port: int, cache_dir: Path, out: Path) -> None:
+    """One rank of the two-process run: the equality steps, then a straight, a stopped and a
+    resumed job; its results go to ``out/rank<r>.pt``."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
+    distributed.setup()
+    results: dict[str, Any] = {}
+    for algo in ALGOS:
+        results[algo] = train_on_the_global_batch(algo, cache_dir, out / "steps")
+    results["straight"] = whole_job(cache_dir, out / "straight")
+    results["stopped"] = whole_job(cache_dir, out / "resumed", stop_at=3)
+    results["resumed"] = whole_job(cache_dir, out / "resumed")
+    torch.save(results, out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Any]:
+    """The one-process reference (here, after it the stage cache holds stage 1) and the two
+    ranks' results."""
+    out = tmp_path_factory.mktemp("distributed")
+    single = {algo: train_on_the_global_batch(algo, cache_dir, out / "single") for algo in ALGOS}
+    mp.start_processes(
+        _worker, args=(2, _free_port(), cache_dir, out), nprocs=2, start_method="spawn"
+    )
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return {"single": single, "ranks": ranks, "out": out}
+
+
+def _max_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest absolute difference between the matching numbers of two runs' steps."""
+    gaps = [abs(x[key] - y[key]) for x, y in zip(a["steps"], b["steps"], strict=True) for key in x]
+    gaps += [float((a["weights"][k] - b["weights"][k]).abs().max()) for k in a["weights"]]
+    return max(gaps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_two_processes_train_like_one_on_the_same_global_batch(
+    two_processes: dict[str, Any], algo: str
+) -> None:
+    """Every statistic of two update steps (losses, KL, grad norm, ...) and every weight of the
+    policy afterwards: 2 gloo ranks on 2 prompts each == 1 process on all 4, within 1e-5; and
+    both ranks hold the same weights."""
+    single, (rank0, rank1) = two_processes["single"][algo], two_processes["ranks"]
+    assert set(single["steps"][0]) == set(rank0[algo]["steps"][0])
+    gap = _max_gap(single, rank0[algo])
+    print(f"{algo}: largest |1 process - 2 processes| = {gap:.2e}")  # README quotes it
+    assert gap < TOLERANCE
+    assert _max_gap(rank0[algo], rank1[algo]) < TOLERANCE
+    assert single["steps"][-1]["loss/total" if algo == "rrhf" else "loss/policy"] != 0.0
+
+
+@pytest.mark.slow
+def test_only_rank_0_writes(two_processes: dict[str, Any]) -> None:
+    """Rank 0 writes the job folder (results, checkpoints, exported model); rank 1, given its own
+    folder, leaves nothing there, and its summary reports the same finished job."""
+    out = two_processes["out"]
+    folder = out / "straight"
+    assert (folder / "summary.json").is_file() and (folder / "model").is_dir()
+    assert (folder / "checkpoints" / "latest").is_file()
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 4 + 2  # 4 steps, 2 evals
+    assert not (out / "straight-rank1").exists()
+    assert not (out / "resumed-rank1").exists()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["budget/samples"] == 4 * 4 * 5
+    rank1 = two_processes["ranks"][1]["straight"]
+    assert rank1["status"] == "finished" and rank1["budget/samples"] == summary["budget/samples"]
+
+
+@pytest.mark.slow
+def test_a_two_process_job_resumes_exactly(two_processes: dict[str, Any]) -> None:
+    """Stopped at step 3 (after the step-2 checkpoint) on both ranks and run again on two
+    processes: the same metrics line for line and the same summary numbers as a straight run."""
+    out = two_processes["out"]
+    assert two_processes["ranks"][0]["stopped"]["status"] == "failed"
+
+    def steps(folder: Path) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in m.items() if "seconds" not in k} for m in lines]
+
+    assert steps(out / "resumed") == steps(out / "straight")
+    straight = json.loads((out / "straight" / "summary.json").read_text())
+    resumed = json.loads((out / "resumed" / "summary.json").read_text())
+    numbers = [k for k, v in straight.items() if isinstance(v, float) and "time" not in k]
+    numbers = [k for k in numbers if "seconds" not in k]
+    assert numbers and {k: resumed[k] for k in numbers} == {k: straight[k] for k in numbers}
