@@ -6,7 +6,9 @@ per-trial budget, names the metric to optimise (``optimized_metric``, a ``dev/``
 never sees the test split) and registers :class:`BestTrial`. Each trial is an ordinary job whose
 task function returns that metric (:func:`objective`); when the sweep ends, :class:`BestTrial`
 writes the best trial's settings as an experiment file (``<name>_best.yaml``, Hydra's
-``# @package _global_`` form) and what the search cost (trials, FLOPs, seconds).
+``# @package _global_`` form), its ``algo.*`` values as an ``algo`` group file
+(``<name>_algo.yaml``: tuned algorithms then sweep side by side as choices) and what the search
+cost (trials, FLOPs, seconds).
 """
 
 from __future__ import annotations
@@ -110,6 +112,24 @@ def best_experiment(trial: Path, search: str, header: list[str]) -> str:
     return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
 
 
+def best_algorithm(trial: Path, header: list[str]) -> str:
+    """An ``algo`` group file (YAML text) of trial folder ``trial``: its algorithm as the base
+    choice and the trial's sampled ``algo.*`` values, so that tuned algorithms sweep side by side
+    as choices (``algo=dpo_facts,ppo_facts``) at whatever budget and task the sweep sets."""
+    record = trial / ".hydra"
+    choices = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+    overrides = yaml.safe_load((record / "overrides.yaml").read_text()) or []
+    values = OmegaConf.create({})
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group.lstrip("+")
+        if key.startswith("algo."):
+            dotted = f"{key[len('algo.') :]}={override.get_value_element_as_str()}"
+            values = OmegaConf.merge(values, OmegaConf.from_dotlist([dotted]))
+    body = {"defaults": [choices["algo"], "_self_"], **OmegaConf.to_container(values)}
+    lines = [f"# {line}" for line in header]
+    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+
+
 def _trials(sweep: Path, metric: str) -> list[tuple[Path, dict[str, Any]]]:
     """The sweep's job folders and their summaries (finished or not)."""
     out = []
@@ -187,6 +207,13 @@ class BestTrial(Callback):
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
+        algo_header = [
+            f"{self.name}: the best trial's algo.* values (search: {header[0]})",
+            f"Trial: {folder}",
+            f"As a choice beside others: cp this file conf/algo/{self.name}.yaml, then "
+            f"algo={self.name},... --multirun",
+        ]
+        (sweep / f"{self.name}_algo.yaml").write_text(best_algorithm(folder, algo_header))
         (sweep / "tuning.json").write_text(json.dumps(cost, indent=2) + "\n")
         print(
             f"[alignbench] tuning: best {metric} = {value:.4f} → {targets[-1]} "

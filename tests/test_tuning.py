@@ -127,6 +127,9 @@ def test_a_named_search_reads_the_search_file_it_ran(tmp_path: Path) -> None:
     assert best["defaults"] == [{"override /algo": "dpo"}]
     assert best["budget"] == {"kind": "flops"} and best["eval"] == {"points": 0}
     assert json.loads((sweep / "tuning.json").read_text())["best_value"] == 0.4
+    # The same values as an algo choice, to sweep beside other tuned algorithms.
+    choice = yaml.safe_load((sweep / "dpo_facts_algo.yaml").read_text())
+    assert choice == {"defaults": ["dpo", "_self_"], "beta": 0.05}
 
 
 def test_a_best_trial_that_cannot_be_written_is_one_error_line(
