@@ -127,6 +127,9 @@ def _job(cfg: DictConfig) -> float | None:
         print(f"[alignbench] {output_dir.name}: not started (the sweep is stopping)", flush=True)
         return
     try:
+        # Join the job's ranks before asking which one this is: a SLURM task of
+        # hydra/launcher=slurm_ddp has no process group yet (the command's process started none).
+        distributed.setup()
         if not distributed.is_main_process():
             # Another rank of a multi-process job: rank 0 holds the folder and writes it.
             summary = run_job(cfg, output_dir, _REGISTRY, group=group, tags=tags, claimed=True)

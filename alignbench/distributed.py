@@ -246,14 +246,23 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. builds a cached stage), then the others (a cache hit)."""
-    if not is_main_process():
-        barrier()
-    try:
+    """Rank 0 runs the block first (e.g. builds a cached stage), then the others (a cache hit);
+    if it fails there, every rank raises its error (no other rank builds the stage itself)."""
+    if world_size() == 1:
         yield
-    finally:
-        if is_main_process():
-            barrier()
+        return
+    if is_main_process():
+        try:
+            yield
+        except Exception as exc:
+            broadcast(exc)  # the others wait for this: they raise it instead of running the block
+            raise
+        broadcast(None)
+        return
+    error = broadcast(None)
+    if error is not None:
+        raise error
+    yield
 
 
 def decided_on_main(decide: Callable[[], T]) -> T:

@@ -278,7 +278,10 @@ class PPO:
     def _ptx_loss(self, run: Run) -> tuple[torch.Tensor, float]:
         """NLL of a batch of the task's SFT demonstrations under the policy (PPO-ptx), and this
         rank's share of the batch's tokens (each rank takes its shard of the same batch)."""
-        demos = run.demonstrations(distributed.shard(self.demos.next()))
+        rows = distributed.shard(self.demos.next())
+        if not rows:  # fewer demonstrations than processes: none on this rank this time
+            return torch.zeros((), device=run.device), distributed.share(0)
+        demos = run.demonstrations(rows)
         logprobs = response_logprobs(
             run.policy, demos.input_ids, demos.attention_mask, demos.prompt_length
         )

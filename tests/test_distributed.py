@@ -27,6 +27,13 @@ PROMPTS = 4
 ALGOS = {
     "ppo": ["algo=ppo", "algo.num_minibatches=1", "algo.ppo_epochs=2", "algo.ptx_batch_size=4"],
     "rrhf": ["algo=rrhf"],
+    # One demonstration a mini-batch for two ranks: rank 1's PPO-ptx shard is empty.
+    "ppo_one_demo": [
+        "algo=ppo",
+        "algo.num_minibatches=1",
+        "algo.ppo_epochs=2",
+        "algo.ptx_batch_size=1",
+    ],
 }
 TOLERANCE = 1e-5
 
@@ -135,7 +142,7 @@ def _worker(rank: int, world: int, port: int, cache_dir: Path, out: Path) -> Non
         LOCAL_WORLD_SIZE=str(world),
     )
     distributed.setup()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"main_process_first": _rank_0_fails_first()}
     for algo in ALGOS:
         results[algo] = train_on_the_global_batch(algo, cache_dir, out / "steps")
     results["straight"] = whole_job(cache_dir, out / "straight")
@@ -222,3 +229,56 @@ def test_a_two_process_job_resumes_exactly(two_processes: dict[str, Any]) -> Non
     numbers = [k for k, v in straight.items() if isinstance(v, float) and "time" not in k]
     numbers = [k for k in numbers if "seconds" not in k]
     assert numbers and {k: resumed[k] for k in numbers} == {k: straight[k] for k in numbers}
+
+
+def test_a_slurm_task_joins_its_ranks_before_it_claims_the_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Under hydra/launcher=slurm_ddp the command's own process starts no process group: each
+    task's job function must join its ranks (distributed.setup) before it asks whether it is
+    rank 0, or every task locks, checks and writes the folder as if it were."""
+    from types import SimpleNamespace
+
+    from alignbench import cli
+
+    joined: list[bool] = []
+    monkeypatch.setattr(distributed, "setup", lambda: joined.append(True))
+    monkeypatch.setattr(distributed, "rank", lambda: 1 if joined else 0)
+    hydra_cfg = SimpleNamespace(
+        runtime=SimpleNamespace(output_dir=str(tmp_path / "job")),
+        sweep=SimpleNamespace(dir=str(tmp_path)),
+        mode=None,
+        overrides=SimpleNamespace(task=[]),
+    )
+    monkeypatch.setattr(cli.HydraConfig, "get", staticmethod(lambda: hydra_cfg))
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli, "run_job", lambda *args, **kwargs: calls.append(kwargs) or {})
+
+    def locked(folder: Path) -> Any:
+        raise AssertionError(f"rank 1 locked {folder}")
+
+    monkeypatch.setattr(cli.jobdir, "locked", locked)
+    assert cli._job(compose([*TINY], build_registry())) is None
+    assert joined and calls and calls[0]["claimed"] is True
+    assert not (tmp_path / "job").exists()
+
+
+def _rank_0_fails_first() -> str:
+    """What this rank sees when rank 0 fails inside ``main_process_first`` (building a stage)."""
+    try:
+        with distributed.main_process_first():
+            if distributed.is_main_process():
+                raise ValueError("stage 1 failed on rank 0")
+    except ValueError as exc:
+        return f"raised: {exc}"
+    return "ran the block"
+
+
+@pytest.mark.slow
+def test_when_rank_0_fails_to_build_a_stage_the_others_raise_its_error(
+    two_processes: dict[str, Any],
+) -> None:
+    """main_process_first: rank 0 fails while building the cached stage, so the other ranks must
+    not go on to build it themselves (writing the cache): they raise rank 0's error."""
+    for rank in two_processes["ranks"]:
+        assert rank["main_process_first"] == "raised: stage 1 failed on rank 0"
