@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# pytest-xdist workers for `make test` / `make test-fast`: the tests run one torch thread each,
+# so two workers use both cores of a 2-core machine (PYTEST_WORKERS=0 runs them in-process).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast test-lowest bench lint format clean
 
@@ -25,11 +28,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
 ## The suite without the slow end-to-end tests.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 ## The fast tests against the lowest versions pyproject.toml allows, in their own venv
 ## (.venv-lowest); not part of `make test` / CI (the install alone takes minutes). See .ci/lowest.

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,45 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0]
 
 
+def _file_sweeps(registry: Registry, user: list[Override], sampled: bool) -> list[Override]:
+    """The sweeps that the composed config's ``hydra.sweeper.params`` adds (an experiment or
+    search file's), for keys the command line does not set; their group choices are checked."""
+    plain = [f"{o.get_key_element()}={_values(o, registry, sampled)[0]}" for o in user]
+    with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        try:
+            cfg = hydra.compose(config_name="config", overrides=plain, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException, ValueError) as exc:
+            raise ConfigError(_one_line(exc)) from None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    given = {o.key_or_group.lstrip("+~") for o in user}
+    lines = [f"{k}={v}" for k, v in params.items() if str(k).lstrip("+~") not in given]
+    extra = _parse_overrides(lines)
+    for o in extra:
+        group = o.key_or_group.lstrip("+")
+        if group in UNKNOWN_BY_GROUP and o.package is None:
+            for name in _values(o, registry, sampled):
+                if not ships_yaml(group, name):
+                    registry.get(group, name)
+    return extra
+
+
+def _covering(choices: list[list[str]]) -> Iterator[tuple[str, ...]]:
+    """The combinations of swept values to compose: first a few that hold every value of every
+    key at least once, then every combination of the config-group choices (algo x reward x
+    task ..., where keys and rules differ), other keys at their first value. Seeds, worlds and
+    numbers are not multiplied out: one value of theirs composes like any other."""
+    seen: set[tuple[str, ...]] = set()
+    width = max((len(c) for c in choices), default=1)
+    diagonal = (tuple(c[i % len(c)] for c in choices) for i in range(width))
+    grouped = [
+        c if c[0].split("=", 1)[0].lstrip("+") in UNKNOWN_BY_GROUP else c[:1] for c in choices
+    ]
+    for combo in itertools.chain(diagonal, itertools.product(*grouped)):
+        if combo not in seen:
+            seen.add(combo)
+            yield combo
+
+
 def validate(registry: Registry, raw_overrides: list[str]) -> None:
     """Check group names against the registry and compose each job's config; raise ConfigError."""
     overrides = _parse_overrides(raw_overrides)
@@ -273,10 +313,13 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
                 if not ships_yaml(group, name):
                     registry.get(group, name)
     user = [o for o in overrides if not o.key_or_group.startswith("hydra")]
+    # An experiment or search file may sweep keys itself (hydra.sweeper.params): check those
+    # values too, or a typo there fails job by job only after the sweep has started.
+    user += _file_sweeps(registry, user, sampled)
     choices = [[f"{o.get_key_element()}={v}" for v in _values(o, registry, sampled)] for o in user]
     loadable: set[str] = set()  # model folders / hub ids already checked
     with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
-        for combo in itertools.islice(itertools.product(*choices), MAX_VALIDATED_COMBINATIONS):
+        for combo in itertools.islice(_covering(choices), MAX_VALIDATED_COMBINATIONS):
             try:
                 cfg = hydra.compose(config_name="config", overrides=list(combo))
                 typed = OmegaConf.to_object(cfg)  # every node typed: a wrong type fails here

@@ -97,11 +97,19 @@ def shard(items: list[T]) -> list[T]:
     return items[start : start + base + (1 if rank() < extra else 0)]
 
 
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must be: the rank's GPU under NCCL (which rejects CPU
+    tensors), the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(values: torch.Tensor, op: Any = None) -> torch.Tensor:
-    """The element-wise sum (or ``op``) over ranks of a float64 CPU copy of ``values``."""
-    out = values.detach().to("cpu", torch.float64).clone()
+    """The element-wise sum (or ``op``) over ranks of a float64 copy of ``values``, on the CPU."""
+    out = values.detach().to(_collective_device(), torch.float64).clone()
     dist.all_reduce(out, op=op or dist.ReduceOp.SUM)
-    return out
+    return out.cpu()
 
 
 def total(value: float) -> float:

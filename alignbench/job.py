@@ -182,8 +182,9 @@ def check_data_parallel(registry: Registry, cfg: DictConfig) -> None:
     reward_cls = registry.get("reward", cfg.reward.name).cls
     if reward_cls.before_step is not Reward.before_step:
         raise ConfigError(
-            f"reward={cfg.reward.name} updates itself during training (before_step), which is "
-            f"not data-parallel yet — run it in one process, or use a rule reward"
+            f"reward={cfg.reward.name} has a before_step hook (it may update itself during "
+            f"training, e.g. reward=rm's online rounds), which is not data-parallel yet — run "
+            f"it in one process, or use a rule reward"
         )
 
 

@@ -58,8 +58,15 @@ def registry() -> Registry:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One stage cache for the whole session, so the tiny SFT model trains once per config."""
-    return tmp_path_factory.mktemp("cache")
+    """One stage cache for the whole session, so the tiny SFT model trains once per config.
+
+    Under pytest-xdist every worker has its own base folder; the cache sits one level up so
+    that the workers share it (the stage cache builds each key once under a file lock)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.mktemp("cache")
+    shared = tmp_path_factory.getbasetemp().parent / "cache"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture

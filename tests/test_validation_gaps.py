@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from alignbench import ConfigError
 from alignbench.app import main, validate
+from alignbench.errors import UnknownAlgorithm
 from alignbench.validation import check_choices
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 GAPS = [
     (
@@ -112,3 +116,48 @@ def test_interval_on_an_integer_key_passes_validation(registry) -> None:
     validate(registry, ["hydra/sweeper=optuna", "algo.epochs=interval(1,3)"])
     with pytest.raises(ConfigError, match="algo.epochs=0"):
         validate(registry, ["hydra/sweeper=optuna", "algo.epochs=interval(0,3)"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        *(["+experiment=" + p.stem] for p in sorted(CONF.glob("experiment/*.yaml"))),
+        *(["hparams_search=" + p.stem] for p in sorted(CONF.glob("hparams_search/*.yaml"))),
+    ],
+)
+def test_every_shipped_experiment_and_search_validates(registry, overrides) -> None:
+    """The experiment and search files of conf/ compose with every value their sweeps list."""
+    validate(registry, overrides)
+
+
+def test_a_file_sweep_is_checked_before_anything_runs(registry, monkeypatch) -> None:
+    """An experiment file's own hydra.sweeper.params (not the command line's) are validated
+    too: a misspelt algorithm there is one line up front, not one failed job per combination."""
+    import alignbench.cli as cli
+
+    compose = cli.hydra.compose
+
+    def with_file_sweep(*args, **kwargs):
+        cfg = compose(*args, **kwargs)
+        if kwargs.get("return_hydra_config"):
+            cfg.hydra.sweeper.params = {"algo": "ppo,rrhf_tunned", "seed": "0,1"}
+        return cfg
+
+    monkeypatch.setattr(cli.hydra, "compose", with_file_sweep)
+    with pytest.raises(UnknownAlgorithm, match="'rrhf_tunned' — known:"):
+        validate(registry, ["reward=exact_match"])
+    # The command line's own sweep of the key wins over the file's, as in Hydra.
+    validate(registry, ["algo=ppo,rrhf"])
+
+
+def test_a_capped_validation_still_sees_every_value() -> None:
+    """The combinations composed hold every value of every swept key, and every combination
+    of the group choices; seeds are not multiplied out."""
+    from alignbench.cli import _covering
+
+    choices = [["algo=a", "algo=b", "algo=c"], ["seed=0", "seed=1"], ["reward=x", "reward=y"]]
+    combos = list(_covering(choices))
+    assert {v for combo in combos[:3] for v in combo} == {v for c in choices for v in c}
+    pairs = {(a, r) for a, _, r in combos}
+    assert pairs == {(a, r) for a in choices[0] for r in choices[2]}
+    assert len(combos) == len(set(combos)) == 7  # 3 diagonal + the 6 group pairs, 2 shared
