@@ -189,17 +189,17 @@ class BestTrial(Callback):
             "flops": sum(float(s.get("budget/flops", 0.0)) for _, s in trials),
             "seconds": sum(float(s.get("wall_time", 0.0)) for _, s in trials),
         }
+        # The search file is the hparams_search choice (one file may serve several named
+        # searches, e.g. `facts` for every algorithm); `name` only names the outputs.
+        search = config.hydra.runtime.choices.get("hparams_search") or self.name
         header = [
-            f"Best of {len(scored)} finished trials (of {len(trials)}) of "
-            f"hparams_search={self.name}: {metric} = {value:.4f} ({self.direction}).",
+            f"Best of {len(scored)} finished trials (of {len(trials)}) of search {self.name} "
+            f"(hparams_search={search}): {metric} = {value:.4f} ({self.direction}).",
             f"Trial: {folder}",
             f"Tuning cost: {cost['flops']:.3g} FLOPs, {cost['seconds']:.0f} s over all trials.",
             "Report on test with fresh seeds: python -m alignbench "
             f"+experiment={self.name}_best seed=0,1,2 --multirun",
         ]
-        # The search file is the hparams_search choice (one file may serve several named
-        # searches, e.g. `facts` for every algorithm); `name` only names the outputs.
-        search = config.hydra.runtime.choices.get("hparams_search") or self.name
         text = best_experiment(folder, search, header)
         targets = [sweep / f"{self.name}_best.yaml"]
         if self.experiment_dir:

@@ -118,6 +118,7 @@ def test_interval_on_an_integer_key_passes_validation(registry) -> None:
         validate(registry, ["hydra/sweeper=optuna", "algo.epochs=interval(0,3)"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
