@@ -6,6 +6,8 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, sta
 :mod:`alignbench.models`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from alignbench import crowd, distributed, ops
 
 # Helpers the built-in plugins use, public so that every plugin can use them the same way.
@@ -67,10 +69,34 @@ from alignbench.rm import (
     sequence_rewards,
 )
 from alignbench.run import Run
-from alignbench.sampling import SamplingParams
 from alignbench.task import ABSTAIN, CORRECT, WRONG, Task, normalize_answer
 
+if TYPE_CHECKING:
+    from alignbench.sampling import SamplingParams
+
 __version__ = "0.1.0"
+
+# Public names imported on first use (PEP 562): alignbench.sampling imports transformers'
+# modelling code, seconds of CPU that `import alignbench`, every plugin's import and the CLI's
+# config checks do not need.
+_LAZY = {"SamplingParams": "alignbench.sampling"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily exported public name (see ``_LAZY``) on first access."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups find it without coming here
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily exported ones included."""
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "ABSTAIN",

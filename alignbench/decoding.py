@@ -20,12 +20,14 @@ be returned by :func:`decoder` for models it serves.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+# transformers' modelling code is imported where a decoder is built, not with this module: it
+# costs seconds of CPU that importing alignbench (and every plugin) should not pay.
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedModel
 
 
 class ModelDecoder:
@@ -81,6 +83,8 @@ class StaticCacheDecoder:
     def __init__(
         self, model: LlamaForCausalLM, cache: Any, full_mask: torch.Tensor, prompt_length: int
     ) -> None:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         self.model = model
         self.base = model.model
         self.attention = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
@@ -122,6 +126,8 @@ class StaticCacheDecoder:
     @staticmethod
     def supports(model: PreTrainedModel) -> bool:
         """Whether ``model`` is a plain Llama whose decode step this class reproduces exactly."""
+        from transformers import LlamaForCausalLM
+
         config = model.config
         if type(model) is not LlamaForCausalLM or model.training:
             return False
@@ -200,6 +206,8 @@ class StaticCacheDecoder:
         model = self.model
         if not model._forward_hooks:
             return
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
         kwargs = {"input_ids": input_ids, "position_ids": position, "use_cache": True}
         output = CausalLMOutputWithPast(logits=logits)
         for key, hook in list(model._forward_hooks.items()):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import transcript
 from alignbench.budget import FlopCounter
 from alignbench.config import EvalConfig
 from alignbench.errors import PluginError
 from alignbench.reward import Reward, checked_rewards, turn_rewards
-from alignbench.sampling import SamplingParams, converse, sample
 from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def _add_totals(
@@ -45,6 +46,9 @@ def generate_greedy(
     batch_size: int,
 ) -> list[str]:
     """Greedy responses to every row, in batches."""
+    # The sampler imports transformers' modelling code (seconds): only when generating.
+    from alignbench.sampling import SamplingParams, sample
+
     params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
     responses: list[str] = []
     for start in range(0, len(rows), batch_size):
@@ -109,6 +113,9 @@ def greedy_dialogues(
 ) -> list[list[dict[str, str]]]:
     """Greedy conversations with the task's user, one per row, in batches; the user of row i
     draws from seed i, so every model meets the same user on the same row."""
+    # The sampler imports transformers' modelling code (seconds): only when generating.
+    from alignbench.sampling import SamplingParams, converse
+
     params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
     dialogues: list[list[dict[str, str]]] = []
     for start in range(0, len(rows), batch_size):

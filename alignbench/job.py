@@ -17,12 +17,11 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench import checkpoint, distributed, jobdir
 from alignbench.budget import Budget, FlopCounter, set_threads
@@ -44,6 +43,9 @@ from alignbench.run import Run
 from alignbench.stages import sft_stage
 from alignbench.task import Task
 from alignbench.validation import check_choices, check_ranges
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("alignbench")
 

@@ -6,11 +6,10 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 
 from alignbench import checkpoint, distributed, signals
 from alignbench.batch import Batch
@@ -20,6 +19,9 @@ from alignbench.errors import DataError, Interrupted, NonFiniteError, PluginErro
 from alignbench.evaluation import evaluate
 from alignbench.reward import checked_rewards
 from alignbench.run import Run
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 

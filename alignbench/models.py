@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from alignbench.config import ModelConfig
 from alignbench.errors import ConfigError
+
+# transformers is imported inside the functions that build or load a model: its modelling code
+# costs seconds at import, which `import alignbench`, the CLI's config checks and
+# `python -m alignbench.plugins` do not need.
+if TYPE_CHECKING:
+    from transformers import (
+        LlamaForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 #: Role tokens of the built-in tokenizer's chat template (conversation tasks).
@@ -43,6 +43,9 @@ CHAT_TEMPLATE = (
 def build_tokenizer(words: list[str], chat: bool = False) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over ``words`` (whitespace-split), with pad, eos and unk tokens;
     with ``chat``, also the role tokens and :data:`CHAT_TEMPLATE` (for conversations)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for word in [*ROLES, *words] if chat else words:
         vocab.setdefault(word, len(vocab))
@@ -58,6 +61,8 @@ def build_tokenizer(words: list[str], chat: bool = False) -> PreTrainedTokenizer
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     """A randomly initialised Llama sized by ``cfg``, with dropout off and the tokenizer's ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -92,6 +97,9 @@ def check_loadable(path: str | Path) -> None:
     """Raise ConfigError (the same line as :func:`load_pretrained`) unless ``path`` is a local
     folder holding a causal LM config and a tokenizer with an eos token; reads no weights and
     never the network (a hub id is refused: nothing is downloaded at run time)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     if not Path(path).is_dir():
         raise _unloadable(path, "not a local folder")
     try:
@@ -107,6 +115,8 @@ def check_loadable(path: str | Path) -> None:
 
 def _load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The folder's tokenizer, with an eos token (which ends every response) checked."""
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
@@ -129,6 +139,8 @@ def load_pretrained(
     plain text (:func:`alignbench.batch.encode_prompts`); the SFT folder saves the tokenizer
     as used, so every later stage sees the same choice.
     """
+    from transformers import AutoModelForCausalLM
+
     if chat_template not in CHAT_TEMPLATE_CHOICES:
         raise ConfigError(
             f"model.chat_template={chat_template!r} is not a choice — use one of: "
@@ -154,6 +166,8 @@ def load_pretrained(
 
 def random_like(path: str | Path) -> PreTrainedModel:
     """A randomly initialised model of the architecture saved in ``path`` (config only)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 

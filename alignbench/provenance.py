@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 PACKAGE = Path(__file__).resolve().parent
 #: Core modules whose code determines stage 1 (SFT).
@@ -160,6 +159,8 @@ def git_commit() -> str | None:
 
 def record(folder: Path, sources: tuple[str, ...], plugins: dict[str, object]) -> dict[str, Any]:
     """The provenance of a stage just built into ``folder`` (before stage.json is written)."""
+    import transformers  # only for its version: importing it costs most of a second
+
     core = core_hashes(sources)
     plugin_files = {role: plugin_source(p) for role, p in sorted(plugins.items())}
     code = json.dumps([core, {r: s["sha256"] for r, s in plugin_files.items()}], sort_keys=True)
@@ -178,6 +179,8 @@ def record(folder: Path, sources: tuple[str, ...], plugins: dict[str, object]) -
 
 def check(path: Path, key: str, sources: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
     """Read a cached folder's stage.json and say what no longer matches (None: all matches)."""
+    import transformers  # only for its version: importing it costs most of a second
+
     manifest = path / "stage.json"
     try:
         info = json.loads(manifest.read_text())

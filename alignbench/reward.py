@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from omegaconf import DictConfig
-from transformers import PreTrainedTokenizerBase
 
 from alignbench.config import RewardConfig
 from alignbench.task import Task
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from alignbench.batch import Batch
     from alignbench.rm.feedback import FeedbackSource
     from alignbench.run import Run

@@ -6,12 +6,11 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import torch
 from omegaconf import DictConfig
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench import distributed
 from alignbench.batch import Batch, collate, demonstration_batch, join
@@ -20,10 +19,13 @@ from alignbench.errors import NonFiniteError, PluginError
 from alignbench.feedback import Group
 from alignbench.hardware import autocast, model_device
 from alignbench.lora import SharedBaseReference, is_lora
-from alignbench.models import freeze, load_pretrained
 from alignbench.reward import Reward, checked_rewards, turn_rewards
-from alignbench.sampling import SamplingParams, converse, sample
 from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from alignbench.sampling import SamplingParams
 
 
 @dataclass
@@ -128,6 +130,8 @@ class Run:
         """The frozen stage-1 SFT model on the policy's device, tracked for FLOPs (reference,
         sampler): a fresh copy, or with LoRA (``model.lora.r > 0``) the policy's own base with
         its adapters off (:class:`~alignbench.lora.SharedBaseReference`: no second backbone)."""
+        from alignbench.models import freeze, load_pretrained  # model loading: only when used
+
         if is_lora(self.policy):
             return self.track(SharedBaseReference(self.policy), name)
         model, _ = load_pretrained(self.sft_path)
@@ -143,6 +147,9 @@ class Run:
     ) -> Batch:
         """Sample ``num_samples`` responses per prompt from ``model`` with the run's generator:
         on a multi-turn task, whole conversations with the task's user (:func:`converse`)."""
+        # The sampler imports transformers' modelling code (seconds): only when sampling.
+        from alignbench.sampling import converse, sample
+
         # A hand-built Run (benchmarks) may have no task: single-turn.
         if getattr(self.task, "multi_turn", False):
             return converse(

@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench import ops, provenance, signals
 from alignbench.batch import demonstration_batch
@@ -30,6 +29,9 @@ from alignbench.models import (
     save_pretrained,
 )
 from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from datasets import Dataset
 
 from alignbench.config import TaskConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 #: Outcomes of the gold judge.
 CORRECT, ABSTAIN, WRONG = "correct", "abstain", "wrong"

@@ -32,11 +32,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
-from datasets import Dataset
 
 import alignbench
 from alignbench import (
@@ -56,6 +54,9 @@ from alignbench import (
     normalize_answer,
     ranking_to_preference,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 FORMATS = ("auto", "json", "csv", "parquet", "disk")
 SUFFIXES = {
@@ -125,6 +126,9 @@ class DatasetConfig(TaskConfig):
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No "Generating train split" progress bars from datasets while a file is read."""
+    # datasets costs about a second of CPU at import: only for task=dataset.
+    import datasets
+
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -146,6 +150,9 @@ def data_path(config: DatasetConfig) -> Path:
 
 def read_table(path: Path, fmt: str) -> Dataset:
     """The file (or ``save_to_disk`` folder) at ``path`` as one ``Dataset``, one line on failure."""
+    # datasets costs about a second of CPU at import: only for task=dataset.
+    import datasets
+
     if fmt == "auto":
         fmt = "disk" if path.is_dir() else SUFFIXES.get(path.suffix.lower(), "")
         if not fmt:
@@ -391,6 +398,9 @@ class DatasetTask(Task):
 
     def build_splits(self) -> dict[str, Dataset]:
         """sft (rows with a demonstration), rl, dev, test and eval_rl, by prompt."""
+        # datasets costs about a second of CPU at import: only for task=dataset.
+        from datasets import Dataset
+
         data, size = self.data, self.config.eval_size
         sft = [self._row(r) for r in data.rows("sft") if r["response"]]
         rl_records = data.rows("rl") + (data.rows("sft") if self.config.rl_includes_sft else [])

@@ -64,10 +64,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from datasets import Dataset, Features, Value
 
 import alignbench
 from alignbench import (
@@ -83,6 +82,9 @@ from alignbench import (
     normalize_answer,
 )
 from alignbench_plugins.facts import ABSTENTION, ATTRIBUTES, FactsConfig, FactsTask
+
+if TYPE_CHECKING:
+    from datasets import Dataset, Features
 
 #: The question about the current entity, by pronoun ("it" is the entity talked about).
 PRONOUN_QUESTIONS: dict[str, str] = {
@@ -113,21 +115,25 @@ FIRST, FOLLOW, REASK, CORRECT_AGAIN, TOPIC = (
 )
 
 
-#: The columns of every split (typed, so that a split whose conversations are all empty has the
-#: same schema as one with conversations).
-FEATURES = Features(
-    {
-        "prompt": Value("string"),
-        "response": Value("string"),
-        "messages": [{"role": Value("string"), "content": Value("string")}],
-        "goal": Value("string"),
-        "entity": Value("string"),
-        "attribute": Value("string"),
-        "answer": Value("string"),
-        "known": Value("bool"),
-        "kind": Value("string"),
-    }
-)
+def features() -> Features:
+    """The columns of every split (typed, so that a split whose conversations are all empty has
+    the same schema as one with conversations)."""
+    # datasets costs about a second of CPU at import: only when the splits are built.
+    from datasets import Features, Value
+
+    return Features(
+        {
+            "prompt": Value("string"),
+            "response": Value("string"),
+            "messages": [{"role": Value("string"), "content": Value("string")}],
+            "goal": Value("string"),
+            "entity": Value("string"),
+            "attribute": Value("string"),
+            "answer": Value("string"),
+            "known": Value("bool"),
+            "kind": Value("string"),
+        }
+    )
 
 
 def explicit_question(entity: str, attribute: str) -> str:
@@ -301,6 +307,10 @@ class DialogueTask(Task):
 
     def build_splits(self) -> dict[str, Dataset]:
         """SFT demonstration dialogues; rl, dev and test dialogue starts; rl_eval from rl."""
+        # datasets costs about a second of CPU at import: only when the splits are built.
+        from datasets import Dataset
+
+        columns = features()
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, 15])
         by_entity = self._facts_by_entity()
@@ -355,11 +365,11 @@ class DialogueTask(Task):
             splits[split] = [rows[i] for i in rng.permutation(len(rows))]
         size = cfg.eval_size
         return {
-            "sft": Dataset.from_list([sft[i] for i in rng.permutation(len(sft))], FEATURES),
-            "rl": Dataset.from_list(splits["rl"], FEATURES),
-            "dev": Dataset.from_list(splits["dev"][:size], FEATURES),
-            "test": Dataset.from_list(splits["test"][:size], FEATURES),
-            "rl_eval": Dataset.from_list(splits["rl"][:size], FEATURES),
+            "sft": Dataset.from_list([sft[i] for i in rng.permutation(len(sft))], columns),
+            "rl": Dataset.from_list(splits["rl"], columns),
+            "dev": Dataset.from_list(splits["dev"][:size], columns),
+            "test": Dataset.from_list(splits["test"][:size], columns),
+            "rl_eval": Dataset.from_list(splits["rl"][:size], columns),
         }
 
     def vocabulary(self) -> list[str]:

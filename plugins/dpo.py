@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from datasets import Dataset
 
 import alignbench
 from alignbench import (
@@ -121,6 +120,9 @@ class DPO:
                 "algo=dpo: stage 2's groups order no pair (every label a tie or missing) — "
                 "raise feedback.labels or feedback.k, or set feedback.allow_ties=false"
             )
+        # datasets costs about a second of CPU at import: only when DPO runs.
+        from datasets import Dataset
+
         pairs = Dataset.from_dict({"pair": list(range(len(self.rows)))})
         # Its own seeded order over the pairs (checkpointed: a resumed run sees the same pairs).
         self.pairs = PromptStream(pairs, config.prompts_per_step, run.seed)

@@ -19,13 +19,15 @@ reports); neither ever serves as an RL or reward-model prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 import alignbench
 from alignbench import ABSTAIN, CORRECT, WRONG, Task, TaskConfig, normalize_answer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 ABSTENTION = "i do not know"
 ATTRIBUTES: dict[str, tuple[str, list[str]]] = {
@@ -179,6 +181,9 @@ class FactsTask(Task):
 
     def build_splits(self) -> dict[str, Dataset]:
         """SFT demonstrations, RL prompts, dev and test questions, and the RL-prompt eval set."""
+        # datasets costs about a second of CPU at import: only when the splits are built.
+        from datasets import Dataset
+
         cfg = self.config
         rng = np.random.default_rng(cfg.seed + 1)
         known = [f for f in self._world if f["known"]]

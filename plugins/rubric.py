@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 import alignbench
 from alignbench import CORRECT, WRONG, Task, TaskConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 KEYWORDS = (
     "red blue green gold silver black white striped spotted furry scaly feathered tall small fast "
@@ -76,6 +78,9 @@ class RubricTask(Task):
 
     def build_splits(self) -> dict[str, Dataset]:
         """SFT demonstrations for every topic; RL, dev and test prompts by topic."""
+        # datasets costs about a second of CPU at import: only when the splits are built.
+        from datasets import Dataset
+
         rng = np.random.default_rng(self.config.seed + 1)
         names = list(self.topics)
         held_names = names[: self.config.heldout_topics]

@@ -7,7 +7,6 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from alignbench import ops
 from alignbench.models import ScalarHeadModel, response_logprobs
@@ -17,6 +16,8 @@ from alignbench.rm.training import score_groups
 from alignbench.task import Task
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from alignbench.run import Run
 
 

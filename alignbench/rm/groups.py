@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import Decoding, FeedbackConfig
 from alignbench.errors import DataError
 from alignbench.rm.feedback import Group
-from alignbench.sampling import SamplingParams, sample
 from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @torch.no_grad()
@@ -77,6 +78,9 @@ def generate_groups(
     Each group records where every response came from in ``extras["sources"]`` (``policy``,
     ``demonstration``, ``abstention``), so the contrast is reported, not hidden.
     """
+    # The sampler imports transformers' modelling code (seconds): only when generating.
+    from alignbench.sampling import SamplingParams, sample
+
     model.eval()
     if fb.decoding == Decoding.beam:
         texts = beam_responses(model, tokenizer, rows, fb.k, fb.sampling.max_new_tokens)

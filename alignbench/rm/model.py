@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
@@ -22,6 +21,8 @@ from alignbench.rm.training import retrain_reward_model, sequence_rewards
 from alignbench.task import Task
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from alignbench.reward import PrepareContext
     from alignbench.run import Run
 

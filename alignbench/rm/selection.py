@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.config import FeedbackConfig, RMStageConfig, Selection
 from alignbench.errors import PluginError
@@ -23,6 +22,9 @@ from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import check_vocabulary, generate_groups, group_batch
 from alignbench.rm.training import score_groups, train_reward_model
 from alignbench.task import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def _confidence(scores: list[float]) -> float:

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench import provenance
 from alignbench.budget import FlopCounter
@@ -37,6 +36,8 @@ from alignbench.rm.training import retrain_reward_model, score_groups, train_rew
 from alignbench.task import Task
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from alignbench.reward import PrepareContext
 
 #: Bump when this stage's code changes what it produces.

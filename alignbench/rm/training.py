@@ -3,11 +3,10 @@ held-out labels, and scoring groups with the result."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from alignbench import ops
 from alignbench.config import RMStageConfig
@@ -16,6 +15,9 @@ from alignbench.hardware import model_device
 from alignbench.models import ScalarHeadModel, freeze
 from alignbench.rm.feedback import Group
 from alignbench.rm.groups import group_batch, ordered_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def sequence_rewards(
