@@ -391,6 +391,17 @@ def median(times: list[dict[str, float]], part: str) -> float:
     return checked_median([t[part] for t in times], part)
 
 
+def paired_quartiles(ours: list[dict[str, float]], theirs: list[float]) -> tuple[float, float]:
+    """Lower and upper quartile of the per-round ratios ours / theirs (the spread of a ratio)."""
+    # Steps of one round ran back to back, so their ratio cancels most of a shared machine's
+    # load swings; the quartiles of those paired ratios say how far one run's median can be trusted.
+    ratios = [a["total"] / b for a, b in zip(ours, theirs, strict=True)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4)
+    return q[0], q[2]
+
+
 def print_table(title: str, ours: list[dict], base: list[dict]) -> float:
     """One recipe's table; returns its total ratio."""
     print(f"{title}\n")
@@ -501,7 +512,11 @@ def main() -> None:
     for name, label in labels.items():
         for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
             r = median(times[recipe][0], "total") / statistics.median(trl[name])
-            print(f"{title} step / {label} step = {r:.2f} (target <= {targets[name]:.2f})")
+            low, high = paired_quartiles(times[recipe][0], trl[name])
+            print(
+                f"{title} step / {label} step = {r:.2f} (target <= {targets[name]:.2f}; "
+                f"per-round ratios, quartiles: {low:.2f}-{high:.2f})"
+            )
 
 
 if __name__ == "__main__":
