@@ -77,8 +77,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # Public names imported on first use (PEP 562): alignbench.sampling imports transformers'
-# modelling code, seconds of CPU that `import alignbench`, every plugin's import and the CLI's
-# config checks do not need.
+# modelling code, seconds of CPU that `import alignbench` (compare, label, a plugin that does
+# not sample) should not pay.
 _LAZY = {"SamplingParams": "alignbench.sampling"}
 
 
