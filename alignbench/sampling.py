@@ -13,11 +13,10 @@ which token is drawn. Deterministic under a ``torch.Generator``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignbench.batch import (
     Batch,
@@ -32,6 +31,9 @@ from alignbench.decoding import decoder
 from alignbench.hardware import model_device
 from alignbench.models import position_ids
 from alignbench.task import Task
+
+if TYPE_CHECKING:  # annotations only: importing them loads transformers' modelling code (~3 s)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass

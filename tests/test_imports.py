@@ -55,10 +55,10 @@ def loaded_modules() -> dict[str, set[str]]:
 def test_import_and_plugin_loading_leave_heavy_libraries_unloaded() -> None:
     loaded = loaded_modules()
     assert not loaded["import"] & {*OPTIONAL, *MODELLING}
-    # The built-in plugins import alignbench.SamplingParams (and with it the sampler) while
-    # alignbench/sampling.py imports transformers' PreTrainedModel at its top; the libraries
-    # only some paths use must still stay out.
+    # Loading the built-in plugins (every CLI call does, even a refused override) needs
+    # neither the optional libraries nor transformers' modelling code.
     assert not loaded["plugins"] & set(OPTIONAL)
+    assert "transformers.modeling_utils" not in loaded["plugins"]
 
 
 def test_lazily_exported_names_are_public_api() -> None:
