@@ -37,7 +37,13 @@ from alignbench import distributed, jobdir, signals, tuning
 from alignbench.budget import Budget
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import CONF_PACKAGE, shipped_yaml_names, ships_yaml, to_object
-from alignbench.errors import UNKNOWN_BY_GROUP, AlignbenchError, ConfigError, Interrupted
+from alignbench.errors import (
+    UNKNOWN_BY_GROUP,
+    AlignbenchError,
+    ConfigError,
+    Interrupted,
+    UnknownName,
+)
 from alignbench.hardware import check_hardware
 from alignbench.job import _check_hook_names, check_data_parallel, check_multi_turn, run_job
 from alignbench.models import check_loadable
@@ -255,6 +261,20 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0]
 
 
+def _check_choice(registry: Registry, group: str, name: str) -> None:
+    """Refuse a group choice that is neither a registered plugin nor a shipped YAML variant of
+    one (e.g. algo=ppo_plain, whose `name` key says which plugin runs it), listing both."""
+    if ships_yaml(group, name):
+        return
+    try:
+        registry.get(group, name)
+    except UnknownName as exc:
+        variants = shipped_yaml_names(group)
+        if not variants:
+            raise
+        raise type(exc)(name, [*exc.known, *variants]) from None
+
+
 def _file_sweeps(registry: Registry, user: list[Override], sampled: bool) -> list[Override]:
     """The sweeps that the composed config's ``hydra.sweeper.params`` adds (an experiment or
     search file's), for keys the command line does not set; their group choices are checked."""
@@ -272,8 +292,7 @@ def _file_sweeps(registry: Registry, user: list[Override], sampled: bool) -> lis
         group = o.key_or_group.lstrip("+")
         if group in UNKNOWN_BY_GROUP and o.package is None:
             for name in _values(o, registry, sampled):
-                if not ships_yaml(group, name):
-                    registry.get(group, name)
+                _check_choice(registry, group, name)
     return extra
 
 
@@ -308,10 +327,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
         group = o.key_or_group.lstrip("+")
         if group in UNKNOWN_BY_GROUP and o.package is None and not o.is_delete():
             for name in _values(o, registry, sampled):
-                # A shipped YAML variant of a registered plugin (e.g. algo=ppo_plain) is a choice
-                # too; its `name` key says which plugin runs it.
-                if not ships_yaml(group, name):
-                    registry.get(group, name)
+                _check_choice(registry, group, name)
     user = [o for o in overrides if not o.key_or_group.startswith("hydra")]
     # An experiment or search file may sweep keys itself (hydra.sweeper.params): check those
     # values too, or a typo there fails job by job only after the sweep has started.

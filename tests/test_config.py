@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alignbench import ConfigError, UnknownAlgorithm, UnknownFeedback, UnknownReward, UnknownTask
@@ -10,7 +12,14 @@ from alignbench.config import to_object
 from tests.conftest import compose
 
 #: The built-in algorithms, as an unknown name's error lists them.
-ALGOS = "best_of_n, dpo, grpo, online_dpo, ppo, reinforce_pp, rft, rloo, rrhf, sft"
+#: The registered algorithms and the shipped YAML variants of them (conf/algo/*.yaml), sorted.
+ALGOS = ", ".join(
+    sorted(
+        {"best_of_n", "dpo", "grpo", "online_dpo", "ppo", "reinforce_pp", "rft", "rloo", "rrhf"}
+        | {"sft", "ppo_plain", "ppo_terminal"}
+        | {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "algo").glob("*.yaml")}
+    )
+)
 
 
 @pytest.mark.parametrize(
