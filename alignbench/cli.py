@@ -128,7 +128,11 @@ def _job(cfg: DictConfig) -> float | None:
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     tags = WandbLogger.tags_from_overrides(list(hydra_cfg.overrides.task))
     claimed = False  # until the folder is ours, a failure writes nothing into it
-    signals.install()  # a parallel launcher's worker: its jobs stop cleanly too
+    if signals.is_worker():
+        # A parallel launcher's worker: its jobs stop cleanly too, for the worker's whole life.
+        # Not otherwise: the command installs them itself, and a direct call (a test, a
+        # library user) gets them around its loop only, instead of keeping them forever.
+        signals.install()
     if signals.requested() is not None:
         # The sweep is stopping: a worker that was asked to stop starts no further job.
         print(f"[alignbench] {output_dir.name}: not started (the sweep is stopping)", flush=True)

@@ -126,6 +126,11 @@ def uninstall() -> None:
     _requested, _forward, _parent = None, False, None
 
 
+def handlers_installed() -> bool:
+    """Whether :func:`install` replaced this process's SIGTERM / SIGINT handlers."""
+    return bool(_previous)
+
+
 def requested() -> int | None:
     """The signal that asked this process to stop, or None.
 

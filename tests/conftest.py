@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,20 @@ def compose(overrides: list[str], registry: Registry | None = None) -> DictConfi
         build_registry()
     with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         return hydra.compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(autouse=True)
+def _no_signal_state_leaks() -> Iterator[None]:
+    """Every test ends without alignbench's signal handlers or a pending stop request: one
+    left behind (a direct call that installs them, a test's own SIGTERM) stops the next test's
+    job in the same process, wherever pytest-xdist runs it. The test that leaves it fails."""
+    from alignbench import signals
+
+    yield
+    left = (signals.requested(), signals.handlers_installed())
+    if left != (None, False):
+        signals.uninstall()
+        pytest.fail(f"the test left signal state behind (request, handlers) = {left}")
 
 
 @pytest.fixture
