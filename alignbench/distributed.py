@@ -184,6 +184,24 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor(var, dtype=x.dtype)
 
 
+def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and unbiased standard deviation ``[]`` of every element of every rank's ``x``
+    (exactly ``x.mean(), x.std()`` with one process): e.g. a batch std of rewards."""
+    if world_size() == 1:
+        return x.mean(), x.std()
+    values = x.detach().double()
+    size = torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)
+    count, first = _all_reduce(torch.stack([size, values.sum()])).tolist()
+    mean = first / max(count, 1.0)
+    second = float(_all_reduce(((values - mean) ** 2).sum()))
+    # torch.std of a single element is NaN too.
+    var = second / (count - 1) if count > 1 else float("nan")
+    return (
+        torch.tensor(mean, dtype=x.dtype, device=x.device),
+        torch.tensor(var**0.5, dtype=x.dtype, device=x.device),
+    )
+
+
 def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Sum the gradients of ``parameters`` over ranks in one all-reduce, between ``backward()``
     and clipping (nothing with one process). Each rank's loss must already be scaled by its

@@ -28,11 +28,16 @@ from alignbench import (
     ConfigError,
     Run,
     SamplingParams,
+    distributed,
     ops,
     response_logits,
     response_logprobs,
     token_logprobs,
 )
+
+#: The ``+ eps`` under the std of ``ops.group_advantages`` (its default), also used with the
+#: std of every rank's rewards (``scale_rewards=batch``).
+ADVANTAGE_EPS = 1e-4
 
 
 @dataclass
@@ -101,6 +106,10 @@ class GRPO:
     #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
     #: turns are context) and the reward sits where the batch says a dialogue ends.
     multi_turn = True
+    #: Runs on several processes (``accelerate launch``): a prompt's K responses stay on one rank,
+    #: the loss is normalised and the metrics averaged over the global batch
+    #: (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: GRPOConfig) -> None:
         config.validate()
@@ -137,8 +146,14 @@ class GRPO:
         """Group-relative advantages, then clipped-ratio epochs with the KL term in the loss."""
         c, mask = self.config, batch.response_mask
         rewards = batch.grouped(batch.rewards.float())
-        # One advantage per response, shared by all of its tokens.
-        advantages = ops.group_advantages(rewards, c.scale_rewards).view(-1, 1).expand(mask.shape)
+        # One advantage per response, shared by all of its tokens. A group is one prompt's K
+        # responses, all on this rank; only the `batch` scale needs every rank's rewards.
+        if c.scale_rewards == "batch":
+            centered = ops.group_advantages(rewards, "none")
+            advantages = centered / (distributed.mean_std(rewards)[1] + ADVANTAGE_EPS)
+        else:
+            advantages = ops.group_advantages(rewards, c.scale_rewards, ADVANTAGE_EPS)
+        advantages = advantages.view(-1, 1).expand(mask.shape)
         ref = batch.extras.get("ref_logprobs")
         n = batch.num_sequences
         size = max(1, math.ceil(n / c.num_minibatches))
@@ -167,36 +182,51 @@ class GRPO:
                     loss = loss + c.beta * kl_loss
                     parts["loss/kl"] = kl_loss.item()
                 run.check_finite(**{"loss/total": loss})
+                # This rank's part of the global mini-batch's normaliser (1.0 in one process):
+                # tokens for token_mean, responses for seq_mean and dr_grpo (whose constant
+                # denominator is max_tokens x responses); the gradients are then summed.
+                tokens = distributed.share(m.sum())
+                share = tokens if c.loss_type == "token_mean" else distributed.share(len(rows))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share).backward()
+                distributed.sum_gradients(run.policy.parameters())  # before clipping
                 grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
                 run.check_finite(**{"policy/grad_norm": grad_norm})
                 self.optimizer.step()
+                parts["loss/total"] = loss.item()
                 with torch.no_grad():
                     delta = logprobs - old
                     entropy = ops.token_entropy(logits / c.sampling.temperature)
-                    parts.update(
-                        {
-                            "loss/total": loss.item(),
-                            "policy/clipfrac": ops.masked_mean(clipped, m).item(),
-                            "policy/approxkl": 0.5 * ops.masked_mean(delta**2, m).item(),
-                            "policy/ratio": ops.masked_mean(delta.exp(), m).item(),
-                            "policy/grad_norm": grad_norm.item(),
-                            "objective/entropy": ops.masked_mean(entropy, m).item(),
-                        }
-                    )
+                    token_means = {
+                        "policy/clipfrac": ops.masked_mean(clipped, m).item(),
+                        "policy/approxkl": 0.5 * ops.masked_mean(delta**2, m).item(),
+                        "policy/ratio": ops.masked_mean(delta.exp(), m).item(),
+                        "objective/entropy": ops.masked_mean(entropy, m).item(),
+                    }
+                # The global mini-batch's losses and token means (grad_norm is already global).
+                parts = distributed.weighted_sum(parts, share)
+                parts.update(distributed.weighted_sum(token_means, tokens))
+                parts["policy/grad_norm"] = grad_norm.item()
                 for key, value in parts.items():
                     stats.setdefault(key, []).append(value)
         run.policy.eval()
         out = {key: sum(values) / len(values) for key, values in stats.items()}
         # Groups whose rewards are all equal have zero advantage: no signal (only the KL term).
-        out["grpo/frac_reward_zero_std"] = (rewards.std(dim=1) == 0).float().mean().item()
-        out["grpo/advantage_abs"] = advantages.abs().mean().item()
+        out.update(
+            distributed.weighted_sum(
+                {"grpo/frac_reward_zero_std": (rewards.std(dim=1) == 0).float().mean().item()},
+                distributed.share(rewards.shape[0]),
+            )
+        )
+        # Means over every rank's responses (an advantage is repeated over a response's tokens).
+        per_response = {"grpo/advantage_abs": advantages.abs().mean().item()}
         if ref is not None:
             k1 = ops.kl_penalty(batch.logprobs, ref, "k1")
             k3 = ops.kl_penalty(batch.logprobs, ref, "k3")
-            out["objective/kl"] = ops.sequence_scores(k1, mask, 0.0).mean().item()
-            out["objective/kl_k3"] = ops.sequence_scores(k3, mask, 0.0).mean().item()
+            per_response["objective/kl"] = ops.sequence_scores(k1, mask, 0.0).mean().item()
+            per_response["objective/kl_k3"] = ops.sequence_scores(k3, mask, 0.0).mean().item()
+        out.update(distributed.weighted_sum(per_response, distributed.share(n)))
+        if ref is not None:
             out["objective/kl_coef"] = c.beta
         return out
 

@@ -32,6 +32,7 @@ from alignbench import (
     ConfigError,
     Run,
     SamplingParams,
+    distributed,
     ops,
     response_logprobs,
 )
@@ -94,6 +95,10 @@ class ReinforcePP:
     #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
     #: turns are context) and the reward sits where the batch says a dialogue ends.
     multi_turn = True
+    #: Runs on several processes (``accelerate launch``): the advantages are normalised over
+    #: every rank's tokens, the loss is a token mean of the global batch and the metrics are
+    #: averaged over it (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: ReinforcePPConfig) -> None:
         config.validate()
@@ -144,9 +149,7 @@ class ReinforcePP:
             if ref is not None
             else torch.zeros_like(batch.logprobs)
         )
-        advantages = ops.reinforce_pp_advantages(
-            scores, kl, mask, c.beta, c.gamma, subtract_mean=c.baseline == "global"
-        )
+        advantages = self._advantages(scores, kl, mask)
         n = batch.num_sequences
         size = max(1, math.ceil(n / c.num_minibatches))
         stats: dict[str, list[float]] = {}
@@ -165,30 +168,58 @@ class ReinforcePP:
                 )
                 loss, clipfrac = ops.policy_loss(logprobs, old, advantages[rows], m, c.clip_eps)
                 run.check_finite(**{"loss/policy": loss})
+                # A token mean of the global mini-batch: this rank's mean times its share of the
+                # tokens (1.0 in one process), the gradients then summed over ranks.
+                share = distributed.share(m.sum())
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share).backward()
+                distributed.sum_gradients(run.policy.parameters())  # before clipping
                 grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
                 run.check_finite(**{"policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 delta = logprobs.detach() - old
-                for key, value in (
-                    ("loss/policy", loss.item()),
-                    ("policy/clipfrac", clipfrac.item()),
-                    ("policy/approxkl", 0.5 * ops.masked_mean(delta**2, m).item()),
-                    ("policy/ratio", ops.masked_mean(delta.exp(), m).item()),
-                    ("policy/grad_norm", grad_norm.item()),
-                ):
+                # Token means of the global mini-batch (grad_norm is already global).
+                parts = distributed.weighted_sum(
+                    {
+                        "loss/policy": loss.item(),
+                        "policy/clipfrac": clipfrac.item(),
+                        "policy/approxkl": 0.5 * ops.masked_mean(delta**2, m).item(),
+                        "policy/ratio": ops.masked_mean(delta.exp(), m).item(),
+                    },
+                    share,
+                )
+                parts["policy/grad_norm"] = grad_norm.item()
+                for key, value in parts.items():
                     stats.setdefault(key, []).append(value)
         run.policy.eval()
         out = {key: sum(values) / len(values) for key, values in stats.items()}
+        # Means over every rank's responses.
+        per_response: dict[str, float] = {}
         if c.baseline == "greedy":
-            out["remax/greedy_reward"] = x["baseline"].mean().item()
+            per_response["remax/greedy_reward"] = x["baseline"].mean().item()
         if ref is not None:
             sequence_kl = ops.sequence_scores(kl, mask, 0.0)
-            out["objective/kl"] = sequence_kl.mean().item()
+            per_response["objective/kl"] = sequence_kl.mean().item()
+            per_response["objective/non_score_reward"] = (-c.beta * sequence_kl).mean().item()
             out["objective/kl_coef"] = c.beta
-            out["objective/non_score_reward"] = (-c.beta * sequence_kl).mean().item()
+        if per_response:
+            out.update(distributed.weighted_sum(per_response, distributed.share(n)))
         return out
+
+    def _advantages(
+        self, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``ops.reinforce_pp_advantages`` normalised by the mean and std of every rank's returns
+        (the global batch's; its very operations in one process, where the helpers are ops')."""
+        c = self.config
+        returns = ops.discounted_returns(
+            ops.kl_shaped_rewards(scores, kl, mask, c.beta), mask, c.gamma
+        )
+        if c.baseline == "global":
+            return distributed.masked_whiten(returns, mask)
+        # ReMax: the greedy baseline is already subtracted; only the scale is the batch's.
+        scaled = returns * torch.rsqrt(distributed.masked_var(returns, mask) + 1e-8)
+        return torch.where(mask.bool(), scaled, torch.zeros_like(scaled))
 
 
 @alignbench.hookimpl

@@ -28,6 +28,7 @@ from alignbench import (
     ConfigError,
     Run,
     SamplingParams,
+    distributed,
     ops,
     response_logprobs,
 )
@@ -82,6 +83,10 @@ class RLOO:
     #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
     #: turns are context) and the reward sits where the batch says a dialogue ends.
     multi_turn = True
+    #: Runs on several processes (``accelerate launch``): a prompt's K responses stay on one rank,
+    #: the loss is a mean over every rank's responses and the metrics are averaged over the
+    #: global batch (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: RLOOConfig) -> None:
         config.validate()
@@ -121,8 +126,9 @@ class RLOO:
             kl = ops.sequence_scores(ops.kl_penalty(batch.logprobs, ref, "k1"), mask, 0.0)
         shaped = rewards - c.beta * kl
         advantages = ops.leave_one_out_advantages(batch.grouped(shaped)).view(-1)
-        if c.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-4)
+        if c.normalize_advantages:  # by every rank's advantages (the global batch's)
+            mean, std = distributed.mean_std(advantages)
+            advantages = (advantages - mean) / (std + 1e-4)
         # log p(y|x) of the sampler: the "old" policy of the sequence ratio.
         old = ops.sequence_scores(batch.logprobs, mask, 0.0)
         n = batch.num_sequences
@@ -146,28 +152,42 @@ class RLOO:
                 )
                 loss = per_sequence.mean()
                 run.check_finite(**{"loss/policy": loss})
+                # A mean over the global mini-batch's responses: this rank's mean times its share
+                # of them (1.0 in one process), the gradients then summed over ranks.
+                share = distributed.share(len(rows))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share).backward()
+                distributed.sum_gradients(run.policy.parameters())  # before clipping
                 grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
                 run.check_finite(**{"policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 delta = sequence_logprobs.detach() - old[rows]
-                for key, value in (
-                    ("loss/policy", loss.item()),
-                    ("policy/clipfrac", clipped.mean().item()),
-                    ("policy/approxkl", 0.5 * (delta**2).mean().item()),
-                    ("policy/ratio", delta.exp().mean().item()),
-                    ("policy/grad_norm", grad_norm.item()),
-                ):
+                # Means over the global mini-batch's responses (grad_norm is already global).
+                parts = distributed.weighted_sum(
+                    {
+                        "loss/policy": loss.item(),
+                        "policy/clipfrac": clipped.mean().item(),
+                        "policy/approxkl": 0.5 * (delta**2).mean().item(),
+                        "policy/ratio": delta.exp().mean().item(),
+                    },
+                    share,
+                )
+                parts["policy/grad_norm"] = grad_norm.item()
+                for key, value in parts.items():
                     stats.setdefault(key, []).append(value)
         run.policy.eval()
         out = {key: sum(values) / len(values) for key, values in stats.items()}
-        out["rloo/advantage_abs"] = advantages.abs().mean().item()
-        out["objective/scores"] = shaped.mean().item()
+        # Means over every rank's responses.
+        per_response = {
+            "rloo/advantage_abs": advantages.abs().mean().item(),
+            "objective/scores": shaped.mean().item(),
+        }
         if ref is not None:
-            out["objective/kl"] = kl.mean().item()
+            per_response["objective/kl"] = kl.mean().item()
+            per_response["objective/non_score_reward"] = (-c.beta * kl).mean().item()
+        out.update(distributed.weighted_sum(per_response, distributed.share(n)))
+        if ref is not None:
             out["objective/kl_coef"] = c.beta
-            out["objective/non_score_reward"] = (-c.beta * kl).mean().item()
         return out
 
 
