@@ -29,9 +29,12 @@ from pathlib import Path
 
 from tests.conftest import TINY
 
+#: Paces each step (tests/faults/pace/pace.py), so that a kill lands while both jobs train.
+PACE_DIR = Path(__file__).resolve().parent / "pace"
 #: A 2-job sweep on two parallel workers, small enough for a few seconds a job.
 SWEEP = [
     *TINY,
+    f"plugin_dirs=[{PACE_DIR}]",
     "algo=rrhf",
     "seed=0,1",
     "budget.amount=24",
@@ -54,8 +57,26 @@ VOLATILE = (
 )
 
 
+def warm(cache: Path) -> None:
+    """Build the sweep's stage-1 model into ``cache`` first (one single job of one step), so
+    that both workers start training together: otherwise one builds it while the other waits,
+    and a tiny job can finish before the other has started."""
+    if (cache / "sft").is_dir() and any((cache / "sft").iterdir()):
+        return
+    single = [a for a in SWEEP if a != "--multirun" and not a.startswith(("seed=", "hydra"))]
+    args = [*single, "budget.amount=1", f"cache_dir={cache}", f"hydra.run.dir={cache}.warm"]
+    subprocess.run(
+        [sys.executable, "-m", "alignbench", *args],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
+    )
+
+
 def start(sweep: Path, cache: Path, extra: list[str] | None = None) -> subprocess.Popen:
-    """Start the sweep command (its own process group, so a test's signal reaches only it)."""
+    """Start the sweep command (its own process group, so a test's signal reaches only it),
+    its stage-1 model built first (:func:`warm`)."""
+    warm(cache)
     args = [*SWEEP, f"cache_dir={cache}", f"hydra.sweep.dir={sweep}", *(extra or [])]
     return subprocess.Popen(
         [sys.executable, "-m", "alignbench", *args],
