@@ -143,7 +143,7 @@ def _job(cfg: DictConfig) -> float | None:
         distributed.setup()
         if not distributed.is_main_process():
             # Another rank of a multi-process job: rank 0 holds the folder and writes it.
-            summary = run_job(cfg, output_dir, _REGISTRY, group=group, tags=tags, claimed=True)
+            run_job(cfg, output_dir, _REGISTRY, group=group, tags=tags, claimed=True)
             return None
         with signals.busy(), jobdir.locked(output_dir):
             jobdir.check_free(cfg, output_dir)
@@ -265,6 +265,15 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0]
 
 
+def _check_choices(registry: Registry, overrides: list[Override], sampled: bool) -> None:
+    """Refuse any value of a group override (``algo=ppo,pp0``) that names no choice."""
+    for o in overrides:
+        group = o.key_or_group.lstrip("+")
+        if group in UNKNOWN_BY_GROUP and o.package is None and not o.is_delete():
+            for name in _values(o, registry, sampled):
+                _check_choice(registry, group, name)
+
+
 def _check_choice(registry: Registry, group: str, name: str) -> None:
     """Refuse a group choice that is neither a registered plugin nor a shipped YAML variant of
     one (e.g. algo=ppo_plain, whose `name` key says which plugin runs it), listing both."""
@@ -281,7 +290,7 @@ def _check_choice(registry: Registry, group: str, name: str) -> None:
 
 def _file_sweeps(registry: Registry, user: list[Override], sampled: bool) -> list[Override]:
     """The sweeps that the composed config's ``hydra.sweeper.params`` adds (an experiment or
-    search file's), for keys the command line does not set; their group choices are checked."""
+    search file's), for keys the command line does not set."""
     plain = [f"{o.get_key_element()}={_values(o, registry, sampled)[0]}" for o in user]
     with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         try:
@@ -291,13 +300,7 @@ def _file_sweeps(registry: Registry, user: list[Override], sampled: bool) -> lis
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     given = {o.key_or_group.lstrip("+~") for o in user}
     lines = [f"{k}={v}" for k, v in params.items() if str(k).lstrip("+~") not in given]
-    extra = _parse_overrides(lines)
-    for o in extra:
-        group = o.key_or_group.lstrip("+")
-        if group in UNKNOWN_BY_GROUP and o.package is None:
-            for name in _values(o, registry, sampled):
-                _check_choice(registry, group, name)
-    return extra
+    return _parse_overrides(lines)
 
 
 def _covering(choices: list[list[str]]) -> Iterator[tuple[str, ...]]:
@@ -327,15 +330,13 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
         or o.key_or_group == "hparams_search"
         for o in overrides
     )
-    for o in overrides:
-        group = o.key_or_group.lstrip("+")
-        if group in UNKNOWN_BY_GROUP and o.package is None and not o.is_delete():
-            for name in _values(o, registry, sampled):
-                _check_choice(registry, group, name)
+    _check_choices(registry, overrides, sampled)
     user = [o for o in overrides if not o.key_or_group.startswith("hydra")]
     # An experiment or search file may sweep keys itself (hydra.sweeper.params): check those
     # values too, or a typo there fails job by job only after the sweep has started.
-    user += _file_sweeps(registry, user, sampled)
+    extra = _file_sweeps(registry, user, sampled)
+    _check_choices(registry, extra, sampled)
+    user += extra
     choices = [[f"{o.get_key_element()}={v}" for v in _values(o, registry, sampled)] for o in user]
     loadable: set[str] = set()  # model folders / hub ids already checked
     with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):

@@ -87,13 +87,18 @@ def _search_values(name: str) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in SEARCH_ONLY}
 
 
+def _trial_record(trial: Path) -> tuple[dict[str, str], list[str]]:
+    """A trial folder's group choices and command-line overrides, as Hydra recorded them."""
+    record = trial / ".hydra"
+    choices = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+    return choices, yaml.safe_load((record / "overrides.yaml").read_text()) or []
+
+
 def best_experiment(trial: Path, search: str, header: list[str]) -> str:
     """The experiment file (YAML text) that reproduces trial folder ``trial`` of search
     ``search``: its group choices as defaults overrides, the search file's fixed settings and
     the trial's own overrides (the sampled hyperparameters) as values."""
-    record = trial / ".hydra"
-    choices = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
-    overrides = yaml.safe_load((record / "overrides.yaml").read_text()) or []
+    choices, overrides = _trial_record(trial)
     defaults = _default_choices()
     experiment = OmegaConf.create(_search_values(search))
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -116,9 +121,7 @@ def best_algorithm(trial: Path, header: list[str]) -> str:
     """An ``algo`` group file (YAML text) of trial folder ``trial``: its algorithm as the base
     choice and the trial's sampled ``algo.*`` values, so that tuned algorithms sweep side by side
     as choices (``algo=dpo_facts,ppo_facts``) at whatever budget and task the sweep sets."""
-    record = trial / ".hydra"
-    choices = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
-    overrides = yaml.safe_load((record / "overrides.yaml").read_text()) or []
+    choices, overrides = _trial_record(trial)
     values = OmegaConf.create({})
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group.lstrip("+")
