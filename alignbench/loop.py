@@ -118,36 +118,8 @@ def restore(run: Run, algorithm: Any, saved: dict[str, Any]) -> None:
 
 def batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
     """Reward and length statistics of the policy's own samples (all sequences if none are);
-    with several processes, of every rank's samples (:func:`global_batch_statistics`)."""
-    if distributed.world_size() > 1:
-        return global_batch_statistics(batch, task)
-    policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(
-        range(len(batch.sources))
-    )
-    index = torch.tensor(policy)
-    stats: dict[str, float] = {}
-    if batch.rewards is not None:
-        rewards = batch.rewards[index].float()
-        stats["objective/reward"] = float(rewards.mean())
-        stats["objective/reward_std"] = float(rewards.std()) if len(policy) > 1 else 0.0
-    stats["policy/response_length"] = float(batch.response_mask[index].sum(-1).float().mean())
-    if batch.turns is not None:
-        stats["policy/turns"] = float(batch.turns.count[index].float().mean())
-    if task is not None:
-        rows = batch.rows
-        if batch.turns is not None:  # a conversation's truth is the whole dialogue's utility
-            dialogues = batch.turns.dialogues
-            gold = [task.dialogue_utility(rows[i], dialogues[i]) for i in policy]
-        else:
-            gold = [task.gold_utility(rows[i], batch.responses[i]) for i in policy]
-        if gold and None not in gold:
-            stats["objective/gold_reward"] = sum(gold) / len(gold)
-    return stats
-
-
-def global_batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
-    """:func:`batch_statistics` over the samples of every rank: each rank's per-sequence values
-    gathered, then the one-process formulas on all of them."""
+    with several processes, of every rank's samples (their per-sequence values gathered, then
+    the same formulas on all of them)."""
     policy = [i for i, s in enumerate(batch.sources) if s == "policy"] or list(
         range(len(batch.sources))
     )
@@ -158,13 +130,15 @@ def global_batch_statistics(batch: Any, task: Any = None) -> dict[str, float]:
         "gold": [],
     }
     if task is not None:
-        if batch.turns is not None:
+        if batch.turns is not None:  # a conversation's truth is the whole dialogue's utility
             dialogues = batch.turns.dialogues
             local["gold"] = [task.dialogue_utility(batch.rows[i], dialogues[i]) for i in policy]
         else:
             local["gold"] = [task.gold_utility(batch.rows[i], batch.responses[i]) for i in policy]
-    parts = distributed.gather(local)
-    every = {key: [v for part in parts for v in part[key]] for key in local}
+    every = local
+    if distributed.world_size() > 1:
+        parts = distributed.gather(local)
+        every = {key: [v for part in parts for v in part[key]] for key in local}
     stats: dict[str, float] = {}
     if batch.rewards is not None:
         rewards = torch.tensor(every["rewards"])
