@@ -44,6 +44,7 @@ from alignbench.errors import (
 )
 from alignbench.hardware import model_device
 from alignbench.hookspecs import Register, hookimpl, hookspec
+from alignbench.label.online import OnlineRequests
 from alignbench.loop import PromptStream
 from alignbench.lora import SharedBaseReference, is_lora
 from alignbench.models import (  # noqa: E402
@@ -112,6 +113,7 @@ __all__ = [
     "Group",
     "Interrupted",
     "NonFiniteError",
+    "OnlineRequests",
     "PluginError",
     "PrepareContext",
     "PromptStream",

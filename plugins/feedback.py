@@ -1,4 +1,5 @@
-"""Built-in feedback sources: simulated annotators, and a file of rankings written by people.
+"""Built-in feedback sources: simulated annotators, a file of rankings written by people, and a
+person on the ranking page during online rounds (``page``).
 
 Simulated annotators compare every pair of a group by the task's hidden gold utility, with the
 imperfections of real feedback as knobs:
@@ -18,6 +19,10 @@ imperfections of real feedback as knobs:
 * ``allow_ties``: equally good responses may be called a tie (only when ``bt_temperature`` is 0).
 
 An annotator's ranking of a group orders responses by comparisons won (Copeland).
+
+``page`` trains stage 2 on a rankings file like ``file``, and hands each online round's groups to
+a person on the ranking page: a deferred source (``submit`` at the requesting step, ``collect``
+at the due step; the files and their semantics: :mod:`alignbench.label.online`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import numpy as np
 
 import alignbench
 from alignbench import (
+    ConfigError,
     DataError,
     FeedbackConfig,
     FeedbackSource,
     Group,
+    OnlineRequests,
     input_path,
     ranking_to_preference,
 )
@@ -301,8 +308,87 @@ class FileFeedback(FeedbackSource):
         raise DataError("feedback=file cannot rank new responses — set feedback.rounds=0")
 
 
+@dataclass
+class PageConfig(FileConfig):
+    """Stage 2 from a rankings file (``path``, as ``file``); online rounds ranked by a person on the
+    ranking page, their labels due ``delay`` steps after the request."""
+
+    # At a due step, wait up to this many seconds for groups still unranked (reading the rankings
+    # file every poll_s); 0 = do not wait: unranked groups are dropped (feedback/unlabelled).
+    wait_s: float = 0.0
+    poll_s: float = 1.0
+    # The rankings file the page writes for online rounds; empty = <job>/feedback/rankings.jsonl.
+    # Never stage 2's `path`: stage 2's cache key hashes that file's content.
+    rankings: str = ""
+
+    def validate(self) -> None:
+        """Online rounds are what this source is for; their selection needs no labels."""
+        if self.rounds < 1:
+            raise ConfigError(
+                f"feedback=page with feedback.rounds={self.rounds} — the page ranks online "
+                "rounds: set feedback.rounds >= 1 (or use feedback=file for stage 2 alone)"
+            )
+        if str(getattr(self.selection, "value", self.selection)) == "uncertainty":
+            raise ConfigError(
+                "feedback.selection=uncertainty needs labels while it chooses groups, which a "
+                "person on the page gives later — use feedback.selection=random or diversity"
+            )
+        if not self.path:
+            raise ConfigError(
+                "feedback=page needs feedback.path, the rankings file stage 2 trains on (as "
+                "feedback=file) — give feedback.path=rankings.jsonl"
+            )
+        if not (math.isfinite(self.wait_s) and self.wait_s >= 0):
+            raise ConfigError(f"feedback.wait_s={self.wait_s} — must be a number of seconds >= 0")
+        if not (math.isfinite(self.poll_s) and self.poll_s > 0):
+            raise ConfigError(f"feedback.poll_s={self.poll_s} — must be a number of seconds > 0")
+        if self.rankings and input_path(self.rankings) == input_path(self.path):
+            raise ConfigError(
+                f"feedback.rankings={self.rankings!r} is stage 2's feedback.path — give the "
+                "online rankings their own file (or leave it empty: <job>/feedback/rankings.jsonl)"
+            )
+
+
+class PageFeedback(FileFeedback):
+    """Stage 2 from a rankings file; online rounds go to the ranking page and come back at their
+    due step (``python -m alignbench.label <job folder> --follow``)."""
+
+    config: PageConfig
+    deferred = True
+    online_keys = ("wait_s", "poll_s", "rankings")
+
+    def __init__(self, config: PageConfig, task: alignbench.Task) -> None:
+        super().__init__(config, task)
+        config.validate()
+        self.exchange: OnlineRequests | None = None
+
+    def open(self, folder: Path) -> None:
+        """The job's ``feedback/`` folder holds the requests, and the rankings unless
+        ``feedback.rankings`` names another file."""
+        rankings = input_path(self.config.rankings) if self.config.rankings else None
+        self.exchange = OnlineRequests.of_job(folder, rankings)
+
+    def _opened(self) -> OnlineRequests:
+        if self.exchange is None:
+            raise TypeError("PageFeedback.open(job folder) comes before online rounds")
+        return self.exchange
+
+    def submit(self, groups: list[Group], step: int, due: int) -> None:
+        """Append the round's groups to ``<job>/feedback/requests.jsonl`` (once per id)."""
+        self._opened().submit(groups, step, due)
+
+    def collect(self, groups: list[Group], step: int) -> list[list[float] | None]:
+        """The page's rankings of the due groups, after waiting up to ``wait_s`` for them."""
+        return self._opened().collect(groups, step, self.config.wait_s, self.config.poll_s)
+
+    def rank(self, groups: list[Group], rng: np.random.Generator) -> list[list[float] | None]:
+        """Online groups are submitted and collected, never ranked at once."""
+        raise DataError("feedback=page ranks online groups later, on the page (submit/collect)")
+
+
 @alignbench.hookimpl
 def alignbench_register_feedback(register: alignbench.Register) -> None:
-    """Register ``simulated`` and ``file``."""
+    """Register ``simulated``, ``file`` and ``page``."""
     register("simulated", SimulatedAnnotators, SimulatedConfig)
     register("file", FileFeedback, FileConfig)
+    register("page", PageFeedback, PageConfig)

@@ -88,8 +88,10 @@ class LearnedReward(Reward):
         return self.reward_model.network
 
     def setup(self, run: Run) -> None:
-        """Charge the reward model's passes to the run's budget."""
+        """Charge the reward model's passes to the run's budget; a deferred feedback source (the
+        ranking page) learns the job's folder, where it exchanges groups and labels."""
         run.track(self.reward_model.network, "reward_model")
+        self.reward_model.open_feedback(run.output_dir)
 
     def before_step(self, run: Run) -> dict[str, float]:
         """Delayed labels due by this step arrive; an online round that is due is requested."""

@@ -99,7 +99,7 @@ def test_sft_is_rrhf_configured_as_its_special_case(registry) -> None:
             UnknownReward,
             "known: abstention, dialogue, exact_match, length, mixed, rm, turn",
         ),
-        (["feedback=nope"], UnknownFeedback, "known: dataset, file, simulated"),
+        (["feedback=nope"], UnknownFeedback, "known: dataset, file, page, simulated"),
         (["task=nope"], UnknownTask, "known: dataset, dialogue, facts, rubric"),
         (["algo.lrr=0.1"], ConfigError, "unknown config key 'algo.lrr'"),
         (["seeed=1"], ConfigError, "unknown config key 'seeed'"),

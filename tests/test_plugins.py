@@ -66,7 +66,7 @@ def test_builtins_come_through_the_entry_point_group(registry) -> None:
     assert registry.names("reward") == [
         *("abstention", "dialogue", "exact_match", "length", "mixed", "rm", "turn")
     ]
-    assert registry.names("feedback") == ["dataset", "file", "simulated"]
+    assert registry.names("feedback") == ["dataset", "file", "page", "simulated"]
     assert registry.names("task") == ["dataset", "dialogue", "facts", "rubric"]
     for name in ("ppo", "rrhf", "rewards", "facts", "feedback", "rubric", "grpo", "rloo"):
         assert "entry point alignbench_plugins." in registry.origins[name]

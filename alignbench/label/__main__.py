@@ -2,13 +2,17 @@
 
     python -m alignbench.label SOURCE --out rankings.jsonl [--annotator ID] [--order random|file|
         diversity|uncertainty] [--model DIR] [--port N]      # serve the ranking page
+    python -m alignbench.label JOB --follow [--out FILE] [...]  # a running job's online rounds
     python -m alignbench.label export-groups SOURCE --out groups.jsonl
     python -m alignbench.label export-groups --sample [--count N] --out groups.jsonl [overrides]
     python -m alignbench.label export --format labelstudio|argilla SOURCE --out tasks.json
     python -m alignbench.label import --format labelstudio|argilla EXPORT --out rankings.jsonl
 
 SOURCE is a groups file (JSONL), a job or sweep folder (the groups its reward-model stage
-sampled) or a stage-2 cache folder. Bad input is one line on stderr and exit status 2.
+sampled) or a stage-2 cache folder. With ``--follow``, JOB is a job folder with ``feedback=page``
+(or its ``feedback/requests.jsonl``): the page keeps picking up the groups its online rounds
+request, soonest due first, and ``--out`` defaults to ``<job>/feedback/rankings.jsonl``, the file
+the run reads. Bad input is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -61,7 +65,13 @@ def serve_main(argv: list[str]) -> int:
         "--out, the rankings file feedback=file reads. Other commands: " + ", ".join(COMMANDS),
     )
     parser.add_argument("source", type=Path, help="groups file (JSONL), job or sweep folder")
-    parser.add_argument("--out", type=Path, required=True, help="rankings JSONL (resumed if any)")
+    parser.add_argument("--out", type=Path, help="rankings JSONL (resumed if any)")
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="SOURCE is a running job (or its feedback/requests.jsonl): show the groups its "
+        "online rounds request as they come, soonest due first",
+    )
     parser.add_argument("--annotator", default=_default_annotator(), help="who is labelling")
     parser.add_argument("--order", default="random", choices=ORDERS, help="order of the groups")
     parser.add_argument("--model", type=Path, help="job or model folder (diversity, uncertainty)")
@@ -74,13 +84,28 @@ def serve_main(argv: list[str]) -> int:
     from alignbench.label.server import LabelSession, serve
     from alignbench.label.store import RankingStore
 
-    groups = load_label_groups(args.source)
+    follow = None
+    if args.follow:
+        from alignbench.label.online import RANKINGS, read_requests, requests_path
+
+        follow = requests_path(args.source)
+        if not follow.parent.is_dir():
+            raise ConfigError(
+                f"{args.source}: no feedback folder of a job with feedback=page here — start the "
+                "job first, then the page on its folder"
+            )
+        groups = read_requests(follow)
+        args.out = args.out or follow.parent / RANKINGS
+    elif args.out is None:  # as argparse says it: only --follow has a default
+        parser.error("the following arguments are required: --out")
+    else:
+        groups = load_label_groups(args.source)
     store = RankingStore(args.out)
     store.acquire(owner=f"http://{args.host}:{args.port}/")
     try:
         _check_port(args.host, args.port)
         order = GroupOrder(groups, args.order, args.seed, args.model, args.refit_every)
-        session = LabelSession(groups, store, order, args.annotator)
+        session = LabelSession(groups, store, order, args.annotator, follow)
     except BaseException:
         store.release()
         raise

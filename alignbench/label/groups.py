@@ -5,7 +5,9 @@ A groups file is JSONL, one group per line::
     {"id": "g1", "prompt": "what is the colour of zorbia ?", "responses": ["red", "i do not know"]}
 
 ``id`` (optional; a hash of prompt and responses when absent), ``sources`` (optional: where each
-response came from) and ``row`` (optional: the task row) are kept; other keys are ignored. The
+response came from), ``row`` (optional: the task row) and, in a run's online requests file
+(:mod:`alignbench.label.online`), ``requested_at`` and ``due`` (steps) are kept; other keys are
+ignored. The
 reward-model stage's own saved groups (``train.jsonl`` / ``heldout.jsonl``, whose prompt sits in
 ``row``) and a rankings file (its ``ranking`` ignored) are groups files too, so anything alignbench
 wrote can be labelled again.
@@ -32,6 +34,9 @@ class LabelGroup:
     responses: list[str]
     sources: list[str] | None = None
     row: dict[str, Any] = field(default_factory=dict)
+    #: An online round's group: the step that requested it and the step its label is due.
+    requested_at: int | None = None
+    due: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The group as one line of a groups file."""
@@ -40,6 +45,10 @@ class LabelGroup:
             out["sources"] = self.sources
         if self.row:
             out["row"] = self.row
+        if self.requested_at is not None:
+            out["requested_at"] = self.requested_at
+        if self.due is not None:
+            out["due"] = self.due
         return out
 
 
@@ -73,12 +82,18 @@ def parse_group(item: Any, where: str) -> LabelGroup:
     sources = item.get("sources")
     if sources is not None and (not isinstance(sources, list) or len(sources) != len(responses)):
         raise DataError(f"{where}: 'sources' must name the source of every response")
+    steps = {key: item.get(key) for key in ("requested_at", "due")}
+    for key, value in steps.items():
+        if value is not None and (type(value) is not int or value < 0):
+            raise DataError(f"{where}: '{key}' must be a step (a whole number >= 0)")
     return LabelGroup(
         id=str(gid) if gid is not None else group_id(prompt, responses),
         prompt=prompt,
         responses=list(responses),
         sources=sources,
         row=dict(row),
+        requested_at=steps["requested_at"],
+        due=steps["due"],
     )
 
 

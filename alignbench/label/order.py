@@ -74,7 +74,7 @@ class GroupOrder:
         self._fitting: threading.Thread | None = None
         self._fitted_at = 0
         self.fits = 0
-        rng = np.random.default_rng(seed)
+        rng = self._rng = np.random.default_rng(seed)
         if order == "file":
             self.order = list(range(len(groups)))
         else:
@@ -84,8 +84,24 @@ class GroupOrder:
             from alignbench.models import load_pretrained
 
             self._backbone, self.tokenizer = load_pretrained(model_folder(model))
-        if order == "diversity":
+        if order == "diversity" and groups:
             self.order = self._diversity(rng)
+
+    def extend(self, groups: list[LabelGroup]) -> None:
+        """Take in groups that appeared since (a followed run's new requests): after the others,
+        in this strategy's order (diversity: the whole order again; uncertainty: as the next
+        refit has it)."""
+        with self._lock:
+            start = len(self.groups)
+            self.groups = self.groups + list(groups)
+            new = list(range(start, len(self.groups)))
+            if self.strategy == "random":
+                new = [new[int(i)] for i in self._rng.permutation(len(new))]
+            self.order = self.order + new
+        if self.strategy == "diversity":
+            order = self._diversity(self._rng)
+            with self._lock:
+                self.order = order
 
     def _fresh_model(self) -> Any:
         import copy
@@ -131,15 +147,18 @@ class GroupOrder:
         ]
         model = self._fresh_model()
         cfg = RMStageConfig(epochs=5, patience=0, seed=self.seed)
+        groups = list(self.groups)
         try:
             train_reward_model(model, self.tokenizer, train, cfg)
-            scores = score_groups(model, self.tokenizer, _as_groups(self.groups))
+            scores = score_groups(model, self.tokenizer, _as_groups(groups))
         except Exception as exc:  # a failed refit keeps the old order; the page goes on
             log.warning("uncertainty order: refit failed (%s) — the order is unchanged", exc)
             return
         confidence = [_confidence(s) for s in scores]
         with self._lock:
+            # Groups that appeared during the fit (extend) keep their places after the others.
             self.order = [int(i) for i in np.argsort(confidence, kind="stable")]
+            self.order += list(range(len(scores), len(self.groups)))
             self.fits += 1
 
     def ordered(self) -> list[LabelGroup]:

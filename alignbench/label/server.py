@@ -4,6 +4,11 @@ Endpoints (JSON): ``GET /api/state?annotator=A`` (progress and the group to rank
 ``POST /api/label`` (one decision: ``rank`` with ``ranking`` best first, ``tie``, ``skip`` or
 ``flag`` with an optional ``reason``), ``POST /api/undo`` (take back the annotator's last
 decision; its group is shown again next). ``GET /`` serves the page (``static/index.html``).
+
+Groups with a due step (a run's online requests) come soonest due first, each due step in the
+order strategy's order. Following a run's requests file (``follow``), the session re-reads it on
+every request: groups the run asks for later appear, and groups the run has already collected
+(``arrived.jsonl`` beside it: a ranking made now would never be used) are no longer shown.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pydantic import BaseModel
 
 from alignbench.errors import DataError
 from alignbench.label.groups import LabelGroup
+from alignbench.label.online import ARRIVED, read_arrived, read_requests
 from alignbench.label.order import GroupOrder
 from alignbench.label.store import RankingStore
 
@@ -32,16 +38,33 @@ class LabelSession:
         store: RankingStore,
         order: GroupOrder,
         annotator: str = "",
+        follow: Path | None = None,
     ) -> None:
         self.groups = {g.id: g for g in groups}
         self.store = store
         self.order = order
         self.annotator = annotator
+        #: The run's requests file this page follows (None: a fixed groups file), and the ids
+        #: of groups the run has already collected (no longer worth a label).
+        self.follow = follow
+        self.closed: set[str] = set()
         # Groups whose decision was undone come back first, newest undo first.
         self._again: dict[str, list[str]] = {}
         self._mutex = threading.Lock()
         store.load()
+        self.sync()
         self.order.ranked(self._rankings())
+
+    def sync(self) -> None:
+        """Following a run: take in the groups it requested since, and what it has collected."""
+        if self.follow is None:
+            return
+        with self._mutex:
+            fresh = [g for g in read_requests(self.follow) if g.id not in self.groups]
+            self.groups.update((g.id, g) for g in fresh)
+            self.closed = set(read_arrived(self.follow.parent / ARRIVED))
+        if fresh:
+            self.order.extend(fresh)
 
     def _rankings(self) -> list[tuple[LabelGroup, list[int]]]:
         """Every ranking in the file whose group is one of ours (any annotator: all are labels)."""
@@ -53,31 +76,39 @@ class LabelSession:
 
     def next_group(self, annotator: str) -> LabelGroup | None:
         """The group this annotator should rank next, or None when all are done."""
-        done = self.store.done(annotator)
+        done = self.store.done(annotator) | self.closed
         for gid in self._again.get(annotator, []):
             if gid not in done:
                 return self.groups[gid]
-        return next((g for g in self.order.ordered() if g.id not in done), None)
+        # Soonest due first (a stable sort: the strategy's order within a due step).
+        ordered = sorted(self.order.ordered(), key=lambda g: (g.due is None, g.due or 0))
+        return next((g for g in ordered if g.id not in done), None)
 
     def state(self, annotator: str) -> dict[str, Any]:
         """Progress and the next group, as the page shows them."""
+        self.sync()
         done = self.store.done(annotator) & set(self.groups)
         seconds = self.store.seconds(annotator)
         group = self.next_group(annotator)
         mine = [d for d in self.store.decisions if d.annotator == annotator]
+        shown = None
+        if group is not None:
+            shown = {"id": group.id, "prompt": group.prompt, "responses": group.responses}
+            if group.due is not None:
+                shown.update(requested_at=group.requested_at, due=group.due)
         return {
             "annotator": annotator,
             "done": len(done),
-            "total": len(self.groups),
+            # Groups the run collected before this annotator got to them are out of reach.
+            "total": len(set(self.groups) - (self.closed - done)),
             "order": self.order.strategy,
             "output": str(self.store.out),
             "mean_seconds": sum(seconds) / len(seconds) if seconds else None,
             "last_seconds": seconds[-1] if seconds else None,
             "can_undo": bool(mine),
             "last": mine[-1].record.get("decision", "rank") if mine else None,
-            "group": None
-            if group is None
-            else {"id": group.id, "prompt": group.prompt, "responses": group.responses},
+            "follow": self.follow is not None,
+            "group": shown,
         }
 
     def decide(
@@ -90,10 +121,13 @@ class LabelSession:
         reason: str,
     ) -> dict[str, Any]:
         """Record one decision on group ``gid`` (at once, in the output file)."""
+        self.sync()
         with self._mutex:
             group = self.groups.get(gid)
             if group is None:
                 raise DataError(f"no group {gid!r} in this page's groups")
+            if gid in self.closed:
+                raise DataError(f"group {gid!r} was collected by the run already — rank the next")
             if gid in self.store.done(annotator):
                 raise DataError(f"group {gid!r} is already labelled by {annotator!r}")
             self.store.append(
@@ -180,8 +214,11 @@ def serve(session: LabelSession, host: str = "127.0.0.1", port: int = 8765) -> N
     """Run the page until interrupted (uvicorn); the output lock is released at the end."""
     import uvicorn
 
+    what = f"{len(session.groups)} groups"
+    if session.follow is not None:
+        what = f"the groups the run requests in {session.follow} ({len(session.groups)} so far)"
     print(
-        f"ranking {len(session.groups)} groups into {session.store.out} — open "
+        f"ranking {what} into {session.store.out} — open "
         f"http://{host}:{port}/ (Ctrl+C to stop; every label is saved at once)",
         flush=True,
     )

@@ -4,12 +4,19 @@ A feedback source (a plugin registered with ``alignbench_register_feedback``) re
 K responses and returns, for each, a preference vector (higher = better) or None when the group
 came back unlabelled. A source that brings its own groups (a file of human rankings) provides
 them through :meth:`FeedbackSource.load_groups` and nothing is sampled.
+
+A *deferred* source (``deferred = True``: a person on the ranking page) cannot rank online groups
+the moment they are sampled. For online rounds the reward model then chooses the groups without
+labels, hands them over with :meth:`FeedbackSource.submit` at the step that requests them, and
+asks :meth:`FeedbackSource.collect` for their labels at the step they are due
+(``feedback.delay`` later); :meth:`FeedbackSource.open` tells it the job's folder first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,7 +36,16 @@ class Group:
 
 
 class FeedbackSource:
-    """Ranks groups of responses. Subclasses implement :meth:`rank` (or :meth:`load_groups`)."""
+    """Ranks groups of responses. Subclasses implement :meth:`rank` (or :meth:`load_groups`);
+    a deferred source implements :meth:`submit` and :meth:`collect` for online rounds."""
+
+    #: True for a source whose labels of online groups come from outside the run, later: online
+    #: rounds then :meth:`submit` groups and :meth:`collect` their labels at the due step,
+    #: instead of calling :meth:`rank`.
+    deferred: ClassVar[bool] = False
+    #: Config keys that matter only to online rounds: left out of stage 2's cache key (like
+    #: ``feedback.rounds`` and ``feedback.delay``), so changing them reuses the reward model.
+    online_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: FeedbackConfig, task: Task) -> None:
         self.config = config
@@ -46,6 +62,22 @@ class FeedbackSource:
     def statistics(self) -> dict[str, float]:
         """What the source reports about the labels it gave (e.g. a crowd's agreement)."""
         return {}
+
+    # -- deferred sources (online rounds answered later, from outside the run) --------------------
+
+    def open(self, folder: Path) -> None:
+        """Called once the job's folder exists, before any online round (a deferred source
+        exchanges groups and labels there); nothing by default."""
+
+    def submit(self, groups: list[Group], step: int, due: int) -> None:
+        """Online round at ``step``: ask for labels of ``groups`` (unlabelled), due at step
+        ``due``. Called only on a deferred source; a resumed run may submit a group again."""
+        raise NotImplementedError
+
+    def collect(self, groups: list[Group], step: int) -> list[list[float] | None]:
+        """At ``step`` (their due step): one preference vector per submitted group, in order, or
+        None for a group left unlabelled (dropped). Called only on a deferred source."""
+        raise NotImplementedError
 
 
 def ranking_to_preference(ranking: list[int]) -> list[float]:

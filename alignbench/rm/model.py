@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from alignbench.models import ScalarHeadModel, load_pretrained
 from alignbench.rm.evaluation import policy_ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import group_dict, load_groups
+from alignbench.rm.selection import checked_preferences
 from alignbench.rm.stage import context_stage, load_reward_model, request_feedback
 from alignbench.rm.training import retrain_reward_model, sequence_rewards
 from alignbench.task import Task
@@ -36,7 +38,9 @@ class RewardModel:
     During RL it can keep learning from feedback on the current policy: :meth:`request` asks the
     source to rank fresh groups, which arrive ``feedback.delay`` steps later (:meth:`arrive`:
     training goes on over every group so far); :meth:`refresh` does both at once. What of it
-    changes that way is :meth:`state_dict`.
+    changes that way is :meth:`state_dict`. A deferred source (a person on the ranking page) is
+    told the job's folder by :meth:`open_feedback`, is handed the requested groups unlabelled
+    and labels them by their due step (``FeedbackSource.submit`` / ``collect``).
     """
 
     def __init__(
@@ -140,6 +144,17 @@ class RewardModel:
 
     # -- online feedback -------------------------------------------------------------------------
 
+    @property
+    def deferred(self) -> bool:
+        """Whether online labels come later from outside the run (``FeedbackSource.deferred``)."""
+        return self.source is not None and self.source.deferred
+
+    def open_feedback(self, folder: Path) -> None:
+        """Tell a deferred source the job's folder (where groups and labels are exchanged),
+        before any online round; nothing for other sources or without rounds."""
+        if self.deferred and self.rounds:
+            self.source.open(folder)
+
     def request(self, policy: PreTrainedModel, step: int) -> list[Group]:
         """Ask the source to rank fresh groups of ``policy``'s responses, at ``step``; they
         arrive at ``step + delay`` (each group records ``requested_at``)."""
@@ -158,6 +173,8 @@ class RewardModel:
         )
         for group in fresh:
             group.extras["requested_at"] = step
+        if self.source.deferred:  # handed over unlabelled; collected at the due step
+            self.source.submit(fresh, step, step + self.delay)
         self.pending.append((step + self.delay, fresh))
         return fresh
 
@@ -168,16 +185,39 @@ class RewardModel:
         if not arrived:
             return {}
         self.pending = [(due, groups) for due, groups in self.pending if due > step]
+        extra: dict[str, float] = {}
+        if self.deferred:
+            arrived, extra = self._collect(arrived, step)
         for group in arrived:
             group.extras["arrived_at"] = step
         self.groups.extend(arrived)
-        stats = retrain_reward_model(self.network, self.tokenizer, self.groups, self.config)
+        stats = extra
+        if arrived:
+            stats = {
+                **retrain_reward_model(self.network, self.tokenizer, self.groups, self.config),
+                **extra,
+            }
         if self.delay:
             stats["feedback/pending"] = float(sum(len(groups) for _, groups in self.pending))
-            stats["feedback/label_age"] = float(
-                step - min(g.extras["requested_at"] for g in arrived)
-            )
+            if arrived:
+                stats["feedback/label_age"] = float(
+                    step - min(g.extras["requested_at"] for g in arrived)
+                )
         return stats
+
+    def _collect(self, due: list[Group], step: int) -> tuple[list[Group], dict[str, float]]:
+        """The deferred source's labels of the groups due at ``step``: the labelled ones, and
+        ``feedback/unlabelled`` (groups dropped without a label) and ``feedback/wait_seconds``."""
+        assert self.source is not None
+        started = time.monotonic()
+        labels = checked_preferences(self.source, due, self.source.collect(due, step), "collect")
+        for group, preference in zip(due, labels, strict=True):
+            group.preference = preference
+        labelled = [g for g in due if g.preference is not None]
+        return labelled, {
+            "feedback/unlabelled": float(len(due) - len(labelled)),
+            "feedback/wait_seconds": time.monotonic() - started,
+        }
 
     def refresh(self, policy: PreTrainedModel, step: int) -> dict[str, float]:
         """One online round: :meth:`request` fresh groups, then :meth:`arrive` (at once without a

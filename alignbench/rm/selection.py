@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from alignbench.config import FeedbackConfig, RMStageConfig, Selection
-from alignbench.errors import PluginError
+from alignbench.errors import ConfigError, PluginError
 from alignbench.models import ScalarHeadModel, position_ids
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import check_vocabulary, generate_groups, group_batch
@@ -68,12 +68,19 @@ def checked_ranks(
 ) -> list[list[float] | None]:
     """``source.rank(groups, rng)``, checked: one preference vector (or None) per group, one
     finite number per response; else one line naming the source and the first bad group."""
+    return checked_preferences(source, groups, source.rank(groups, rng), "rank")
+
+
+def checked_preferences(
+    source: FeedbackSource, groups: list[Group], ranks: Any, method: str
+) -> list[list[float] | None]:
+    """``ranks`` (what ``source.<method>`` gave for ``groups``) if it holds one preference vector
+    (or None) per group, one finite number per response; else one line naming the source."""
     name = type(source).__name__
-    ranks = source.rank(groups, rng)
     if not isinstance(ranks, list) or len(ranks) != len(groups):
         size = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
         raise PluginError(
-            f"feedback source {name}: rank gave {size} for {len(groups)} groups — it returns "
+            f"feedback source {name}: {method} gave {size} for {len(groups)} groups — it returns "
             "one preference vector (or None) per group, in order"
         )
     for i, (group, preference) in enumerate(zip(groups, ranks, strict=True)):
@@ -98,17 +105,20 @@ def checked_ranks(
 
 def label_groups(
     pool: list[Group],
-    source: FeedbackSource,
+    source: FeedbackSource | None,
     fb: FeedbackConfig,
     rm_cfg: RMStageConfig,
     make_model: Any,
     tokenizer: PreTrainedTokenizerBase,
     rng: np.random.Generator,
 ) -> list[Group]:
-    """Choose ``fb.labels`` groups of the pool by ``fb.selection``; the source ranks them."""
+    """Choose ``fb.labels`` groups of the pool by ``fb.selection``; the source ranks them
+    (``source=None``: chosen only, left unlabelled, for a deferred source to label later)."""
     budget = min(fb.labels, len(pool))
 
     def ask(groups: list[Group]) -> list[Group]:
+        if source is None:
+            return groups
         for group, preference in zip(groups, checked_ranks(source, groups, rng), strict=True):
             group.preference = preference
         return groups
@@ -118,6 +128,11 @@ def label_groups(
     if fb.selection == Selection.diversity:
         chosen = _k_center(_embeddings(make_model(), tokenizer, pool), budget, rng)
         return ask([pool[i] for i in chosen])
+    if source is None:  # validation refuses this first (the page source's config)
+        raise ConfigError(
+            "feedback.selection=uncertainty needs labels while choosing groups — use random or "
+            "diversity with a deferred feedback source"
+        )
     # Uncertainty: a quarter of the budget at random, a reward model on it, then its doubts.
     seed_count = max(2, budget // 4)
     seed, rest = ask(pool[:seed_count]), pool[seed_count:]
@@ -144,11 +159,40 @@ def collect_feedback(
     if own is not None:
         check_vocabulary(tokenizer, own)
         return own
+    pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
+    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
+    return [g for g in groups if g.preference is not None]
+
+
+def candidate_groups(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    fb: FeedbackConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> list[Group]:
+    """The pool selection chooses from: groups of ``policy``'s responses to random RL prompts
+    (``feedback.labels`` of them, ``pool_factor`` times more for an active selection)."""
     prompts = task.splits["rl"].to_list()
     size = min(
         len(prompts), fb.labels * (1 if fb.selection == Selection.random else fb.pool_factor)
     )
     rows = [prompts[i] for i in rng.permutation(len(prompts))[:size]]
-    pool = generate_groups(policy, tokenizer, task, rows, fb, generator)
-    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
-    return [g for g in groups if g.preference is not None]
+    return generate_groups(policy, tokenizer, task, rows, fb, generator)
+
+
+def choose_groups(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    fb: FeedbackConfig,
+    rm_cfg: RMStageConfig,
+    make_model: Any,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> list[Group]:
+    """Groups sampled from ``policy`` and selected for labelling, still unlabelled (a deferred
+    source's online round: the labels come later)."""
+    pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
+    return label_groups(pool, None, fb, rm_cfg, make_model, tokenizer, rng)

@@ -31,7 +31,7 @@ from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrai
 from alignbench.rm.evaluation import probe_report, ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import load_groups, ordered_pairs, save_groups
-from alignbench.rm.selection import collect_feedback
+from alignbench.rm.selection import choose_groups, collect_feedback
 from alignbench.rm.training import retrain_reward_model, score_groups, train_reward_model
 from alignbench.task import Task
 
@@ -80,9 +80,10 @@ def reward_model_stage(
     # Online-round keys (rounds, delay) change RL, not this stage: a sweep over them shares one
     # reward model.
     feedback = OmegaConf.to_container(cfg.feedback, resolve=True, enum_to_str=True)
+    online_only = (*ONLINE_ONLY_KEYS, *source.online_keys)
     key = config_hash(
         sft_key,
-        {k: v for k, v in feedback.items() if k not in ONLINE_ONLY_KEYS},
+        {k: v for k, v in feedback.items() if k not in online_only},
         cfg.stage.rm,
         RM_STAGE_VERSION,
         sft_files,
@@ -185,7 +186,12 @@ def request_feedback(
     generator: torch.Generator,
 ) -> list[Group]:
     """Online feedback: fresh groups from the current policy, ranked by the source (not yet
-    trained on: with ``feedback.delay`` they arrive later)."""
+    trained on: with ``feedback.delay`` they arrive later); a deferred source's groups are
+    chosen unlabelled (it labels them later: :meth:`FeedbackSource.collect`)."""
+    if source.deferred:
+        return choose_groups(
+            policy, tokenizer, task, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
+        )
     return collect_feedback(
         policy, tokenizer, task, source, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
     )
