@@ -82,6 +82,12 @@ class FlopCounter:
         self._handles.append(model.register_forward_hook(on_forward, with_kwargs=True))
         return model
 
+    def charge(self, name: str, flops: float) -> None:
+        """Charge ``flops`` to ``name`` as if a tracked model had run them (e.g. what another
+        process spent on this job's behalf); into the innermost :meth:`measured` tally if any."""
+        if not self._paused:
+            self._charge(name, flops)
+
     def _charge(self, name: str, flops: float) -> None:
         if self._tallies:  # measured, not spent: see measured()
             self._tallies[-1][name] = self._tallies[-1].get(name, 0.0) + flops

@@ -123,7 +123,10 @@ def alignbench_respond(run: Run, rows: list[dict[str, Any]]) -> list[str] | None
     Optional, answered by the algorithm alone (an inference-time method such as best-of-N).
     ``rows`` are the eval split's rows; return one response text per row, in order. Without an
     implementation the core decodes ``run.policy`` greedily. The FLOPs spent here are measured
-    (``<prefix>/flops_per_question``), never charged to the training budget.
+    (``<prefix>/flops_per_question``), never charged to the training budget. On several
+    processes (a ``data_parallel`` algorithm) it is called on every rank with the same ``rows``:
+    answer ``distributed.shard(rows)`` and return every rank's answers
+    (``distributed.gather``), in order; the FLOPs of every rank are counted.
     """
 
 

@@ -155,7 +155,8 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
 def check_data_parallel(registry: Registry, cfg: DictConfig) -> None:
     """On several processes (``accelerate launch`` / ``torchrun``): an algorithm that declares
     ``data_parallel = True``, prompts that split evenly over the ranks, ``on_nonfinite=stop``
-    and a reward that does not update itself during training; else one line naming the fix."""
+    and a reward that does not change during training (``Reward.changes_during_training``);
+    else one line naming the fix."""
     size = distributed.world_size()
     if size == 1:
         return
@@ -182,11 +183,12 @@ def check_data_parallel(registry: Registry, cfg: DictConfig) -> None:
             f"on_nonfinite=skip is not supported on {size} processes — use on_nonfinite=stop"
         )
     reward_cls = registry.get("reward", cfg.reward.name).cls
-    if reward_cls.before_step is not Reward.before_step:
+    changes = reward_cls.changes_during_training(cfg)
+    if changes:
         raise ConfigError(
-            f"reward={cfg.reward.name} has a before_step hook (it may update itself during "
-            f"training, e.g. reward=rm's online rounds), which is not data-parallel yet — run "
-            f"it in one process, or use a rule reward"
+            f"reward={cfg.reward.name} cannot run on {size} processes ({changes}) — run it in "
+            "one process, or use a reward that stays fixed during training (a rule reward, or "
+            "reward=rm with feedback.rounds=0)"
         )
 
 

@@ -159,30 +159,60 @@ def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
     The algorithm's ``alignbench_respond`` answers, when it implements it, every evaluation but
     the ``initial`` one: that is the stage-1 model's greedy answers, every comparison's start.
     With several processes only rank 0 evaluates (the weights are the same on every rank); the
-    others return no metrics.
+    others return no metrics. A data-parallel ``alignbench_respond`` (best-of-N) is called on
+    every rank with the same questions (rank 0 hands them over), so that each can answer its
+    shard; the FLOPs every rank spends answering count in ``flops_per_question``.
     """
+    together = (
+        distributed.world_size() > 1
+        and not initial
+        and bool(run.pm.hook.alignbench_respond.get_hookimpls())
+    )
     if not distributed.is_main_process():
+        if together:
+            _respond_with_rank_0(run)
         return {}
 
     def respond(rows: list[dict[str, Any]]) -> list[str] | None:
-        return run.pm.hook.alignbench_respond(run=run, rows=rows)
+        if not together:
+            return run.pm.hook.alignbench_respond(run=run, rows=rows)
+        distributed.broadcast(rows)  # the others answer these questions with rank 0
+        answers = run.pm.hook.alignbench_respond(run=run, rows=rows)
+        # What the others spent answering, counted with rank 0's own (inside evaluate's tally).
+        for tally in distributed.gather({})[1:]:
+            for name, flops in tally.items():
+                run.flops.charge(name, flops)
+        return answers
 
     samples: dict[str, list[dict[str, Any]]] = {}  # the completions behind the metrics
 
-    with run.autocast():
-        metrics = evaluate(
-            run.policy,
-            run.tokenizer,
-            run.task,
-            run.reward,
-            to_object(run.cfg.eval),
-            respond=None if initial else respond,
-            flops=run.flops,
-            samples=samples,
-        )
+    try:
+        with run.autocast():
+            metrics = evaluate(
+                run.policy,
+                run.tokenizer,
+                run.task,
+                run.reward,
+                to_object(run.cfg.eval),
+                respond=None if initial else respond,
+                flops=run.flops,
+                samples=samples,
+            )
+    finally:
+        if together:
+            distributed.broadcast(None)  # no more questions: the others go on
     metrics.update(run.budget.metrics())
     run.pm.hook.alignbench_on_eval(run=run, step=step, metrics=metrics, samples=samples)
     return metrics
+
+
+def _respond_with_rank_0(run: Run) -> None:
+    """On a rank but 0: answer each set of questions rank 0 hands over (``alignbench_respond``,
+    which answers this rank's shard) until it hands over None; report the FLOPs spent."""
+    while (rows := distributed.broadcast(None)) is not None:
+        with run.flops.measured() as tally, run.autocast():
+            run.pm.hook.alignbench_respond(run=run, rows=rows)
+        distributed.gather(dict(tally))
 
 
 class StopRequested:

@@ -90,6 +90,15 @@ class Reward:
         feedback happens here: rounds requested, delayed labels arriving."""
         return {}
 
+    @classmethod
+    def changes_during_training(cls, cfg: DictConfig) -> str | None:
+        """Why this reward may change during the job ``cfg`` describes (what its
+        :meth:`before_step` does), or None: such a reward is not data-parallel yet (every rank
+        would have to change it alike). By default any reward with a :meth:`before_step` may."""
+        if cls.before_step is Reward.before_step:
+            return None
+        return "it has a before_step hook, so it may update itself during training"
+
     def state_dict(self) -> dict[str, Any]:
         """What of the reward changes during RL, saved in every checkpoint (tensors, numbers,
         strings, and lists and dicts of them); nothing by default."""

@@ -13,6 +13,10 @@ common start) and once at the end, with best-of-N answers. What answering costs 
 ``<prefix>/flops_per_question``: N generations plus N reward forwards per question (a rule
 reward costs no FLOPs), beside a trained policy's single greedy decode, so a reader sees when
 best-of-N beats training at equal compute and what each answer costs.
+
+On several processes (``data_parallel = True``) every rank is handed the same questions; each
+samples and scores its contiguous shard of them, and the answers are gathered in order, so N
+samples per question cost 1 / ranks of the time (the FLOPs per question are every rank's).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import alignbench
-from alignbench import AlgorithmConfig, ConfigError, Run, SamplingParams, ops
+from alignbench import AlgorithmConfig, ConfigError, Run, SamplingParams, distributed, ops
 
 
 @dataclass
@@ -44,6 +48,9 @@ class BestOfN:
 
     #: The loop takes no training step: the run is evaluated at step 0 and at the end.
     trains = False
+    #: Runs on several processes (``accelerate launch``): each rank answers its shard of the
+    #: questions, the answers are gathered (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: BestOfNConfig) -> None:
         self.config = config
@@ -51,8 +58,11 @@ class BestOfN:
 
     @alignbench.hookimpl
     def alignbench_respond(self, run: Run, rows: list[dict[str, Any]]) -> list[str]:
-        """N samples per question, scored by the run's reward; the best of each answers."""
+        """N samples per question, scored by the run's reward; the best of each answers (every
+        rank answers its shard of ``rows``, the same on every rank, and gets every answer)."""
         n = self.config.n
+        # A no-op in one process; with several, the other shards come from the other ranks.
+        everything, rows = rows, distributed.shard(rows)
         # As many questions per sampling call as keep it at eval.batch_size sequences.
         per_call = max(1, run.eval_batch_size // n)
         answers: list[str] = []
@@ -61,6 +71,10 @@ class BestOfN:
             rewards = batch.grouped(run.rewards(batch).float())  # [B, N]
             best = ops.random_argmax(rewards, run.generator)  # ties at random, not the first
             answers += [batch.responses[b * n + int(k)] for b, k in enumerate(best)]
+        if distributed.world_size() == 1:
+            return answers
+        answers = [answer for part in distributed.gather(answers) for answer in part]
+        assert len(answers) == len(everything)  # the shards in rank order are the questions
         return answers
 
 

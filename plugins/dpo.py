@@ -10,7 +10,9 @@ One step, through the hooks:
 * rollout: the next ``prompts_per_step`` pairs of a seeded shuffled pass over all pairs (a new
   pass when one runs out; the loop's prompts are not used); the frozen reference's sequence
   log-probabilities of pairs seen for the first time are computed and cached, so the reference
-  is run, and charged, once per pair however many passes the budget allows;
+  is run, and charged, once per pair however many passes the budget allows; on several
+  processes every rank draws the same pairs and keeps its contiguous shard of them, and the
+  reference values each rank computes are shared with every rank;
 * score: the label is the reward (1 chosen, 0 rejected): no reward model is run for nothing;
 * update: one optimiser step on ``ops.dpo_loss`` of the policy's sequence log-probabilities.
 
@@ -32,6 +34,7 @@ from alignbench import (
     DataError,
     PromptStream,
     Run,
+    distributed,
     encode_responses,
     ops,
     response_logprobs,
@@ -103,11 +106,17 @@ class DPO:
 
     #: Trains on stage 2's ranked groups: the ``feedback=`` plugin's code is part of the job.
     uses_feedback = True
+    #: Runs on several processes (``accelerate launch``): each rank takes its shard of a step's
+    #: pairs, the loss is a mean over every rank's pairs (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: DPOConfig) -> None:
         self.config = config
         self.rows, self.chosen, self.rejected = [], [], []
-        for group in run.ranked_groups("train"):
+        # Several processes: rank 0 builds (or finds) stage 2's groups, the others then load them.
+        with distributed.main_process_first():
+            groups = run.ranked_groups("train")
+        for group in groups:
             if group.preference is None:  # unlabelled: no pair
                 continue
             ids = encode_responses(run.tokenizer, group.responses)
@@ -135,25 +144,36 @@ class DPO:
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
-        """The next pairs (chosen, rejected per prompt) with their cached reference log-probs."""
+        """This rank's share of the next pairs (chosen, rejected per prompt) with their cached
+        reference log-probs."""
+        # Every rank draws the step's pairs (the same seeded stream) and keeps its shard.
         index = [row["pair"] for row in self.pairs.next()]
-        responses = [ids for i in index for ids in (self.chosen[i], self.rejected[i])]
+        positions = distributed.shard(list(range(len(index))))
+        mine = [index[b] for b in positions]
+        responses = [ids for i in mine for ids in (self.chosen[i], self.rejected[i])]
         batch = run.collate(
-            [self.rows[i] for i in index], responses, 2, ["chosen", "rejected"] * len(index)
+            [self.rows[i] for i in mine], responses, 2, ["chosen", "rejected"] * len(mine)
         )
         cache = self.reference_cache.values
-        # First sight of a pair (once, even if a pass boundary puts it twice in this batch).
+        # First sight of a pair in this step (once, even if a pass boundary puts it twice in the
+        # step): computed by the rank that holds its first place.
         first = {i: b for b, i in reversed(list(enumerate(index))) if cache[i].isnan().any()}
-        if first:
-            positions = torch.tensor(list(first.values()))
-            rows = torch.stack([2 * positions, 2 * positions + 1], dim=1).flatten()
+        local = {i: b - positions[0] for i, b in first.items() if b in positions}
+        computed = torch.empty(0, 2)
+        if local:
+            at = torch.tensor(list(local.values()))
+            rows = torch.stack([2 * at, 2 * at + 1], dim=1).flatten()
             with torch.no_grad():
-                computed = sequence_logprobs(self.reference, batch, rows).view(-1, 2)
-            cache[torch.tensor(list(first))] = computed
+                computed = sequence_logprobs(self.reference, batch, rows).view(-1, 2).cpu()
+        # Every rank's new values into every rank's cache, so the caches stay equal.
+        for pairs, values in distributed.gather((list(local), computed)):
+            if pairs:
+                cache[torch.tensor(pairs)] = values
         batch.extras.update(
-            pair_index=torch.tensor(index),
-            ref_logprobs=cache[torch.tensor(index)],
+            pair_index=torch.tensor(mine),
+            ref_logprobs=cache[torch.tensor(mine)].to(batch.input_ids.device),
             reference_forwards=len(first),
+            step_pairs=len(index),
         )
         return batch
 
@@ -165,7 +185,7 @@ class DPO:
 
     @alignbench.hookimpl
     def alignbench_update(self, run: Run, batch: Batch) -> dict[str, float]:
-        """One step on the DPO loss of the batch's pairs."""
+        """One step on the DPO loss of the batch's pairs (every rank's, with several processes)."""
         c = self.config
         run.policy.train()
         logprobs = sequence_logprobs(run.policy, batch).view(-1, 2)  # [B, 2]: chosen, rejected
@@ -180,24 +200,35 @@ class DPO:
             c.label_smoothing,
         )
         run.check_finite(**{"loss/dpo": loss})
+        # A mean over the global step's pairs: this rank's mean times its share of them (1.0 in
+        # one process), the gradients then summed over ranks.
+        share = distributed.share(len(batch.prompts))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share).backward()
+        distributed.sum_gradients(run.policy.parameters())  # before clipping
         grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
         run.check_finite(**{"policy/grad_norm": grad_norm})
         self.optimizer.step()
         run.policy.eval()
+        # Means over every rank's pairs (grad_norm is already the global batch's).
+        means = distributed.weighted_sum(
+            {
+                "loss/dpo": loss.item(),
+                "rewards/chosen": chosen.mean().item(),
+                "rewards/rejected": rejected.mean().item(),
+                "rewards/margins": (chosen - rejected).mean().item(),
+                "rewards/accuracies": (chosen > rejected).float().mean().item(),
+                "logps/chosen": logprobs[:, 0].mean().item(),
+                "logps/rejected": logprobs[:, 1].mean().item(),
+            },
+            share,
+        )
         return {
-            "loss/dpo": loss.item(),
-            "rewards/chosen": chosen.mean().item(),
-            "rewards/rejected": rejected.mean().item(),
-            "rewards/margins": (chosen - rejected).mean().item(),
-            "rewards/accuracies": (chosen > rejected).float().mean().item(),
-            "logps/chosen": logprobs[:, 0].mean().item(),
-            "logps/rejected": logprobs[:, 1].mean().item(),
+            **means,
             "policy/grad_norm": grad_norm.item(),
             "dpo/pairs": float(len(self.rows)),
             # Passes over the pairs so far, and the reference forwards this step cost (pairs).
-            "dpo/epoch": (run.step + 1) * len(batch.prompts) / len(self.rows),
+            "dpo/epoch": (run.step + 1) * batch.extras["step_pairs"] / len(self.rows),
             "dpo/reference_pairs": float(batch.extras["reference_forwards"]),
         }
 

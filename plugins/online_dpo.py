@@ -10,7 +10,9 @@ reward signal: whatever ``reward=`` is (a rule reward, the learned reward model,
 * update: per prompt, the best sample is chosen and the worst rejected (ties at random,
   ``ops.best_worst_pairs``); prompts whose K rewards all tie teach nothing and are skipped
   (``online_dpo/tied_share``); one step on ``ops.dpo_loss`` against the frozen SFT reference,
-  whose log-probabilities are computed for the kept pairs only.
+  whose log-probabilities are computed for the kept pairs only. On several processes each rank
+  keeps the pairs of its own prompts; the loss is a mean over every rank's pairs, and a rank
+  whose prompts all tie still takes part in the step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from alignbench import (
     ConfigError,
     Run,
     SamplingParams,
+    distributed,
     ops,
     response_logprobs,
 )
@@ -87,6 +90,9 @@ class OnlineDPO:
     #: Runs on multi-turn tasks: every loss and advantage goes through ``response_mask`` (user
     #: turns are context) and the reward sits where the batch says a dialogue ends.
     multi_turn = True
+    #: Runs on several processes (``accelerate launch``): a prompt's K samples stay on one rank,
+    #: the loss is a mean over every rank's pairs (alignbench.distributed).
+    data_parallel = True
 
     def __init__(self, run: Run, config: OnlineDPOConfig) -> None:
         self.config = config
@@ -107,18 +113,56 @@ class OnlineDPO:
         c = self.config
         rewards = batch.grouped(batch.rewards.float())
         chosen, rejected, decided = ops.best_worst_pairs(rewards, run.generator)
-        stats = {
-            "online_dpo/tied_share": 1.0 - decided.float().mean().item(),
-            "objective/reward_chosen": rewards.max(dim=1).values.mean().item(),
-            "objective/reward_rejected": rewards.min(dim=1).values.mean().item(),
-        }
-        if not decided.any():  # every prompt tied: no preference to learn from this step
+        # Means over every rank's prompts.
+        stats = distributed.weighted_sum(
+            {
+                "online_dpo/tied_share": 1.0 - decided.float().mean().item(),
+                "objective/reward_chosen": rewards.max(dim=1).values.mean().item(),
+                "objective/reward_rejected": rewards.min(dim=1).values.mean().item(),
+            },
+            distributed.share(len(batch.prompts)),
+        )
+        # Every prompt of every rank tied: no preference to learn from this step.
+        if not distributed.any_rank(bool(decided.any())):
             return stats
+        run.policy.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # A mean over the global batch's pairs: this rank's mean times its share of them (1.0
+        # in one process), the gradients then summed over ranks.
+        share = distributed.share(decided.sum())
+        if decided.any():
+            loss, means = self._pairs_loss(run, batch, chosen, rejected, decided)
+            run.check_finite(**{"loss/dpo": loss})
+            (loss * share).backward()
+        else:  # this rank's prompts all tied: no loss here, but its part of every collective
+            means = dict.fromkeys(PAIR_STATS, 0.0)
+            run.check_finite(**{"loss/dpo": torch.zeros(())})
+        distributed.sum_gradients(run.policy.parameters())  # before clipping
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
+        run.check_finite(**{"policy/grad_norm": grad_norm})
+        self.optimizer.step()
+        run.policy.eval()
+        return {
+            **stats,
+            **distributed.weighted_sum(means, share),
+            "policy/grad_norm": grad_norm.item(),
+        }
+
+    def _pairs_loss(
+        self,
+        run: Run,
+        batch: Batch,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        decided: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The DPO loss of the decided prompts' (best, worst) pairs and its statistics (means
+        over those pairs)."""
+        c = self.config
         offsets = torch.arange(len(batch.prompts))[decided] * batch.group_size
         rows = torch.stack([chosen[decided] + offsets, rejected[decided] + offsets], dim=1)
         with torch.no_grad():
             reference = sequence_logprobs(self.reference, batch, rows.flatten()).view(-1, 2)
-        run.policy.train()
         logprobs = sequence_logprobs(run.policy, batch, rows.flatten()).view(-1, 2)
         loss, chosen_rewards, rejected_rewards = ops.dpo_loss(
             logprobs[:, 0],
@@ -129,23 +173,25 @@ class OnlineDPO:
             c.loss_type,
             c.label_smoothing,
         )
-        run.check_finite(**{"loss/dpo": loss})
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-        run.check_finite(**{"policy/grad_norm": grad_norm})
-        self.optimizer.step()
-        run.policy.eval()
         margins = chosen_rewards - rejected_rewards
-        return {
-            **stats,
+        means = {
             "loss/dpo": loss.item(),
             "rewards/chosen": chosen_rewards.mean().item(),
             "rewards/rejected": rejected_rewards.mean().item(),
             "rewards/margins": margins.mean().item(),
             "rewards/accuracies": (margins > 0).float().mean().item(),
-            "policy/grad_norm": grad_norm.item(),
         }
+        return loss, means
+
+
+#: The statistics of the pairs' loss, means over every rank's pairs.
+PAIR_STATS = (
+    "loss/dpo",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+)
 
 
 @alignbench.hookimpl

@@ -102,6 +102,15 @@ class LearnedReward(Reward):
             self.refreshed += 1
         return stats
 
+    @classmethod
+    def changes_during_training(cls, cfg: Any) -> str | None:
+        """Online rounds (``feedback.rounds`` > 0) retrain the reward model during RL; without
+        them it is stage 2's, frozen (and data-parallel: every rank loads it, scores its shard)."""
+        rounds = int(cfg.feedback.get("rounds", 0) or 0)
+        if not rounds:
+            return None
+        return f"feedback.rounds={rounds}: its online rounds retrain the reward model during RL"
+
     def score_batch(self, batch: Batch) -> torch.Tensor:
         """The reward model's scalar at each sequence's last token."""
         return self.reward_model.score(batch)

@@ -1,5 +1,6 @@
 """Data parallelism on the CPU (issue 14 item 4): two gloo processes train like one process on
-the same global batch (PPO, RRHF, GRPO, RLOO and REINFORCE++, losses and weights within 1e-5),
+the same global batch (PPO, also on the learned reward model, RRHF, GRPO, RLOO, REINFORCE++,
+DPO and online DPO: losses and weights within 1e-5), best-of-N answers as one process does,
 only rank 0 writes, and a two-process job resumes exactly. One spawn of two workers does every
 two-process part."""
 
@@ -44,11 +45,31 @@ ALGOS = {
     "rloo": ["algo=rloo", "algo.ppo_epochs=2", "algo.normalize_advantages=true"],
     "reinforce_pp": ["algo=reinforce_pp", "algo.ppo_epochs=2"],
     "reinforce_pp_greedy": ["algo=reinforce_pp", "algo.baseline=greedy"],
+    # Offline DPO draws the step's pairs itself (each rank its shard; the reference's values
+    # shared); online DPO's pairs from the rewards, where at step 1 every prompt of rank 1 ties.
+    "dpo": ["algo=dpo"],
+    "online_dpo": ["algo=online_dpo"],
+    # The learned reward model (stage 2 once, loaded by both ranks) scoring PPO's batch.
+    "ppo_rm": ["algo=ppo", "algo.num_minibatches=1", "reward=rm", "feedback.rounds=0"],
 }
-#: The algorithms trained on seeded synthetic rewards (the same on every rank): RRHF's distinct
-#: (ties are broken with each rank's own stream), the others' on three levels, so that some
-#: groups have no signal and most do.
-SYNTHETIC_REWARDS = {name for name in ALGOS if not name.startswith("ppo")}
+#: The algorithms trained on seeded synthetic rewards (the same on every rank): RRHF's and
+#: online DPO's distinct (ties are broken with each rank's own stream), the others' on three
+#: levels, so that some groups have no signal and most do. DPO's reward is its labels.
+SYNTHETIC_REWARDS = {name for name in ALGOS if not name.startswith(("ppo", "dpo"))}
+DISTINCT_REWARDS = {"rrhf", "online_dpo"}
+#: Those whose rollout keeps its own shard (DPO's data are its pairs, not the loop's prompts).
+SHARDS_ITSELF = {"dpo"}
+#: The loss each algorithm must have moved (a test that compares zeros proves nothing).
+LOSS = {"rrhf": "loss/total", "dpo": "loss/dpo", "online_dpo": "loss/dpo"}
+#: Whole two-process jobs (one step) of the algorithms and rewards that rank 0 alone must write
+#: for, beside RRHF's: best-of-N decodes with top_k=1, so its answers do not depend on a rank's
+#: sampling stream and must equal one process's.
+JOBS = {
+    "dpo": ["algo=dpo", "budget.amount=1"],
+    "online_dpo": ["algo=online_dpo", "budget.amount=1"],
+    "best_of_n": ["algo=best_of_n", "algo.n=2", "algo.sampling.top_k=1"],
+    "ppo_rm": ["algo=ppo", "reward=rm", "feedback.rounds=0", "budget.amount=1"],
+}
 TOLERANCE = 1e-5
 
 
@@ -98,16 +119,22 @@ def train_on_the_global_batch(algo: str, cache_dir: Path, out: Path) -> dict[str
                 order, n = torch.Generator().manual_seed(step), batch.num_sequences
                 batch.rewards = (
                     torch.randperm(n, generator=order).float()
-                    if algo == "rrhf"
+                    if algo in DISTINCT_REWARDS
                     else torch.randint(0, 3, (n,), generator=order).float()
                 )
+                if algo == "online_dpo" and step == 0:
+                    batch.rewards[n // 2 :] = 0.0  # rank 1's prompts: no pair there
             share = PROMPTS // distributed.world_size()
-            mine = _rows(batch, distributed.rank() * share, share)
+            mine = (
+                batch if algo in SHARDS_ITSELF else _rows(batch, distributed.rank() * share, share)
+            )
             run.generator.manual_seed(200 + step + distributed.rank())
             steps.append(hook.alignbench_update(run=run, batch=mine))
     finally:
         job.close()
     weights = {k: v.detach().clone() for k, v in run.policy.state_dict().items()}
+    if algo == "dpo":  # every rank holds every pair's reference values (NaN: not seen yet)
+        weights["reference_cache"] = job.algorithm.reference_cache.values.nan_to_num(-1.0)
     return {"steps": steps, "weights": weights}
 
 
@@ -124,23 +151,18 @@ class StopAtStep:
             raise RuntimeError(f"stopped at step {step} by the test")
 
 
-def whole_job(cache_dir: Path, folder: Path, *extra: str, stop_at: int = 0) -> dict[str, Any]:
-    """A tiny RRHF job of 4 steps (checkpoints every 2) through run_job; rank 1 is given its own
-    folder, which must stay empty (rank 0 writes everything)."""
+RRHF_JOB = ["algo=rrhf", "budget.amount=4", "checkpoint_every=2"]
+
+
+def whole_job(
+    cache_dir: Path, folder: Path, overrides: list[str] = RRHF_JOB, stop_at: int = 0
+) -> dict[str, Any]:
+    """A tiny job through run_job, by default RRHF's of 4 steps (checkpoints every 2); rank 1 is
+    given its own folder, which must stay empty (rank 0 writes everything)."""
     registry = build_registry()
     if stop_at:
         registry.pm.register(StopAtStep(stop_at), name="test:stop")
-    cfg = compose(
-        [
-            *TINY,
-            f"cache_dir={cache_dir}",
-            "algo=rrhf",
-            "budget.amount=4",
-            "checkpoint_every=2",
-            *extra,
-        ],
-        registry,
-    )
+    cfg = compose([*TINY, f"cache_dir={cache_dir}", *overrides], registry)
     where = folder if distributed.is_main_process() else folder.with_name(folder.name + "-rank1")
     try:
         return run_job(cfg, where, registry=registry)
@@ -166,6 +188,8 @@ def _worker(rank: int, world: int, port: int, cache_dir: Path, out: Path) -> Non
     results["straight"] = whole_job(cache_dir, out / "straight")
     results["stopped"] = whole_job(cache_dir, out / "resumed", stop_at=3)
     results["resumed"] = whole_job(cache_dir, out / "resumed")
+    for name, overrides in JOBS.items():
+        results[f"job_{name}"] = whole_job(cache_dir, out / f"job_{name}", overrides)
     torch.save(results, out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -182,6 +206,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     ranks' results."""
     out = tmp_path_factory.mktemp("distributed")
     single = {algo: train_on_the_global_batch(algo, cache_dir, out / "single") for algo in ALGOS}
+    single["job_best_of_n"] = whole_job(cache_dir, out / "single_best_of_n", JOBS["best_of_n"])
     mp.start_processes(
         _worker, args=(2, _free_port(), cache_dir, out), nprocs=2, start_method="spawn"
     )
@@ -215,7 +240,9 @@ def test_two_processes_train_like_one_on_the_same_global_batch(
     print(f"{algo}: largest |1 process - 2 processes| = {gap:.2e} ({where})")  # README quotes it
     assert gap < TOLERANCE
     assert _max_gap(rank0[algo], rank1[algo])[0] < TOLERANCE
-    assert single["steps"][-1]["loss/total" if algo == "rrhf" else "loss/policy"] != 0.0
+    assert single["steps"][-1][LOSS.get(algo, "loss/policy")] != 0.0
+    if algo == "online_dpo":  # rank 1 had no pair at step 1 and still took its part
+        assert single["steps"][0]["online_dpo/tied_share"] == 0.5
 
 
 @pytest.mark.slow
@@ -233,6 +260,39 @@ def test_only_rank_0_writes(two_processes: dict[str, Any]) -> None:
     assert summary["status"] == "finished" and summary["budget/samples"] == 4 * 4 * 5
     rank1 = two_processes["ranks"][1]["straight"]
     assert rank1["status"] == "finished" and rank1["budget/samples"] == summary["budget/samples"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(JOBS))
+def test_only_rank_0_writes_for_every_data_parallel_algorithm(
+    two_processes: dict[str, Any], name: str
+) -> None:
+    """DPO, online DPO, best-of-N, and PPO on the learned reward model (stage 2 built once,
+    loaded by both ranks, each scoring its shard): a whole two-process job finishes, rank 0
+    writes its folder, rank 1 writes nothing and reports the same finished job."""
+    out, (rank0, rank1) = two_processes["out"], two_processes["ranks"]
+    folder = out / f"job_{name}"
+    assert rank0[f"job_{name}"]["status"] == "finished", rank0[f"job_{name}"].get("error")
+    assert (folder / "summary.json").is_file() and (folder / "model").is_dir()
+    assert not folder.with_name(folder.name + "-rank1").exists()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert rank1[f"job_{name}"]["status"] == "finished"
+    assert rank1[f"job_{name}"]["steps"] == summary["steps"]
+
+
+@pytest.mark.slow
+def test_best_of_n_answers_on_two_processes_as_on_one(two_processes: dict[str, Any]) -> None:
+    """Each rank answers its half of the questions (N samples each, top_k=1: the same samples
+    on any rank) and rank 0 gathers them: the final evaluation's metrics, FLOPs per question
+    included (every rank's generations), equal one process's."""
+    single = two_processes["single"]["job_best_of_n"]
+    both = two_processes["ranks"][0]["job_best_of_n"]
+    keys = [k for k, v in single.items() if isinstance(v, float) and "/" in k]
+    keys = [k for k in keys if "seconds" not in k and "time" not in k]
+    assert any(k.endswith("/flops_per_question") for k in keys)
+    assert single["test/flops_per_question"] > single["initial"]["test/flops_per_question"]
+    for key in keys:
+        assert abs(single[key] - both[key]) < TOLERANCE, key
 
 
 @pytest.mark.slow
@@ -305,3 +365,24 @@ def test_when_rank_0_fails_to_build_a_stage_the_others_raise_its_error(
     not go on to build it themselves (writing the cache): they raise rank 0's error."""
     for rank in two_processes["ranks"]:
         assert rank["main_process_first"] == "raised: stage 1 failed on rank 0"
+
+
+def test_the_learned_reward_is_data_parallel_without_online_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On two processes reward=rm passes the start-up check with feedback.rounds=0 (stage 2 once,
+    before RL) and is refused, in one line naming the rounds and the fix, with online rounds
+    (every rank would retrain it); a rule reward passes."""
+    from alignbench.errors import ConfigError
+    from alignbench.job import check_data_parallel
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    registry = build_registry()
+
+    def check(*overrides: str) -> None:
+        check_data_parallel(registry, compose([*TINY, "algo=ppo", *overrides], registry))
+
+    check("reward=rm", "feedback.rounds=0")
+    check("reward=abstention")
+    with pytest.raises(ConfigError, match=r"feedback.rounds=2.* feedback.rounds=0\)$"):
+        check("reward=rm", "feedback.rounds=2")
