@@ -427,3 +427,60 @@ def test_a_person_on_the_page_labels_online_rounds_that_arrive_at_t_plus_delay(
     assert arrived[0]["feedback/unlabelled"] == 0 and arrived[0]["feedback/label_age"] == 2
     assert arrived[0]["feedback/wait_seconds"] > 0.2
     assert set(read_arrived(folder / "arrived.jsonl")) == set(made)
+
+
+@pytest.mark.slow
+def test_a_resumed_job_requests_no_group_twice_and_uses_rankings_made_meanwhile(
+    tiny_job, tmp_path: Path, monkeypatch
+) -> None:
+    """A job that crashes after its online round (step 3) but before a checkpoint holds it
+    resumes from step 3's start, requests the same groups again (nothing new is written), and at
+    step 5 collects the rankings made between the two runs."""
+    from alignbench import hookimpl
+
+    rankings = tmp_path / "stage2.jsonl"
+    _stage_2_rankings(rankings)
+    written: list[int] = []
+    original_submit = OnlineRequests.submit
+
+    def submit(self, groups, step, due):
+        written.append(original_submit(self, groups, step, due))
+        return written[-1]
+
+    monkeypatch.setattr(OnlineRequests, "submit", submit)
+    args = [
+        *RM,
+        "feedback=page",
+        f"feedback.path={rankings}",
+        "feedback.rounds=1",
+        "feedback.delay=2",
+        "budget.amount=6",
+        "checkpoint_every=3",
+    ]
+
+    class CrashAtStep4:
+        @hookimpl(wrapper=True)
+        def alignbench_update(self, run):
+            if run.step == 4:
+                raise RuntimeError("the machine went away")
+            return (yield)
+
+    registry = build_registry()
+    registry.pm.register(CrashAtStep4(), name="crash")
+    with pytest.raises(RuntimeError, match="went away"):
+        tiny_job(*args, registry=registry)
+    folder = tmp_path / "out" / "feedback"
+    requested = read_requests(folder / "requests.jsonl")
+    lines = (folder / "requests.jsonl").read_text().splitlines()
+    assert len(lines) == len(requested) == written[0] > 0
+    assert not (folder / "arrived.jsonl").exists()  # step 5 never came
+    for group in requested:  # the person ranks every group while the job is down
+        made = Group({"prompt": group.prompt}, group.responses, extras={"id": group.id})
+        _rank(folder / "rankings.jsonl", made, [1, 0])
+    summary = tiny_job(*args)
+    assert summary["status"] == "finished"
+    assert written[1:] == [0]  # the round was requested again, and nothing written twice
+    assert (folder / "requests.jsonl").read_text().splitlines() == lines
+    closed = read_arrived(folder / "arrived.jsonl")
+    assert set(closed) == {g.id for g in requested}
+    assert all(p == ranking_to_preference([1, 0]) for p in closed.values())
