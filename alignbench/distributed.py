@@ -97,6 +97,29 @@ def shard(items: list[T]) -> list[T]:
     return items[start : start + base + (1 if rank() < extra else 0)]
 
 
+def minibatches(n: int, count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, bool]]:
+    """One epoch's mini-batches of the global batch, each as ``(rows, present)``: the indices of
+    this rank's ``n`` rows in it. One process: ``randperm(n)`` cut into ``ceil(n / count)``-row
+    slices (every ``present``). Several: rank 0's ``generator`` shuffles every rank's rows (in rank
+    order: the global batch) exactly so, and each rank keeps its rows of each slice, so the
+    mini-batches are one process's. A rank with no row in a slice gets one stand-in row and
+    ``present=False``: it runs the step (every collective) with that row counting for nothing."""
+    if world_size() == 1:
+        order = torch.randperm(n, generator=generator)
+        size = max(1, -(-n // count))
+        return [(order[start : start + size], True) for start in range(0, n, size)]
+    counts = [int(c) for c in gather(n)]
+    overall, offset = sum(counts), sum(counts[: rank()])
+    order = broadcast(torch.randperm(overall, generator=generator) if is_main_process() else None)
+    size = max(1, -(-overall // count))
+    out = []
+    for start in range(0, overall, size):
+        rows = order[start : start + size]
+        mine = rows[(rows >= offset) & (rows < offset + n)] - offset
+        out.append((mine, True) if len(mine) else (torch.zeros(1, dtype=torch.long), False))
+    return out
+
+
 def _collective_device() -> torch.device:
     """Where a collective's tensors must be: the rank's GPU under NCCL (which rejects CPU
     tensors), the CPU under gloo."""

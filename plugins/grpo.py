@@ -15,7 +15,6 @@ Scoring is the core's default (the configured reward); the recipe card is :class
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,14 +155,15 @@ class GRPO:
         advantages = advantages.view(-1, 1).expand(mask.shape)
         ref = batch.extras.get("ref_logprobs")
         n = batch.num_sequences
-        size = max(1, math.ceil(n / c.num_minibatches))
         stats: dict[str, list[float]] = {}
         run.policy.train()
         for _ in range(c.ppo_epochs):
-            order = torch.randperm(n, generator=run.generator)
-            for start in range(0, n, size):
-                rows = order[start : start + size]
+            # The global batch's mini-batches, shuffled as one process shuffles it (this rank's
+            # rows of each; a stand-in row, not present, where it has none).
+            for rows, present in distributed.minibatches(n, c.num_minibatches, run.generator):
                 m, old = mask[rows], batch.logprobs[rows]
+                if not present:  # the stand-in row counts for nothing (masked out)
+                    m = torch.zeros_like(m)
                 logits = response_logits(
                     run.policy,
                     batch.input_ids[rows],
@@ -186,7 +186,11 @@ class GRPO:
                 # tokens for token_mean, responses for seq_mean and dr_grpo (whose constant
                 # denominator is max_tokens x responses); the gradients are then summed.
                 tokens = distributed.share(m.sum())
-                share = tokens if c.loss_type == "token_mean" else distributed.share(len(rows))
+                share = (
+                    tokens
+                    if c.loss_type == "token_mean"
+                    else distributed.share(len(rows) if present else 0)
+                )
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss * share).backward()
                 distributed.sum_gradients(run.policy.parameters())  # before clipping

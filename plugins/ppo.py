@@ -15,7 +15,6 @@ Every switch is documented in :class:`PPOConfig`, the recipe card.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -370,9 +369,11 @@ class PPO:
         targets = self._targets(batch, values) if values is not None else None
         stats: dict[str, list[float]] = {}
         run.policy.train()
-        for i, (epoch, rows) in enumerate(self._minibatches(run, batch.num_sequences)):
+        for i, (epoch, rows, present) in enumerate(self._minibatches(run, batch.num_sequences)):
             epochs_run = epoch + 1
-            targets, step = self._minibatch_step(run, batch, rows, targets, first=i == 0)
+            targets, step = self._minibatch_step(
+                run, batch, rows, targets, first=i == 0, present=present
+            )
             for key, value in step.items():
                 stats.setdefault(key, []).append(value)
             if c.early_stop_kl and step["approxkl"] > c.early_stop_kl:
@@ -382,14 +383,13 @@ class PPO:
         self.kl.update(out["objective/kl"], int(distributed.total(batch.num_sequences)))
         return out
 
-    def _minibatches(self, run: Run, n: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(epoch, rows)`` of every mini-batch: each epoch a new shuffle of the ``n`` rows."""
+    def _minibatches(self, run: Run, n: int) -> Iterator[tuple[int, torch.Tensor, bool]]:
+        """``(epoch, rows, present)`` of every mini-batch: each epoch a new shuffle of the global
+        batch (``distributed.minibatches``: one process's mini-batches, this rank's rows)."""
         c = self.config
-        size = max(1, math.ceil(n / c.num_minibatches))
         for epoch in range(c.ppo_epochs):
-            order = torch.randperm(n, generator=run.generator)
-            for start in range(0, n, size):
-                yield epoch, order[start : start + size]
+            for rows, present in distributed.minibatches(n, c.num_minibatches, run.generator):
+                yield epoch, rows, present
 
     def _targets(self, batch: Batch, old_values: torch.Tensor) -> Targets:
         """The rollout's values with the GAE advantages and returns computed from them."""
@@ -398,13 +398,22 @@ class PPO:
         )
 
     def _minibatch_step(
-        self, run: Run, batch: Batch, rows: torch.Tensor, targets: Targets | None, first: bool
+        self,
+        run: Run,
+        batch: Batch,
+        rows: torch.Tensor,
+        targets: Targets | None,
+        first: bool,
+        present: bool = True,
     ) -> tuple[Targets, dict[str, float]]:
         """One optimiser step of the clipped policy and value losses (+ PPO-ptx, entropy bonus)
         on ``rows``; the targets (made here when the rollout left the values to this forward)
-        and the step's statistics."""
+        and the step's statistics. A stand-in row (``present=False``: this rank has none in the
+        mini-batch) is masked out, so the rank takes its part in the step with no weight."""
         c, temperature = self.config, self.config.sampling.temperature
         m, old_logprobs = batch.response_mask[rows], batch.logprobs[rows]
+        if not present:
+            m = torch.zeros_like(m)
         logits, shared_values = self._policy_forward(run, batch, rows)
         logprobs = token_logprobs(logits, batch.response_ids[rows], temperature)
         values = shared_values if shared_values is not None else self._values(run, batch, rows)

@@ -19,7 +19,6 @@ Scoring is the core's default (the configured reward); the recipe card is
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,14 +150,15 @@ class ReinforcePP:
         )
         advantages = self._advantages(scores, kl, mask)
         n = batch.num_sequences
-        size = max(1, math.ceil(n / c.num_minibatches))
         stats: dict[str, list[float]] = {}
         run.policy.train()
         for _ in range(c.ppo_epochs):
-            order = torch.randperm(n, generator=run.generator)
-            for start in range(0, n, size):
-                rows = order[start : start + size]
+            # The global batch's mini-batches, shuffled as one process shuffles it (this rank's
+            # rows of each; a stand-in row, not present, where it has none).
+            for rows, present in distributed.minibatches(n, c.num_minibatches, run.generator):
                 m, old = mask[rows], batch.logprobs[rows]
+                if not present:  # the stand-in row counts for nothing (masked out)
+                    m = torch.zeros_like(m)
                 logprobs = response_logprobs(
                     run.policy,
                     batch.input_ids[rows],

@@ -15,7 +15,6 @@ Scoring is the core's default (the configured reward); the recipe card is :class
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,13 +131,12 @@ class RLOO:
         # log p(y|x) of the sampler: the "old" policy of the sequence ratio.
         old = ops.sequence_scores(batch.logprobs, mask, 0.0)
         n = batch.num_sequences
-        size = max(1, math.ceil(n / c.num_minibatches))
         stats: dict[str, list[float]] = {}
         run.policy.train()
         for _ in range(c.ppo_epochs):
-            order = torch.randperm(n, generator=run.generator)
-            for start in range(0, n, size):
-                rows = order[start : start + size]
+            # The global batch's mini-batches, shuffled as one process shuffles it (this rank's
+            # rows of each; a stand-in row, not present, where it has none).
+            for rows, present in distributed.minibatches(n, c.num_minibatches, run.generator):
                 logprobs = response_logprobs(
                     run.policy,
                     batch.input_ids[rows],
@@ -154,7 +152,7 @@ class RLOO:
                 run.check_finite(**{"loss/policy": loss})
                 # A mean over the global mini-batch's responses: this rank's mean times its share
                 # of them (1.0 in one process), the gradients then summed over ranks.
-                share = distributed.share(len(rows))
+                share = distributed.share(len(rows) if present else 0)
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss * share).backward()
                 distributed.sum_gradients(run.policy.parameters())  # before clipping

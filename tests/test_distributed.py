@@ -51,6 +51,16 @@ ALGOS = {
     "online_dpo": ["algo=online_dpo"],
     # The learned reward model (stage 2 once, loaded by both ranks) scoring PPO's batch.
     "ppo_rm": ["algo=ppo", "algo.num_minibatches=1", "reward=rm", "feedback.rounds=0"],
+    # Mini-batches of the global batch (one process's shuffle): 2 rows of 16 each, so some
+    # hold rows of one rank only and the other takes its part with a stand-in row.
+    "ppo_minibatches": ["algo=ppo", "algo.num_minibatches=8", "algo.ppo_epochs=2"],
+    "grpo_minibatches": ["algo=grpo", "algo.num_minibatches=8", "algo.ppo_epochs=2"],
+    "rloo_minibatches": ["algo=rloo", "algo.num_minibatches=8", "algo.ppo_epochs=2"],
+    "reinforce_pp_minibatches": [
+        "algo=reinforce_pp",
+        "algo.num_minibatches=8",
+        "algo.ppo_epochs=2",
+    ],
 }
 #: The algorithms trained on seeded synthetic rewards (the same on every rank): RRHF's and
 #: online DPO's distinct (ties are broken with each rank's own stream), the others' on three
@@ -365,6 +375,36 @@ def test_when_rank_0_fails_to_build_a_stage_the_others_raise_its_error(
     not go on to build it themselves (writing the cache): they raise rank 0's error."""
     for rank in two_processes["ranks"]:
         assert rank["main_process_first"] == "raised: stage 1 failed on rank 0"
+
+
+def test_mini_batches_of_two_ranks_are_those_of_one_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """distributed.minibatches: the rows each of two ranks (8 each) keeps of each mini-batch,
+    moved to the global batch's numbering, are exactly one process's mini-batch of the 16 rows
+    from the same generator (rank 0's); a rank with none there gets one stand-in row."""
+    one = distributed.minibatches(16, 8, torch.Generator().manual_seed(3))
+    assert all(present for _, present in one) and len(one) == 8
+    order = torch.cat([rows for rows, _ in one])
+    assert sorted(order.tolist()) == list(range(16))  # a shuffle of every row, cut in 8
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "gather", lambda value: [value, value])
+    sent: dict[str, Any] = {}  # rank 0's broadcast, received by rank 1 (run after it)
+    monkeypatch.setattr(distributed, "broadcast", lambda value: sent.setdefault("v", value))
+    ranks = []
+    for r in range(2):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "is_main_process", lambda r=r: r == 0)
+        # Rank 1's generator is another stream: rank 0's permutation decides.
+        ranks.append(distributed.minibatches(8, 8, torch.Generator().manual_seed(3 + 7 * r)))
+    stand_ins = 0
+    for (rows, _), (zero, present0), (first, present1) in zip(one, *ranks, strict=True):
+        kept = (zero.tolist() if present0 else []) + ((8 + first).tolist() if present1 else [])
+        assert sorted(kept) == sorted(rows.tolist())
+        stand_ins += (not present0) + (not present1)
+        for local, present in ((zero, present0), (first, present1)):
+            assert len(local) >= 1 and (present or local.tolist() == [0])
+    assert stand_ins > 0  # the stand-in path is taken with this seed
 
 
 def test_the_learned_reward_is_data_parallel_without_online_rounds(
