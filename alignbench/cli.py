@@ -354,6 +354,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_ranges(cfg)
             check_hardware(cfg)
             tuning.check_metric(cfg.optimized_metric)
+            tuning.check_pruning(cfg)
             if cfg.model.name_or_path and cfg.model.name_or_path not in loadable:
                 # Before stage 1 and before any folder: not after SFT trained for nothing.
                 check_loadable(model_source(cfg.model.name_or_path))

@@ -238,6 +238,24 @@ class StageConfig:
 
 
 @dataclass
+class PruneConfig:
+    """Pruning of a hyperparameter search's trials at the intermediate evaluations (Optuna's
+    pruners over the search's earlier trials; :class:`alignbench.tuning.TrialPruner`)."""
+
+    # none | median | percentile | halving (Optuna's MedianPruner, PercentilePruner,
+    # SuccessiveHalvingPruner); needs `optimized_metric` and `eval.points` >= 2.
+    pruner: str = field(
+        default="none", metadata={"choices": ("none", "median", "percentile", "halving")}
+    )
+    # Finished trials before any trial is pruned, and the first evaluation point (1, 2, ... of
+    # `eval.points`) at which a trial may be.
+    startup_trials: int = 3
+    warmup_points: int = 1
+    # percentile: prune a trial below this percentile of the earlier trials at the same point.
+    percentile: float = 25.0
+
+
+@dataclass
 class EvalConfig:
     """Greedy evaluation on the task's eval sets (dev, test, ...), at fixed budget points."""
 
@@ -291,6 +309,9 @@ class Config:
     # Hyperparameter search: the final-evaluation metric a job returns to the sweeper (a dev/
     # metric, e.g. dev/gold_reward; set by conf/hparams_search/*.yaml); empty returns nothing.
     optimized_metric: str = ""
+    # Stop a search's trial early at an intermediate evaluation when it is behind the earlier
+    # trials at the same budget point (off by default; conf/hparams_search/*.yaml turn it on).
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 #: The core groups: each one's schema and the name of its default choice (conf/config.yaml).
@@ -340,12 +361,14 @@ def store_plugin_schema(group: str, name: str, schema: type) -> None:
 
 
 def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
-    """A plain config without ``precision=fp32`` and ``model.lora`` with ``r=0`` (switches that
-    are off), so that results and checkpoints made before those keys existed keep their
-    fingerprint and recorded config."""
+    """A plain config without ``precision=fp32``, ``prune.pruner=none`` and ``model.lora`` with
+    ``r=0`` (switches that are off), so that results and checkpoints made before those keys
+    existed keep their fingerprint and recorded config."""
     plain = dict(plain)
     if plain.get("precision") == "fp32":
         plain.pop("precision")
+    if (plain.get("prune") or {}).get("pruner") == "none":
+        plain.pop("prune")
     model = plain.get("model")
     if isinstance(model, dict) and not (model.get("lora") or {}).get("r"):
         plain["model"] = {k: v for k, v in model.items() if k != "lora"}

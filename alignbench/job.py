@@ -42,6 +42,7 @@ from alignbench.rm.stage import stage_groups
 from alignbench.run import Run
 from alignbench.stages import sft_stage
 from alignbench.task import Task
+from alignbench.tuning import trial_pruner
 from alignbench.validation import check_choices, check_ranges
 
 if TYPE_CHECKING:
@@ -524,8 +525,13 @@ class Job:
         try:
             trains = getattr(self.algorithm, "trains", True)
             _check_run_hooks(self.registry.pm, f"algorithm:{cfg.algo.name}", trains)
-            result = run_loop(run, self.algorithm, self.resume_from)
+            pruner = trial_pruner(cfg, self.output_dir) if cfg.optimized_metric else None
+            result = run_loop(run, self.algorithm, self.resume_from, pruner)
             summary.update(result["final"])
+            if result.get("pruned_at") is not None:
+                # A search's trial stopped early (prune.pruner): its final evaluation is where
+                # it stopped, and the best-trial writer never picks it.
+                summary["tuning/pruned_at"] = result["pruned_at"]
             summary.update(self.reward.final_metrics(run))  # e.g. the policy read as a reward model
             summary["initial"] = result["initial"]
             if distributed.is_main_process():

@@ -236,10 +236,14 @@ class StopRequested:
         self._handled.__exit__(*exc)
 
 
-def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -> dict[str, Any]:
+def run_loop(
+    run: Run, algorithm: Any = None, resume_from: Path | None = None, pruner: Any = None
+) -> dict[str, Any]:
     """Train until the budget is spent; returns the initial and final evaluation metrics.
 
-    With ``resume_from`` the run continues from that checkpoint exactly where it stopped.
+    With ``resume_from`` the run continues from that checkpoint exactly where it stopped. A
+    ``pruner`` (:class:`alignbench.tuning.TrialPruner`, a search's trial) may end the run at an
+    intermediate evaluation; the result then says ``pruned_at`` (the evaluation point).
     """
     hook, cfg = run.pm.hook, run.cfg
     reward_name = str(getattr(getattr(run.reward, "config", None), "name", "?"))
@@ -359,8 +363,18 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
             # the same points for every algorithm; the final evaluation comes after the loop.
             due = int(run.budget.fraction * cfg.eval.points)
             if due > state.get("evals", 0) and not run.budget.exhausted:
-                run_eval(run, run.step)
+                evaluated = run_eval(run, run.step)
                 state["evals"] = due
+                if pruner is not None:
+                    # Intermediate evaluations are numbered 1, 2, ... as in every trial's
+                    # metrics.jsonl; rank 0 decides (the others have no metrics) for all ranks.
+                    state["pruning_points"] = state.get("pruning_points", 0) + 1
+                    pruned = pruner.should_prune(state["pruning_points"], evaluated)
+                    if distributed.world_size() > 1:
+                        pruned = bool(distributed.maximum(float(pruned)))
+                    if pruned:
+                        state["pruned_at"] = state["pruning_points"]
+                        break
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save()
             # With several processes, a signal to any rank stops them all at the same step.
@@ -375,4 +389,4 @@ def run_loop(run: Run, algorithm: Any = None, resume_from: Path | None = None) -
                     signum=signum,
                 )
     final = run_eval(run, run.step)
-    return {"initial": state["initial"], "final": final}
+    return {"initial": state["initial"], "final": final, "pruned_at": state.get("pruned_at")}

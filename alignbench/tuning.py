@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ log = logging.getLogger(__name__)
 GROUPS = ("algo", "task", "reward", "feedback", "model", "budget", "logger")
 #: Keys of a search file that belong to the search, not to the experiment it finds, and
 #: keys that say where a trial ran rather than what it was.
-SEARCH_ONLY = ("defaults", "hydra", "optimized_metric", "cache_dir", "rerun", "cache_rebuild")
+SEARCH_ONLY = (
+    "defaults",
+    "hydra",
+    "optimized_metric",
+    "prune",
+    "cache_dir",
+    "rerun",
+    "cache_rebuild",
+)
 #: One line per search whose best trial could not be written: Hydra turns a callback's exception
 #: into a warning, so the command reads this list and exits 1 instead of finishing silently.
 FAILURES: list[str] = []
@@ -56,6 +65,38 @@ def check_metric(metric: str) -> None:
             f"optimized_metric={metric!r} — tuning on the test split leaks it into the "
             "comparison; tune on dev (e.g. dev/gold_reward) and report test"
         )
+
+
+def check_pruning(cfg: Any) -> None:
+    """Refuse a pruner that cannot work (one line, before any job starts): it needs the search's
+    metric, intermediate evaluations to judge by, sane settings and Optuna itself."""
+    prune = cfg.prune
+    if prune.pruner == "none":
+        return
+    where = f"prune.pruner={prune.pruner}"
+    if not cfg.optimized_metric:
+        raise ConfigError(
+            f"{where} without optimized_metric — pruning is for a search: use an "
+            "hparams_search=... file (or set optimized_metric=dev/...)"
+        )
+    if int(cfg.eval.points) < 2:
+        raise ConfigError(
+            f"{where} with eval.points={cfg.eval.points} — a trial is judged at intermediate "
+            "evaluations: set eval.points >= 2 (e.g. 4)"
+        )
+    if int(prune.startup_trials) < 0 or int(prune.warmup_points) < 1:
+        raise ConfigError(
+            f"prune.startup_trials={prune.startup_trials}, prune.warmup_points="
+            f"{prune.warmup_points} — need startup_trials >= 0 and warmup_points >= 1"
+        )
+    if not 0.0 < float(prune.percentile) < 100.0:
+        raise ConfigError(f"prune.percentile={prune.percentile} — must be in (0, 100)")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f'{where} needs Optuna — pip install -e ".[tune]" (or set prune.pruner=none)'
+        ) from None
 
 
 def objective(summary: dict[str, Any], metric: str) -> float | None:
@@ -171,11 +212,15 @@ class BestTrial(Callback):
         """Find the best finished trial by ``optimized_metric`` and write its experiment file."""
         sweep, metric = Path(config.hydra.sweep.dir), str(config.get("optimized_metric") or "")
         trials = _trials(sweep, metric)
+        # A pruned trial stopped early: its value is where it stopped, not a finished search.
         scored = [
             (value, folder)
             for folder, summary in trials
-            if (value := objective(summary, metric)) is not None and math.isfinite(value)
+            if (value := objective(summary, metric)) is not None
+            and math.isfinite(value)
+            and summary.get("tuning/pruned_at") is None
         ]
+        pruned = sum(1 for _, summary in trials if summary.get("tuning/pruned_at") is not None)
         if not metric or not scored:
             print(f"[alignbench] tuning: no finished trial with {metric or 'a metric'} in {sweep}")
             return
@@ -189,6 +234,7 @@ class BestTrial(Callback):
             "best_trial": str(folder),
             "trials": len(trials),
             "finished_trials": len(scored),
+            "pruned_trials": pruned,
             "flops": sum(float(s.get("budget/flops", 0.0)) for _, s in trials),
             "seconds": sum(float(s.get("wall_time", 0.0)) for _, s in trials),
         }
@@ -196,8 +242,8 @@ class BestTrial(Callback):
         # searches, e.g. `facts` for every algorithm); `name` only names the outputs.
         search = config.hydra.runtime.choices.get("hparams_search") or self.name
         header = [
-            f"Best of {len(scored)} finished trials (of {len(trials)}) of search {self.name} "
-            f"(hparams_search={search}): {metric} = {value:.4f} ({self.direction}).",
+            f"Best of {len(scored)} finished trials (of {len(trials)}, {pruned} pruned) of search "
+            f"{self.name} (hparams_search={search}): {metric} = {value:.4f} ({self.direction}).",
             f"Trial: {folder}",
             f"Tuning cost: {cost['flops']:.3g} FLOPs, {cost['seconds']:.0f} s over all trials.",
             "Report on test with fresh seeds: python -m alignbench "
@@ -223,3 +269,123 @@ class BestTrial(Callback):
             f"(cost: {len(trials)} trials, {cost['flops']:.3g} FLOPs; {sweep / 'tuning.json'})",
             flush=True,
         )
+
+
+def eval_values(metrics_file: Path, metric: str) -> dict[int, float]:
+    """A trial's ``metric`` at each evaluation point after the start (1, 2, ...; the final one
+    last), read from its ``metrics.jsonl``; a missing or unreadable file gives nothing."""
+    values: dict[int, float] = {}
+    try:
+        lines = metrics_file.read_text().splitlines()
+    except OSError:
+        return values
+    point = 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written by a running trial
+        if record.get("kind") != "eval" or int(record.get("step", 0)) == 0:
+            continue  # steps, and the start (the stage-1 model: the same for every trial)
+        point += 1
+        value = record.get(metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            values[point] = float(value)
+    return values
+
+
+class TrialPruner:
+    """Whether a search's trial should stop at an intermediate evaluation: Optuna's own pruner
+    (``prune.pruner``), asked over the earlier trials of the same sweep folder.
+
+    Hydra's Optuna sweeper reads a trial's final value only, so its study never sees intermediate
+    values; each trial therefore rebuilds a study in memory from its siblings' ``metrics.jsonl``
+    (the same budget points for every trial: the search fixes the budget and ``eval.points``),
+    reports its own values and asks Optuna's pruner. A pruned trial ends with a final evaluation
+    and ``tuning/pruned_at`` in its summary; :class:`BestTrial` never picks it.
+    """
+
+    def __init__(
+        self, output_dir: Path, metric: str, prune: Any, direction: str = "maximize"
+    ) -> None:
+        import optuna  # the `tune` extra: only a search with pruning needs it
+
+        self.optuna = optuna
+        self.output_dir, self.metric, self.direction = output_dir, metric, direction
+        self.prune = prune
+        self.reported: dict[int, float] = {}
+
+    def _pruner(self) -> Any:
+        pruners = self.optuna.pruners
+        startup, warmup = int(self.prune.startup_trials), int(self.prune.warmup_points)
+        if self.prune.pruner == "median":
+            return pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+        if self.prune.pruner == "percentile":
+            return pruners.PercentilePruner(
+                float(self.prune.percentile), n_startup_trials=startup, n_warmup_steps=warmup
+            )
+        # Optuna prunes from step n_warmup_steps on: `warmup_points` is the first point that may
+        # prune. Successive halving has no startup count of its own: its first rung is there.
+        return pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup))
+
+    def _siblings(self) -> list[Any]:
+        """The sweep's other trials as Optuna trials: finished ones complete (final value),
+        pruned ones pruned, with their intermediate values."""
+        trial_state = self.optuna.trial.TrialState
+        out = []
+        for folder, summary in _trials(self.output_dir.parent, self.metric):
+            if folder.resolve() == self.output_dir.resolve() or summary.get("status") != "finished":
+                continue
+            values = eval_values(folder / "metrics.jsonl", self.metric)
+            final = summary.get(self.metric)
+            if not values or not isinstance(final, int | float) or not math.isfinite(final):
+                continue
+            pruned = summary.get("tuning/pruned_at") is not None
+            out.append(
+                self.optuna.trial.create_trial(
+                    state=trial_state.PRUNED if pruned else trial_state.COMPLETE,
+                    value=None if pruned else float(final),
+                    intermediate_values=values,
+                )
+            )
+        return out
+
+    def should_prune(self, point: int, metrics: dict[str, float]) -> bool:
+        """Report ``metric`` at evaluation ``point`` (1, 2, ...) and ask the pruner."""
+        value = metrics.get(self.metric)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return False  # nothing to judge by (e.g. another rank's empty metrics)
+        self.reported[point] = float(value)
+        optuna = self.optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction=self.direction, pruner=self._pruner())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # add_trial is "experimental" in optuna 2.x
+            for trial in self._siblings():
+                study.add_trial(trial)
+        trial = study.ask()
+        for step, reported in sorted(self.reported.items()):
+            trial.report(reported, step)
+        pruned = bool(trial.should_prune())
+        if pruned:
+            log.info(
+                "pruned at evaluation point %d: %s = %.4f is behind the earlier trials",
+                point,
+                self.metric,
+                value,
+            )
+        return pruned
+
+
+def trial_pruner(cfg: Any, output_dir: Path) -> TrialPruner | None:
+    """The job's :class:`TrialPruner` when ``prune.pruner`` is on (else None); the direction is
+    the sweeper's, read from the job's Hydra record (maximize without one)."""
+    prune = cfg.get("prune") if hasattr(cfg, "get") else getattr(cfg, "prune", None)
+    if prune is None or prune.pruner == "none":
+        return None
+    direction = "maximize"
+    record = output_dir / ".hydra" / "hydra.yaml"
+    if record.is_file():
+        hydra = (yaml.safe_load(record.read_text()) or {}).get("hydra", {})
+        direction = str((hydra.get("sweeper") or {}).get("direction") or direction)
+    return TrialPruner(output_dir, str(cfg.optimized_metric), prune, direction)

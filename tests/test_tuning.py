@@ -58,6 +58,7 @@ def test_two_trial_search_writes_the_best_trial_as_an_experiment(tmp_path: Path)
         "hparams_search=ppo_facts",
         "hydra.sweeper.n_trials=2",
         *TINY,
+        "prune.pruner=none",  # TINY evaluates at the end only: nothing to prune by
         "algo.samples_per_prompt=2",
         f"cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={sweep}",
@@ -148,3 +149,126 @@ def test_a_best_trial_that_cannot_be_written_is_one_error_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: tuning:") and str(sweep) in err[0]
     tuning.FAILURES.clear()
+
+
+def _metrics(folder: Path, values: list[float]) -> None:
+    """A trial's metrics.jsonl: the start, a step line, then one evaluation per value."""
+    lines = [{"kind": "eval", "step": 0, "dev/gold_reward": -9.0}, {"kind": "step", "step": 1}]
+    lines += [
+        {"kind": "eval", "step": 10 * (i + 1), "dev/gold_reward": v} for i, v in enumerate(values)
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _sibling(sweep: Path, name: str, values: list[float], pruned: bool = False) -> None:
+    _finished_trial(
+        sweep, name, ["hparams_search=facts", "algo=dpo", f"algo.beta={values[-1]}"], values[-1]
+    )
+    _metrics(sweep / name, values)
+    if pruned:
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        (sweep / name / "summary.json").write_text(json.dumps({**summary, "tuning/pruned_at": 1}))
+
+
+def _pruner(sweep: Path, pruner: str = "median", startup: int = 3, direction: str = "maximize"):
+    prune = OmegaConf.create(
+        {"pruner": pruner, "startup_trials": startup, "warmup_points": 1, "percentile": 25.0}
+    )
+    return tuning.TrialPruner(sweep / "me", "dev/gold_reward", prune, direction)
+
+
+def test_eval_values_are_the_evaluations_after_the_start(tmp_path: Path) -> None:
+    _metrics(tmp_path, [0.1, 0.2, 0.3])
+    assert tuning.eval_values(tmp_path / "metrics.jsonl", "dev/gold_reward") == {
+        1: 0.1,
+        2: 0.2,
+        3: 0.3,
+    }
+    assert tuning.eval_values(tmp_path / "missing.jsonl", "dev/gold_reward") == {}
+
+
+def test_a_trial_behind_the_median_of_earlier_trials_is_pruned(tmp_path: Path) -> None:
+    """Optuna's MedianPruner over the sweep's finished siblings at the same evaluation point;
+    never before `startup_trials` trials have finished; pruned siblings are not finished ones."""
+    sweep = tmp_path / "sweep"
+    for name, value in (("a", 0.5), ("b", 0.6), ("c", 0.7)):
+        _sibling(sweep, name, [value, value, value])
+    assert _pruner(sweep).should_prune(1, {"dev/gold_reward": 0.1})
+    assert not _pruner(sweep).should_prune(1, {"dev/gold_reward": 0.9})
+    assert not _pruner(sweep, startup=4).should_prune(1, {"dev/gold_reward": 0.1})
+    # Lower is better: the same low value is now ahead.
+    assert not _pruner(sweep, direction="minimize").should_prune(1, {"dev/gold_reward": 0.1})
+    assert _pruner(sweep, direction="minimize").should_prune(1, {"dev/gold_reward": 0.9})
+    # No value to judge by (another rank's empty metrics) never prunes.
+    assert not _pruner(sweep).should_prune(1, {})
+    _sibling(sweep, "d", [0.9], pruned=True)  # a pruned trial does not count as finished
+    assert not _pruner(sweep, startup=4).should_prune(1, {"dev/gold_reward": 0.1})
+
+
+def test_the_best_trial_is_never_a_pruned_one(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    _sibling(sweep, "a", [0.2, 0.2])
+    _sibling(sweep, "b", [0.9], pruned=True)  # stopped early: its value is not a finished run's
+    BestTrial(name="dpo_facts").on_multirun_end(_end_config(sweep))
+    cost = json.loads((sweep / "tuning.json").read_text())
+    assert cost["best_value"] == 0.2 and cost["pruned_trials"] == 1
+    assert "1 pruned" in (sweep / "dpo_facts_best.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["prune.pruner=median"], "without optimized_metric"),
+        (["hparams_search=ppo_facts", "eval.points=1"], "set eval.points >= 2"),
+        (["hparams_search=ppo_facts", "prune.warmup_points=0"], "warmup_points >= 1"),
+        (["hparams_search=ppo_facts", "prune.pruner=percentile", "prune.percentile=0"], "(0, 100)"),
+        (["hparams_search=ppo_facts", "prune.pruner=hyperband"], "prune.pruner"),
+    ],
+)
+def test_a_pruner_that_cannot_work_is_refused_up_front(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(build_registry(), overrides)
+
+
+def test_the_best_experiment_does_not_prune() -> None:
+    """A report run from the best trial has no search metric: `prune` stays with the search."""
+    assert "prune" in tuning.SEARCH_ONLY
+
+
+@pytest.mark.slow
+def test_a_trial_behind_earlier_ones_stops_at_its_first_evaluation(tmp_path: Path) -> None:
+    """`hparams_search=ppo_facts` prunes (median): with three earlier trials far ahead, a tiny
+    trial stops at the first of 4 evaluation points, spends a quarter of its budget, says so
+    in its summary, and is not the best trial; the search's cost counts it."""
+    sweep = tmp_path / "search"
+    for name in ("a", "b", "c"):
+        _sibling(sweep, name, [5.0, 5.0, 5.0, 5.0])
+    args = [
+        "hparams_search=ppo_facts",
+        "hydra.sweeper.n_trials=1",
+        *TINY,
+        "eval.points=4",
+        "budget.amount=8",
+        "algo.samples_per_prompt=2",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+        "--multirun",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "alignbench", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (summary,) = [
+        s
+        for p in sweep.glob("*/summary.json")
+        if (s := json.loads(p.read_text())).get("algorithm") == "ppo"
+    ]
+    assert summary["status"] == "finished" and summary["tuning/pruned_at"] == 1
+    assert summary["budget/steps"] == 2 < 8
+    cost = json.loads((sweep / "tuning.json").read_text())
+    assert cost["pruned_trials"] == 1 and cost["best_value"] == 5.0
