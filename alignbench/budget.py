@@ -47,6 +47,18 @@ def _matmul_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return body, head_n
 
 
+def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers of ``model`` that gradient checkpointing recomputes in its backward pass (on,
+    in training mode); none otherwise."""
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    if not flagged:
+        return []
+    # Only the repeated layers are checkpointed (a model-level flag only switches them).
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in flagged if isinstance(m, GradientCheckpointingLayer) and m.training]
+
+
 class FlopCounter:
     """Counts forward and backward FLOPs of every model it tracks, through module hooks."""
 
@@ -56,6 +68,8 @@ class FlopCounter:
         self._paused = 0
         self._handles: list[Any] = []
         self._tallies: list[dict[str, float]] = []
+        # Models whose checkpointed layers' recomputation is being counted.
+        self._recounted: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
     def track(self, model: torch.nn.Module, name: str) -> torch.nn.Module:
         """Charge every forward (and the backward through its output) of ``model`` to ``name``."""
@@ -78,9 +92,30 @@ class FlopCounter:
             if out is not None and out.requires_grad:
                 # Charged when the gradient reaches the output: only backward passes that happen.
                 out.register_hook(lambda grad: self._charge(name, 2.0 * forward) or grad)
+                if module not in self._recounted and checkpointed_layers(module):
+                    self._count_recomputation(module, name)
 
         self._handles.append(model.register_forward_hook(on_forward, with_kwargs=True))
         return model
+
+    def _count_recomputation(self, model: torch.nn.Module, name: str) -> None:
+        """Charge to ``name`` the matrix products that gradient checkpointing runs again in the
+        backward pass: ``2 x in x out`` per token for each linear map of a checkpointed layer that
+        is recomputed (torch stops recomputing once the activations the backward needs are back,
+        so a layer's last projection is not run again, and not charged)."""
+        self._recounted.add(model)
+
+        def on_linear(linear: torch.nn.Module, args: Any, output: Any) -> None:
+            # Inside a backward pass a layer's forward runs only as checkpointing's recompute.
+            if self._paused or torch._C._current_graph_task_id() == -1:
+                return
+            rows = output.numel() // linear.out_features
+            self._charge(name, 2.0 * linear.weight.numel() * rows)
+
+        for layer in checkpointed_layers(model):
+            for linear in layer.modules():
+                if isinstance(linear, torch.nn.Linear):
+                    self._handles.append(linear.register_forward_hook(on_linear))
 
     def charge(self, name: str, flops: float) -> None:
         """Charge ``flops`` to ``name`` as if a tracked model had run them (e.g. what another

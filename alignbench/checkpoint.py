@@ -49,6 +49,8 @@ NEUTRAL_KEYS = (
     "optimized_metric",
     # Where it runs, like `threads`: a checkpoint made on a GPU resumes on the CPU and back.
     "device",
+    # Where each model runs (placement.reference=cpu, ...): the same, model by model.
+    "placement",
 )
 
 
@@ -233,6 +235,8 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
         else:
             state["states"][attr] = value.state_dict()
     state["reward"] = run.reward.state_dict()  # every reward's own (a rule reward's is empty)
+    if run.scaler is not None:  # fp16: the loss scale reached, and the steps it skipped
+        state["scaler"] = {**run.scaler.state_dict(), "skipped_steps": run.skipped_steps}
     metrics = run.output_dir / "metrics.jsonl"
     state.update(
         step=run.step,
@@ -291,6 +295,10 @@ def load(run: Run, algorithm: Any, folder: Path) -> dict[str, Any]:
                 f"({type(exc).__name__}) — {_FIX}"
             ) from None
     run.reward.load_state_dict(state.get("reward", {}))
+    if run.scaler is not None and "scaler" in state:
+        scaler = dict(state["scaler"])
+        run.skipped_steps = int(scaler.pop("skipped_steps"))
+        run.scaler.load_state_dict(scaler)
     run.step = state["step"]
     run.budget.spent.update(state["budget"])
     run.flops.total = state["flops"]["total"]

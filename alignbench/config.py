@@ -163,6 +163,12 @@ class ModelConfig:
     max_position_embeddings: int = 64
     tie_word_embeddings: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Gradient (activation) checkpointing of the trained models (policy, critic): each layer's
+    # activations are recomputed in the backward pass instead of kept, less memory for more
+    # compute; the budget charges the recomputation (README: Your hardware).
+    gradient_checkpointing: bool = False
+    # torch.compile each transformer layer of the job's models (opt-in: compiling takes time).
+    compile: bool = False
 
 
 @dataclass
@@ -270,6 +276,18 @@ class EvalConfig:
 
 
 @dataclass
+class PlacementConfig:
+    """Where each frozen or auxiliary model runs (alignbench/placement.py): empty = the job's
+    ``device=``; ``cpu``, ``cuda``, ``cuda:<index>`` or ``mps`` moves it there (its inputs and
+    outputs cross at its boundary)."""
+
+    # The frozen reference (the KL anchor), the learned reward model (reward=rm), the critic.
+    reference: str = ""
+    reward: str = ""
+    critic: str = ""
+
+
+@dataclass
 class Config:
     """The whole job: the schema of ``conf/config.yaml``."""
 
@@ -294,6 +312,8 @@ class Config:
     device: str = field(default="cpu", metadata={"choices": ("auto", "cpu", "cuda", "mps")})
     # Autocast around rollout, score, update and evaluation; weights stay fp32.
     precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "fp16")})
+    # Per-model devices (e.g. placement.reference=cpu beside device=cuda); empty = `device`.
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     # torch intra-op threads; 0 leaves torch's default.
     threads: int = 0
     # Save a resumable checkpoint every this many steps (and on SIGTERM / Ctrl-C); 0 = only then.
@@ -369,9 +389,15 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
         plain.pop("precision")
     if (plain.get("prune") or {}).get("pruner") == "none":
         plain.pop("prune")
+    # Also off: every model on the job's device, no gradient checkpointing, no torch.compile.
+    if not any((plain.get("placement") or {}).values()):
+        plain.pop("placement", None)
     model = plain.get("model")
-    if isinstance(model, dict) and not (model.get("lora") or {}).get("r"):
-        plain["model"] = {k: v for k, v in model.items() if k != "lora"}
+    if isinstance(model, dict):
+        off = {k for k in ("gradient_checkpointing", "compile") if model.get(k) is False}
+        if not (model.get("lora") or {}).get("r"):
+            off.add("lora")
+        plain["model"] = {k: v for k, v in model.items() if k not in off}
     return plain
 
 

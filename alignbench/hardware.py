@@ -7,23 +7,21 @@ to know); the weights, the optimiser state and the checkpoints stay fp32 (master
 are counted from tokens and parameters, never from dtypes, so the budget is the same under every
 setting.
 
-fp16 has no loss scaler: the algorithms call ``loss.backward()`` and ``optimizer.step()``
-themselves, and a ``torch.amp.GradScaler`` would need both (a seam no built-in algorithm takes
-yet), so fp16 is CUDA-only and small gradients may underflow; bf16 has fp32's range and needs no
-scaler.
+fp16 adds a loss scaler (``torch.amp.GradScaler``, on the Run: :meth:`Run.backward` and
+:meth:`Run.clip_and_step`, the seam every built-in algorithm steps through): the loss is scaled
+before ``backward`` so small gradients do not underflow, unscaled before clipping, and a step
+whose gradients overflowed is skipped while the scale drops (``precision/skipped_steps``). fp16
+autocast runs on CUDA and on the CPU; bf16 has fp32's range and needs no scaler.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any
 
 import torch
 
 from alignbench.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 #: ``device=`` choices.
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -64,13 +62,12 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError(
             f"precision={precision!r} is not a choice — use one of: {', '.join(PRECISIONS)}"
         )
-    if precision == "fp16" and device.type != "cuda":
+    if precision == "fp16" and device.type not in ("cuda", "cpu"):
+        # Autocast and the loss scaler are tested on CUDA and the CPU only.
         raise ConfigError(
-            f"precision=fp16 on device={device.type}: fp16 autocast is CUDA-only here (no loss "
-            "scaler) — use precision=bf16 (same memory, fp32's range) or fp32"
+            f"precision=fp16 on device={device.type}: fp16 (autocast + loss scaler) runs on cuda "
+            "and cpu here — use precision=bf16 (same memory, fp32's range) or fp32"
         )
-    if precision == "fp16":
-        log.warning("precision=fp16 runs without a loss scaler: prefer bf16 where the GPU has it")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -79,6 +76,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler on ``device`` (fp32 and bf16 need none: None, and nothing changes)."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -101,11 +105,13 @@ def place(obj: Any, device: torch.device) -> None:
 
 
 def check_hardware(cfg: Any) -> torch.device:
-    """Check ``device=``, ``precision=`` and ``model.lora.*`` of a job's config (ConfigError,
-    one line, before any folder or model); returns the device the job runs on."""
+    """Check ``device=``, ``precision=``, ``placement.*`` and ``model.lora.*`` of a job's config
+    (ConfigError, one line, before any folder or model); returns the device the job runs on."""
     from alignbench.lora import check_lora
+    from alignbench.placement import check_placement
 
     device = resolve_device(str(cfg.device))
     check_precision(str(cfg.precision), device)
     check_lora(cfg.model.lora)
+    check_placement(cfg.get("placement") or {}, lora=bool(cfg.model.lora.r))
     return device

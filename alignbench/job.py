@@ -29,11 +29,13 @@ from alignbench.checkpoint import config_fingerprint
 from alignbench.config import BudgetConfig, to_object
 from alignbench.defaults import DefaultScore
 from alignbench.errors import ConfigError, Interrupted, PluginError
-from alignbench.hardware import check_hardware, place
+from alignbench.hardware import check_hardware, grad_scaler, model_device, place
 from alignbench.loop import run_loop
 from alignbench.lora import apply_lora, export_lora, is_lora
+from alignbench.model_options import apply_model_options
 from alignbench.models import load_pretrained, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
+from alignbench.placement import apply_placement, check_placement, placed_models
 from alignbench.provenance import git_commit, sha256_file
 from alignbench.registry import Registry, build_registry, hook_typos, implementers, load_plugin_dirs
 from alignbench.reward import PrepareContext, Reward
@@ -414,6 +416,9 @@ class Job:
             sft_path, stage_info = sft_stage(cfg, task)
         policy, tokenizer = load_pretrained(sft_path)
         policy = apply_lora(policy.to(self.device), cfg.model.lora)
+        # model.gradient_checkpointing / model.compile (off by default): the policy now, the
+        # algorithm's models when it has built them.
+        apply_model_options({"policy": policy}, cfg.model, trained=("policy",))
         self.stages = {"stage/sft": stage_info}
         self.context = PrepareContext(
             cfg=cfg,
@@ -470,6 +475,8 @@ class Job:
             groups_loader=groups_loader,
             code=self.code,
             precision=precision,
+            # fp16's loss scaler (None for fp32 and bf16: their steps are untouched).
+            scaler=grad_scaler(self.device or model_device(policy), precision),
         )
         return self.run
 
@@ -502,6 +509,10 @@ class Job:
         self.algorithm = self.registry.get("algo", name).cls(run, run.config)
         # A critic or value head the algorithm built on the CPU goes to the job's device.
         place(self.algorithm, self.device or run.device)
+        # placement.<model>=<device>: the reference, reward model or critic elsewhere (off: none).
+        apply_placement(run, self.algorithm, check_placement(self.cfg.get("placement") or {}))
+        models = placed_models(run, self.algorithm)  # reference, critic, reward model
+        apply_model_options(models, self.cfg.model, trained=("critic",))
         return {f"algorithm:{name}": self.algorithm, "core:default-score": DefaultScore()}
 
     def _register(self, plugins: dict[str, Any]) -> None:

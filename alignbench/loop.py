@@ -354,6 +354,8 @@ def run_loop(
                 **(stats or {}),
                 **run.budget.metrics(),
                 "health/skipped_batches": float(state["skipped"]),
+                # fp16: the loss scale and the optimiser steps skipped on overflow (else none).
+                **run.precision_metrics(),
             }
             # Per-model FLOPs, so a comparison shows where each algorithm's compute went.
             by_model = distributed.sum_values(dict(run.flops.by_model))

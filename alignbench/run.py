@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,10 @@ class Run:
     groups_loader: Callable[[str], list[Group]] | None = None
     #: ``precision=``: fp32, or the autocast dtype of :meth:`autocast` (bf16, fp16).
     precision: str = "fp32"
+    #: fp16's loss scaler (None otherwise): :meth:`backward` and :meth:`clip_and_step` use it.
+    scaler: torch.amp.GradScaler | None = None
+    #: Optimiser steps the loss scaler skipped because their gradients overflowed (fp16).
+    skipped_steps: int = 0
 
     @property
     def seed(self) -> int:
@@ -102,6 +106,68 @@ class Run:
             value = values[names[first]]
             shown = value.float().mean().item() if first in bad else "on another process"
             raise NonFiniteError(f"step {self.step + 1}: {names[first]} is not finite ({shown})")
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``; under fp16 the loss is scaled first, so that small gradients do
+        not underflow (:meth:`clip_and_step` unscales them)."""
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+
+    def clip_and_step(
+        self,
+        steps: Mapping[str, tuple[torch.optim.Optimizer, Iterable[torch.Tensor]]],
+        max_norm: float,
+    ) -> dict[str, torch.Tensor]:
+        """Clip each named ``(optimizer, parameters)``'s gradients to ``max_norm``, check the norms
+        are finite (:meth:`check_finite`, the names are the metrics'), then step every optimiser;
+        returns the norms (before clipping) by name.
+
+        Under fp16 the gradients are unscaled before clipping, and an overflow (an inf or NaN
+        norm) is no error: the scaler skips that optimiser's step and lowers its scale, the norm
+        reads 0 (no gradient was applied), and ``skipped_steps`` counts it (reported as
+        ``precision/skipped_steps``)."""
+        scaler = self.scaler
+        norms = {}
+        for name, (optimizer, parameters) in steps.items():
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            norms[name] = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        if scaler is None:
+            self.check_finite(**norms)
+            for optimizer, _ in steps.values():
+                optimizer.step()
+            return norms
+        finite = {name: bool(torch.isfinite(norm)) for name, norm in norms.items()}
+        if not all(finite.values()):
+            self.skipped_steps += 1
+        for optimizer, _ in steps.values():
+            scaler.step(optimizer)  # skipped when its gradients held an inf or NaN
+        scaler.update()
+        # A skipped step applied no gradient: its norm reads 0 (an inf would poison the step's
+        # means); precision/skipped_steps says how often.
+        return {
+            name: norm if finite[name] else torch.zeros_like(norm) for name, norm in norms.items()
+        }
+
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor], max_norm: float
+    ) -> torch.Tensor:
+        """:meth:`clip_and_step` of the policy's optimiser alone: its gradient norm
+        (``policy/grad_norm``)."""
+        return self.clip_and_step({"policy/grad_norm": (optimizer, parameters)}, max_norm)[
+            "policy/grad_norm"
+        ]
+
+    def precision_metrics(self) -> dict[str, float]:
+        """fp16's ``precision/loss_scale`` and ``precision/skipped_steps`` (nothing otherwise)."""
+        if self.scaler is None:
+            return {}
+        return {
+            "precision/loss_scale": float(self.scaler.get_scale()),
+            "precision/skipped_steps": float(self.skipped_steps),
+        }
 
     def rewards(self, batch: Batch) -> torch.Tensor:
         """The configured reward of every sequence of ``batch``, checked to be shape ``[N]``, on

@@ -113,8 +113,13 @@ def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
     """Return the folder of the stage-1 SFT model, training it unless the cache already holds it."""
     plugins = {"task": task}
     key = config_hash(
-        # LoRA starts after stage 1 (full fine-tuning): it does not change the SFT model.
-        {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "lora"},
+        # LoRA starts after stage 1 (full fine-tuning), and gradient checkpointing and compiling
+        # apply to RL's models: none of them changes the SFT model.
+        {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+            if k not in ("lora", "gradient_checkpointing", "compile")
+        },
         cfg.task,
         cfg.stage.sft,
         SFT_STAGE_VERSION,

@@ -204,11 +204,9 @@ class DPO:
         # one process), the gradients then summed over ranks.
         share = distributed.share(len(batch.prompts))
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * share).backward()
+        run.backward(loss * share)  # scaled under fp16
         distributed.sum_gradients(run.policy.parameters())  # before clipping
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-        run.check_finite(**{"policy/grad_norm": grad_norm})
-        self.optimizer.step()
+        grad_norm = run.optimizer_step(self.optimizer, run.policy.parameters(), c.max_grad_norm)
         run.policy.eval()
         # Means over every rank's pairs (grad_norm is already the global batch's).
         means = distributed.weighted_sum(

@@ -192,11 +192,11 @@ class GRPO:
                     else distributed.share(len(rows) if present else 0)
                 )
                 self.optimizer.zero_grad(set_to_none=True)
-                (loss * share).backward()
+                run.backward(loss * share)  # scaled under fp16
                 distributed.sum_gradients(run.policy.parameters())  # before clipping
-                grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-                run.check_finite(**{"policy/grad_norm": grad_norm})
-                self.optimizer.step()
+                grad_norm = run.optimizer_step(
+                    self.optimizer, run.policy.parameters(), c.max_grad_norm
+                )
                 parts["loss/total"] = loss.item()
                 with torch.no_grad():
                     delta = logprobs - old

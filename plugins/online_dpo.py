@@ -133,14 +133,12 @@ class OnlineDPO:
         if decided.any():
             loss, means = self._pairs_loss(run, batch, chosen, rejected, decided)
             run.check_finite(**{"loss/dpo": loss})
-            (loss * share).backward()
+            run.backward(loss * share)  # scaled under fp16
         else:  # this rank's prompts all tied: no loss here, but its part of every collective
             means = dict.fromkeys(PAIR_STATS, 0.0)
             run.check_finite(**{"loss/dpo": torch.zeros(())})
         distributed.sum_gradients(run.policy.parameters())  # before clipping
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-        run.check_finite(**{"policy/grad_norm": grad_norm})
-        self.optimizer.step()
+        grad_norm = run.optimizer_step(self.optimizer, run.policy.parameters(), c.max_grad_norm)
         run.policy.eval()
         return {
             **stats,

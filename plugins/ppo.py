@@ -369,6 +369,9 @@ class PPO:
         targets = self._targets(batch, values) if values is not None else None
         stats: dict[str, list[float]] = {}
         run.policy.train()
+        if self.critic is not None:
+            # The critic trains too (as in TRL): transformers checkpoints a model in training.
+            self.critic.train()
         for i, (epoch, rows, present) in enumerate(self._minibatches(run, batch.num_sequences)):
             epochs_run = epoch + 1
             targets, step = self._minibatch_step(
@@ -379,6 +382,8 @@ class PPO:
             if c.early_stop_kl and step["approxkl"] > c.early_stop_kl:
                 break
         run.policy.eval()
+        if self.critic is not None:
+            self.critic.eval()
         out = self._statistics(batch, stats, targets, epochs_run)
         self.kl.update(out["objective/kl"], int(distributed.total(batch.num_sequences)))
         return out
@@ -464,27 +469,21 @@ class PPO:
         return targets, stats
 
     def _optimiser_step(self, run: Run, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, clip the policy's and the critic's gradients, step both; the policy's norm."""
+        """Backward, clip the policy's and the critic's gradients, step both (through the Run:
+        fp16's loss scaler); the policy's norm."""
         c = self.config
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        run.backward(loss)  # scaled under fp16
         trained = [p for g in self.optimizer.param_groups for p in g["params"]]
         # Several processes: the global batch's gradient, before clipping (one all-reduce).
         critic_params = list(self.critic.parameters()) if self.critic is not None else []
         distributed.sum_gradients(trained + critic_params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
-        critic_norm = (
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
-            if self.critic is not None
-            else None
-        )
-        run.check_finite(**{"policy/grad_norm": grad_norm, "val/grad_norm": critic_norm})
-        self.optimizer.step()
+        steps = {"policy/grad_norm": (self.optimizer, trained)}
         if self.critic_optimizer is not None:
-            self.critic_optimizer.step()
-        return grad_norm
+            steps["val/grad_norm"] = (self.critic_optimizer, critic_params)
+        return run.clip_and_step(steps, c.max_grad_norm)["policy/grad_norm"]
 
     def _statistics(
         self, batch: Batch, stats: dict[str, list[float]], targets: Targets, epochs_run: int

@@ -154,11 +154,11 @@ class RLOO:
                 # of them (1.0 in one process), the gradients then summed over ranks.
                 share = distributed.share(len(rows) if present else 0)
                 self.optimizer.zero_grad(set_to_none=True)
-                (loss * share).backward()
+                run.backward(loss * share)  # scaled under fp16
                 distributed.sum_gradients(run.policy.parameters())  # before clipping
-                grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-                run.check_finite(**{"policy/grad_norm": grad_norm})
-                self.optimizer.step()
+                grad_norm = run.optimizer_step(
+                    self.optimizer, run.policy.parameters(), c.max_grad_norm
+                )
                 delta = sequence_logprobs.detach() - old[rows]
                 # Means over the global mini-batch's responses (grad_norm is already global).
                 parts = distributed.weighted_sum(

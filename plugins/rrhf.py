@@ -164,11 +164,9 @@ class RRHF:
             loss = c.rank_weight * rank * prompt_share + c.sft_weight * nll * token_share
             run.check_finite(**{"loss/total": loss})
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.backward(loss)  # scaled under fp16
             distributed.sum_gradients(run.policy.parameters())  # the global batch's gradient
-            grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), c.max_grad_norm)
-            run.check_finite(**{"policy/grad_norm": grad_norm})
-            self.optimizer.step()
+            grad_norm = run.optimizer_step(self.optimizer, run.policy.parameters(), c.max_grad_norm)
         run.policy.eval()
         best_sources = [batch.sources[i] for i in best_rows.tolist()]
         best_rewards = rewards.gather(1, best[:, None])

@@ -1,0 +1,109 @@
+"""precision=fp16: the loss scaler behind ``Run.backward`` / ``Run.clip_and_step`` scales the
+loss, unscales before clipping, skips a step whose gradients overflowed (the scale drops and
+the skip is counted), and leaves fp32 and bf16 steps exactly as a plain ``optimizer.step()``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignbench.errors import ConfigError, NonFiniteError
+from alignbench.hardware import check_precision, grad_scaler
+from alignbench.run import Run
+
+
+def _fake_run(precision: str) -> SimpleNamespace:
+    """What the seam reads from a Run: its scaler, the skip count and the finiteness check."""
+    fake = SimpleNamespace(scaler=grad_scaler(torch.device("cpu"), precision), skipped_steps=0)
+    fake.check_finite = lambda **values: Run.check_finite(SimpleNamespace(step=0), **values)
+    fake.clip_and_step = lambda steps, max_norm: Run.clip_and_step(fake, steps, max_norm)
+    return fake
+
+
+def _model() -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    return model, torch.optim.AdamW(model.parameters(), lr=0.1)
+
+
+def _step(fake: SimpleNamespace, loss_scale: float = 1.0) -> tuple[torch.nn.Linear, torch.Tensor]:
+    model, optimizer = _model()
+    loss = model(torch.ones(2, 4)).pow(2).sum() * loss_scale
+    optimizer.zero_grad(set_to_none=True)
+    Run.backward(fake, loss)
+    norm = Run.optimizer_step(fake, optimizer, model.parameters(), 0.5)
+    return model, norm
+
+
+def test_fp32_and_bf16_take_no_scaler() -> None:
+    assert grad_scaler(torch.device("cpu"), "fp32") is None
+    assert grad_scaler(torch.device("cpu"), "bf16") is None
+    assert isinstance(grad_scaler(torch.device("cpu"), "fp16"), torch.amp.GradScaler)
+
+
+def test_without_a_scaler_the_seam_is_backward_clip_step() -> None:
+    """fp32 / bf16: bit-identical to the loop every algorithm ran before the seam."""
+    seam, seam_norm = _step(_fake_run("fp32"))
+    plain, optimizer = _model()
+    optimizer.zero_grad(set_to_none=True)
+    plain(torch.ones(2, 4)).pow(2).sum().backward()
+    plain_norm = torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
+    optimizer.step()
+    assert torch.equal(seam_norm, plain_norm)
+    for a, b in zip(seam.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fp16_scaler_unscales_before_clipping() -> None:
+    """The clipped step and the norm are the unscaled ones (the same as fp32's, to rounding)."""
+    fake = _fake_run("fp16")
+    scaled, scaled_norm = _step(fake)
+    plain, plain_norm = _step(_fake_run("fp32"))
+    assert fake.skipped_steps == 0 and fake.scaler.get_scale() == 65536.0
+    torch.testing.assert_close(scaled_norm, plain_norm)
+    for a, b in zip(scaled.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale() -> None:
+    fake = _fake_run("fp16")
+    before, _ = _model()
+    # 1e35 x the scale (65536) is past fp32's largest number: the scaled gradients are inf.
+    model, norm = _step(fake, loss_scale=1e35)
+    assert norm.item() == 0.0  # nothing was applied (the overflow itself was inf)
+    assert fake.skipped_steps == 1
+    assert fake.scaler.get_scale() == 32768.0  # halved
+    for a, b in zip(model.parameters(), before.parameters(), strict=True):
+        assert torch.equal(a, b)  # the weights did not move
+    # Without a scaler the same overflow is the NonFiniteError it always was (on_nonfinite=).
+    with pytest.raises(NonFiniteError, match="policy/grad_norm is not finite"):
+        _step(_fake_run("fp32"), loss_scale=1e35 * 65536)
+
+
+def test_fp16_runs_on_cpu_and_not_on_mps() -> None:
+    check_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="precision=fp16 on device=mps"):
+        check_precision("fp16", torch.device("mps"))
+
+
+@pytest.mark.slow
+def test_fp16_ppo_runs_on_cpu_and_reports_its_scale(tiny_job, tmp_path: Path) -> None:
+    """A tiny fp16 PPO job ends with finite results; every step reports the loss scale and the
+    skipped steps, and the same job in fp32 reports neither (its metrics are unchanged)."""
+    summary = tiny_job("algo=ppo", "algo.samples_per_prompt=2", "precision=fp16", out="fp16")
+    assert summary["status"] == "finished"
+    assert all(math.isfinite(v) for k, v in summary.items() if k.startswith("test/"))
+    lines = (tmp_path / "fp16" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x) for x in lines if json.loads(x)["kind"] == "step"]
+    assert len(steps) == 2
+    for step in steps:
+        assert step["precision/loss_scale"] > 0
+        assert step["precision/skipped_steps"] >= 0
+    tiny_job("algo=ppo", "algo.samples_per_prompt=2", out="fp32")
+    plain = (tmp_path / "fp32" / "metrics.jsonl").read_text()
+    assert "precision/" not in plain
