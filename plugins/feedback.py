@@ -220,6 +220,15 @@ class FileConfig(FeedbackConfig):
 
     path: str = ""
 
+    def validate(self) -> None:
+        """A file has no one to rank an online round's new responses."""
+        if self.rounds:
+            raise ConfigError(
+                f"feedback=file with feedback.rounds={self.rounds} — a file cannot rank new "
+                "responses: set feedback.rounds=0, or use feedback=page to rank online rounds "
+                "on the ranking page"
+            )
+
 
 class FileFeedback(FeedbackSource):
     """Reads ranked groups from a JSONL file; any malformed line stops everything, naming it."""
@@ -228,6 +237,7 @@ class FileFeedback(FeedbackSource):
 
     def __init__(self, config: FileConfig, task: alignbench.Task) -> None:
         super().__init__(config, task)
+        config.validate()
         # A relative path is read from the folder the command was started from: the same file
         # whose content the stage-2 cache key hashes (input_files).
         self.path = input_path(config.path) if config.path else None
@@ -304,8 +314,11 @@ class FileFeedback(FeedbackSource):
         )
 
     def rank(self, groups: list[Group], rng: np.random.Generator) -> list[list[float] | None]:
-        """A file has no one to ask about new groups: online rounds need a simulated source."""
-        raise DataError("feedback=file cannot rank new responses — set feedback.rounds=0")
+        """A file has no one to ask about new groups (online rounds: simulated or page)."""
+        raise DataError(
+            "feedback=file cannot rank new responses — set feedback.rounds=0, or use "
+            "feedback=page to rank online rounds on the ranking page"
+        )
 
 
 @dataclass
@@ -358,8 +371,7 @@ class PageFeedback(FileFeedback):
     online_keys = ("wait_s", "poll_s", "rankings")
 
     def __init__(self, config: PageConfig, task: alignbench.Task) -> None:
-        super().__init__(config, task)
-        config.validate()
+        super().__init__(config, task)  # validates the config (PageConfig.validate)
         self.exchange: OnlineRequests | None = None
 
     def open(self, folder: Path) -> None:

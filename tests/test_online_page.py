@@ -314,6 +314,38 @@ def test_follow_command_line(tmp_path: Path, capsys) -> None:
     assert "required: --out" in capsys.readouterr().err
 
 
+def test_follow_command_serves_the_jobs_requests(tmp_path: Path, monkeypatch) -> None:
+    """``python -m alignbench.label <job> --follow`` follows <job>/feedback/requests.jsonl and
+    writes, by default, <job>/feedback/rankings.jsonl (the file the run reads)."""
+    import alignbench.label.server as server
+
+    exchange = OnlineRequests.of_job(tmp_path)
+    exchange.submit([_group("q1 ?")], 2, 4)
+    served: list[LabelSession] = []
+    monkeypatch.setattr(server, "serve", lambda session, host, port: served.append(session))
+    assert main([str(tmp_path), "--follow", "--port", "8799"]) == 0
+    [session] = served
+    session.store.release()
+    assert session.follow == exchange.requests and session.store.out == exchange.rankings
+    assert [g.due for g in session.groups.values()] == [4]
+
+
+@pytest.mark.parametrize("strategy", ["random", "file"])
+def test_new_groups_join_the_order_after_the_others(tmp_path: Path, strategy: str) -> None:
+    from alignbench.label.groups import LabelGroup
+
+    def made(names: str) -> list[LabelGroup]:
+        return [LabelGroup(n, f"{n} ?", ["a", "b"]) for n in names]
+
+    order = GroupOrder(made("abc"), strategy, seed=1)
+    before = [g.id for g in order.ordered()]
+    order.extend(made("de"))
+    after = [g.id for g in order.ordered()]
+    assert after[:3] == before and sorted(after[3:]) == ["d", "e"]
+    if strategy == "file":
+        assert after == list("abcde")
+
+
 # -- a tiny job labelled through the page while it runs ------------------------------------------
 
 
@@ -484,3 +516,13 @@ def test_a_resumed_job_requests_no_group_twice_and_uses_rankings_made_meanwhile(
     closed = read_arrived(folder / "arrived.jsonl")
     assert set(closed) == {g.id for g in requested}
     assert all(p == ranking_to_preference([1, 0]) for p in closed.values())
+
+
+def test_a_file_has_no_online_rounds_before_anything_runs() -> None:
+    """feedback=file with rounds would re-add the file's own groups (held-out ones too) each
+    round; it is refused up front, pointing at feedback=page."""
+    from alignbench.app import validate
+
+    message = r"feedback=file with feedback.rounds=1 — .*feedback=page"
+    with pytest.raises(ConfigError, match=message):
+        validate(build_registry(), ["reward=rm", "feedback=file", "feedback.rounds=1"])

@@ -31,7 +31,12 @@ from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrai
 from alignbench.rm.evaluation import probe_report, ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import load_groups, ordered_pairs, save_groups
-from alignbench.rm.selection import choose_groups, collect_feedback
+from alignbench.rm.selection import (
+    candidate_groups,
+    choose_groups,
+    collect_feedback,
+    label_groups,
+)
 from alignbench.rm.training import retrain_reward_model, score_groups, train_reward_model
 from alignbench.task import Task
 
@@ -188,13 +193,17 @@ def request_feedback(
     """Online feedback: fresh groups from the current policy, ranked by the source (not yet
     trained on: with ``feedback.delay`` they arrive later); a deferred source's groups are
     chosen unlabelled (it labels them later: :meth:`FeedbackSource.collect`)."""
+
+    def make_model() -> ScalarHeadModel:
+        return copy.deepcopy(model)
+
     if source.deferred:
-        return choose_groups(
-            policy, tokenizer, task, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
-        )
-    return collect_feedback(
-        policy, tokenizer, task, source, fb, rm_cfg, lambda: copy.deepcopy(model), rng, generator
-    )
+        return choose_groups(policy, tokenizer, task, fb, rm_cfg, make_model, rng, generator)
+    # Fresh groups of the current policy, always: a source's own groups (a file's) were stage
+    # 2's, held-out ones included, and a source that cannot rank new ones says so (rank).
+    pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
+    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
+    return [g for g in groups if g.preference is not None]
 
 
 def refresh_reward_model(
