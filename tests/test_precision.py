@@ -107,3 +107,42 @@ def test_fp16_ppo_runs_on_cpu_and_reports_its_scale(tiny_job, tmp_path: Path) ->
     tiny_job("algo=ppo", "algo.samples_per_prompt=2", out="fp32")
     plain = (tmp_path / "fp32" / "metrics.jsonl").read_text()
     assert "precision/" not in plain
+
+
+@pytest.mark.slow
+def test_fp16_resume_restores_the_loss_scale(tiny_job, tmp_path: Path) -> None:
+    """The scaler's state is checkpointed: an fp16 PPO run stopped by a signal and resumed ends
+    with the same numbers (loss scale and skipped steps included) as a straight run."""
+    import os
+    import signal
+
+    from alignbench import Interrupted, hookimpl
+    from alignbench.checkpoint import latest
+    from alignbench.registry import build_registry
+
+    args = ["algo=ppo", "algo.samples_per_prompt=2", "precision=fp16", "budget.amount=4"]
+    straight = tiny_job(*args, "checkpoint_every=1", out="straight")
+
+    class StopAtStep2:
+        @hookimpl(wrapper=True)
+        def alignbench_update(self, run):
+            stats = yield
+            if run.step == 1:  # the 2nd update
+                os.kill(os.getpid(), signal.SIGTERM)
+            return stats
+
+    registry = build_registry()
+    registry.pm.register(StopAtStep2(), name="stop")
+    with pytest.raises(Interrupted):
+        tiny_job(*args, "checkpoint_every=1", out="resumed", registry=registry)
+    state = torch.load(latest(tmp_path / "resumed") / "state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and "skipped_steps" in state["scaler"]
+    resumed = tiny_job(*args, "checkpoint_every=1", out="resumed")
+    timeless = ("budget/seconds", "wall_time", "output_dir", "model_dir", "stage/sft", "skipped")
+    assert {k: v for k, v in resumed.items() if k not in timeless and "git" not in k} == {
+        k: v for k, v in straight.items() if k not in timeless and "git" not in k
+    }
+    steps = [
+        json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [s["step"] for s in steps if s["kind"] == "step"] == [1, 2, 3, 4]
