@@ -8,7 +8,7 @@ configs, tasks and rewards, the :class:`Batch` and :class:`Run` it receives, sta
 
 from typing import TYPE_CHECKING, Any
 
-from alignbench import crowd, distributed, ops
+from alignbench import crowd, distributed, lean_forward, ops
 
 # Helpers the built-in plugins use, public so that every plugin can use them the same way.
 from alignbench.batch import (  # noqa: E402
@@ -136,6 +136,7 @@ __all__ = [
     "hookspec",
     "crowd",
     "distributed",
+    "lean_forward",
     "ops",
     "ScalarHeadModel",
     "collate",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from alignbench import lean_forward
 from alignbench.config import ModelConfig
 from alignbench.errors import ConfigError
 
@@ -200,8 +201,13 @@ def response_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     prompt_length: int,
+    lean: bool = False,
 ) -> torch.Tensor:
-    """Logits ``[N, R, V]`` predicting each response token (prompt positions are not projected)."""
+    """Logits ``[N, R, V]`` predicting each response token (prompt positions are not projected);
+    ``lean``: through :func:`alignbench.lean_forward.lean_logits` where the model allows it
+    (equal within rounding, not bit for bit)."""
+    if lean and lean_forward.supports(model):
+        return lean_forward.lean_logits(model, input_ids, attention_mask, prompt_length)
     response_length = input_ids.shape[1] - prompt_length
     out = model(
         input_ids=input_ids,
@@ -233,9 +239,11 @@ def response_logprobs(
     attention_mask: torch.Tensor,
     prompt_length: int,
     temperature: float = 1.0,
+    lean: bool = False,
 ) -> torch.Tensor:
-    """Per-token log-probabilities ``[N, R]`` of the response tokens under ``model``."""
-    logits = response_logits(model, input_ids, attention_mask, prompt_length)
+    """Per-token log-probabilities ``[N, R]`` of the response tokens under ``model`` (``lean``:
+    see :func:`response_logits`)."""
+    logits = response_logits(model, input_ids, attention_mask, prompt_length, lean)
     return token_logprobs(logits, input_ids[:, prompt_length:], temperature)
 
 
@@ -292,7 +300,11 @@ def response_values(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     prompt_length: int,
+    lean: bool = False,
 ) -> torch.Tensor:
-    """Scalars ``[N, R]`` at the positions that predict each response token (states before it)."""
+    """Scalars ``[N, R]`` at the positions that predict each response token (states before it);
+    ``lean``: through :func:`alignbench.lean_forward.lean_values` where the model allows it."""
+    if lean and lean_forward.supports(model):
+        return lean_forward.lean_values(model, input_ids, attention_mask, prompt_length)
     response_length = input_ids.shape[1] - prompt_length
     return model(input_ids, attention_mask, positions_to_keep=response_length + 1)[:, :-1]

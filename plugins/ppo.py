@@ -115,6 +115,12 @@ class PPOConfig(AlgorithmConfig):
     ptx_coef: float = 0.5
     # Demonstrations per PPO mini-batch when ptx_coef > 0.
     ptx_batch_size: int = 16
+    # true = the scoring and training forwards (reference, policy, critic, ptx) of Llama-shaped
+    # models run alignbench.lean_forward: the response's outputs only, the final token not fed,
+    # the last layer only where its output is read. Equal within rounding (1e-5 on logits and
+    # values, tests/test_lean_forward.py), not bit for bit, so off by default; other models (and
+    # hooked, checkpointed or autocast ones) take the ordinary forward.
+    lean_forward: bool = False
     # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p;
     # log-probs are recomputed from logits / temperature [H24].
 
@@ -236,8 +242,14 @@ class PPO:
     def _policy_forward(self, run: Run, batch: Batch, rows: Any) -> tuple[torch.Tensor, ...]:
         """Policy logits ``[n, R, V]`` and shared-head values ``[n, R]`` (None if separate)."""
         ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+        lean = self.config.lean_forward
         if self.value_head is None:
-            return response_logits(run.policy, ids, mask, batch.prompt_length), None
+            return response_logits(run.policy, ids, mask, batch.prompt_length, lean), None
+        if lean and alignbench.lean_forward.supports(run.policy):
+            logits, hidden = alignbench.lean_forward.lean_logits(
+                run.policy, ids, mask, batch.prompt_length, with_hidden=True
+            )
+            return logits, self.value_head(hidden).squeeze(-1)
         r = ids.shape[1] - batch.prompt_length
         out = run.policy(
             input_ids=ids,
@@ -253,7 +265,9 @@ class PPO:
     def _values(self, run: Run, batch: Batch, rows: Any) -> torch.Tensor:
         """Critic values ``[n, R]`` of the separate critic."""
         ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
-        return response_values(self.critic, ids, mask, batch.prompt_length)
+        return response_values(
+            self.critic, ids, mask, batch.prompt_length, self.config.lean_forward
+        )
 
     def _advantages(
         self, token_rewards: torch.Tensor, values: torch.Tensor, batch: Batch
@@ -282,7 +296,11 @@ class PPO:
             return torch.zeros((), device=run.device), distributed.share(0)
         demos = run.demonstrations(rows)
         logprobs = response_logprobs(
-            run.policy, demos.input_ids, demos.attention_mask, demos.prompt_length
+            run.policy,
+            demos.input_ids,
+            demos.attention_mask,
+            demos.prompt_length,
+            lean=self.config.lean_forward,
         )
         share = distributed.share(demos.response_mask.sum())
         return ops.demonstration_nll(logprobs, demos.response_mask), share
@@ -302,6 +320,7 @@ class PPO:
                 batch.attention_mask,
                 batch.prompt_length,
                 c.sampling.temperature,
+                c.lean_forward,
             )
             # With one mini-batch, the update's first forward sees every sequence before any
             # optimiser step: its values are these, so the update takes them from there.

@@ -1,0 +1,201 @@
+"""Lean full-sequence forwards for Llama-shaped models: the response's logits or values only.
+
+PPO's scoring and training forwards read a model's output only at the positions that predict
+response tokens. :func:`lean_logits` and :func:`lean_values` compute exactly those, layer by layer
+on the model's own weights (as :class:`alignbench.decoding.StaticCacheDecoder` does for a decode
+step), without Hugging Face's per-call wrappers (output capturing, mask rebuilding, config
+merging), and with less arithmetic:
+
+* the final token is not fed: its output predicts nothing the response has;
+* the last layer runs its queries (and its MLP) only on the kept positions: its keys and values
+  still come from every position, so the kept outputs are the same;
+* the output layer (or value head) runs only on the kept positions, as ``logits_to_keep`` does.
+
+The result equals the Hugging Face forward up to floating-point rounding, not bit for bit: the
+last layer's attention runs on fewer query rows with an explicit mask, so its kernel adds in
+another order. ``tests/test_lean_forward.py``
+holds the tolerance: logits, log-probabilities and values within 1e-5 of ``model(...)``, with and
+without padding, and PPO's losses over a few steps within 1e-4 relative. So it is opt-in
+(``algo.lean_forward=true`` for PPO).
+
+FLOPs: the model's forward hooks (the FLOP counter's among them) see the call as the Hugging Face
+forward that gives the same outputs, ``model(input_ids=input_ids[:, :-1], ..., logits_to_keep=R)``
+(for a :class:`~alignbench.models.ScalarHeadModel`: ``positions_to_keep=R``): the tokens fed and
+the positions projected. The counter charges every layer per token fed, so the last layer's
+skipped prompt positions are still charged (at most 1/layers of a forward's body, conservative).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def _trunk(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The Llama trunk (``LlamaModel``) of a causal LM or a scalar-head model, else None."""
+    from transformers import LlamaForCausalLM, LlamaModel
+
+    from alignbench.models import ScalarHeadModel
+
+    if type(model) is LlamaForCausalLM:
+        return model.model
+    if type(model) is ScalarHeadModel and type(model.trunk) is LlamaModel:
+        return model.trunk
+    return None
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a plain Llama (causal LM or scalar-head model) this module can run:
+    SDPA attention, SiLU, no dropout, no gradient checkpointing, no hooks inside it."""
+    trunk = _trunk(model)
+    if trunk is None:
+        return False
+    config = trunk.config
+    if getattr(config, "_attn_implementation", None) != "sdpa" or config.hidden_act != "silu":
+        return False
+    if model.training and (config.attention_dropout or trunk.gradient_checkpointing):
+        return False
+    # Float32 only (the norms here skip Llama's casts), never under autocast.
+    if trunk.embed_tokens.weight.dtype != torch.float32 or any(
+        torch.is_autocast_enabled(device) for device in ("cpu", "cuda")
+    ):
+        return False
+    if torch.nn.modules.module._global_forward_hooks or model._forward_pre_hooks:
+        return False
+    linear = torch.nn.Linear
+    for module in model.modules():
+        if module is not model and (module._forward_hooks or module._forward_pre_hooks):
+            return False
+    for layer in trunk.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+        if any(type(p) is not linear for p in (*projections, mlp.gate_proj, mlp.up_proj)):
+            return False
+        if type(mlp.down_proj) is not linear:
+            return False
+    head = model.get_output_embeddings()
+    return type(head) is linear and not hasattr(model, "_hf_hook")
+
+
+def _rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm`` in float32."""
+    variance = hidden.pow(2).mean(-1, keepdim=True)
+    return norm.weight * (hidden * torch.rsqrt(variance + norm.variance_epsilon))
+
+
+def hidden_states(
+    trunk: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
+) -> torch.Tensor:
+    """The trunk's final hidden states ``[N, keep, H]`` at the last ``keep`` positions."""
+    from alignbench.models import position_ids
+
+    linear = torch.nn.functional.linear
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    n, length = input_ids.shape
+    padded = not bool(attention_mask.all())
+    hidden = trunk.embed_tokens(input_ids)
+    cos, sin = trunk.rotary_emb(hidden, position_ids=position_ids(attention_mask))
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, T, D]
+    half = cos.shape[-1] // 2
+    # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+    if padded:
+        # Padding keys are hidden; a padding query sees itself (no empty row: no NaN anywhere).
+        valid = attention_mask.bool()[:, None, None, :]
+        eye = torch.eye(length, dtype=torch.bool, device=input_ids.device)
+        mask = causal & (valid | eye)  # [N, 1, T, T]
+    else:
+        mask = None  # causal through is_causal: the kernel skips the masked half
+    last = len(trunk.layers[: trunk.config.num_hidden_layers]) - 1
+    for i, layer in enumerate(trunk.layers[: last + 1]):
+        attn, mlp = layer.self_attn, layer.mlp
+        d, heads = attn.head_dim, attn.config.num_attention_heads
+        kv_heads = attn.config.num_key_value_heads
+        x = _rms_norm(layer.input_layernorm, hidden)
+        q = linear(x, *_weights(attn.q_proj)).view(n, length, heads, d).transpose(1, 2)
+        k = linear(x, *_weights(attn.k_proj)).view(n, length, kv_heads, d).transpose(1, 2)
+        v = linear(x, *_weights(attn.v_proj)).view(n, length, kv_heads, d).transpose(1, 2)
+        k = (k * cos) + (k.roll(half, -1) * sin)
+        queries = length if i < last else keep
+        q = q[:, :, -queries:]
+        q = (q * cos[:, :, -queries:]) + (q.roll(half, -1) * sin[:, :, -queries:])
+        gqa = heads != kv_heads
+        if queries == length:
+            if mask is None:
+                out = sdpa(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=gqa)
+            else:
+                out = sdpa(q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa)
+        else:
+            rows = causal[-queries:] if mask is None else mask[:, :, -queries:]
+            out = sdpa(q, k, v, attn_mask=rows, scale=attn.scaling, enable_gqa=gqa)
+        out = out.transpose(1, 2).reshape(n, queries, heads * d)
+        hidden = hidden[:, -queries:] + linear(out, *_weights(attn.o_proj))
+        x = _rms_norm(layer.post_attention_layernorm, hidden)
+        gated = mlp.act_fn(linear(x, *_weights(mlp.gate_proj))) * linear(x, *_weights(mlp.up_proj))
+        hidden = hidden + linear(gated, *_weights(mlp.down_proj))
+    return _rms_norm(trunk.norm, hidden[:, -keep:])
+
+
+def _weights(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return linear.weight, linear.bias
+
+
+def _after_forward(
+    model: torch.nn.Module, kwargs: dict[str, Any], output: Any, result: torch.Tensor
+) -> None:
+    """Run ``model``'s forward hooks as ``model(**kwargs)`` returning ``output`` would have."""
+    for key, hook in list(model._forward_hooks.items()):
+        if key in model._forward_hooks_with_kwargs:
+            replaced = hook(model, (), kwargs, output)
+        else:
+            replaced = hook(model, (), output)
+        if replaced is not None:
+            raise RuntimeError(
+                "a forward hook on the model replaced its output; the lean forward cannot "
+                "honour that (remove the hook or leave algo.lean_forward off)"
+            )
+
+
+def lean_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    with_hidden: bool = False,
+) -> Any:
+    """Logits ``[N, R, V]`` predicting each response token, as
+    :func:`alignbench.models.response_logits` gives them (within rounding); with ``with_hidden``,
+    also the final hidden states ``[N, R, H]`` at those positions."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    r = input_ids.shape[1] - prompt_length
+    ids, mask = input_ids[:, :-1], attention_mask[:, :-1]
+    hidden = hidden_states(model.model, ids, mask, r)
+    logits = torch.nn.functional.linear(hidden, *_weights(model.lm_head))
+    if model._forward_hooks:
+        kwargs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": r}
+        _after_forward(model, kwargs, CausalLMOutputWithPast(logits=logits), logits)
+    return (logits, hidden) if with_hidden else logits
+
+
+def lean_values(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+) -> torch.Tensor:
+    """Scalars ``[N, R]`` of a scalar-head model at the positions that predict each response
+    token, as :func:`alignbench.models.response_values` gives them (within rounding)."""
+    r = input_ids.shape[1] - prompt_length
+    ids, mask = input_ids[:, :-1], attention_mask[:, :-1]
+    hidden = hidden_states(model.trunk, ids, mask, r)
+    values = torch.nn.functional.linear(hidden, *_weights(model.head)).squeeze(-1)
+    if model._forward_hooks:
+        kwargs = {"input_ids": ids, "attention_mask": mask, "positions_to_keep": r}
+        _after_forward(model, kwargs, values, values)
+    return values

@@ -1,0 +1,203 @@
+"""The lean forward (``alignbench.lean_forward``, PPO's ``algo.lean_forward=true``) changes speed
+and rounding, not results: the documented tolerance.
+
+* Logits, log-probabilities, values and the shared critic's hidden states are within 1e-5
+  (absolute) of the Hugging Face forward they replace, and so are the gradients of a loss through
+  them (relative to each gradient tensor's largest entry, when above 1), for multi-head and
+  grouped-query attention, biases, no padding and ragged padding.
+* The FLOP counter charges a lean forward (and its backward) exactly as it charges the Hugging
+  Face call with the same inputs and outputs, ``model(input_ids=ids[:, :-1], ...,
+  logits_to_keep=R)``.
+* Two steps of tiny PPO jobs (the pinned recipes of ``tests/test_fast_paths.py``) give every
+  step metric within 1e-3 relative (1e-5 absolute) of the default forward's: float32 rounding
+  (~1e-7 per operation) grown through sampling, two AdamW steps and whitened advantages.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from alignbench import lean_forward
+from alignbench.budget import FlopCounter
+from alignbench.config import ModelConfig
+from alignbench.models import (
+    ScalarHeadModel,
+    build_model,
+    build_tokenizer,
+    position_ids,
+    response_logits,
+    response_logprobs,
+    response_values,
+)
+from tests.test_fast_paths import PPO_RUNS, run_ppo
+
+WORDS = [f"w{i}" for i in range(40)]
+#: The documented tolerance on logits, log-probabilities, values, hidden states and gradients.
+ATOL = 1e-5
+P, R = 5, 7
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, Any]:
+    """Tiny Llamas (multi-head; grouped-query with biases) and critics on their trunks."""
+    tokenizer = build_tokenizer(WORDS)
+    torch.manual_seed(0)
+    mha = build_model(
+        ModelConfig(hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4), tokenizer
+    ).eval()
+    config = copy.deepcopy(mha.config)
+    config.num_key_value_heads = 2
+    config.attention_bias = True
+    config.mlp_bias = True
+    gqa = LlamaForCausalLM(config).eval()
+    out: dict[str, Any] = {"mha": mha, "gqa_bias": gqa}
+    for name in ("mha", "gqa_bias"):
+        critic = ScalarHeadModel(copy.deepcopy(out[name]))
+        torch.nn.init.normal_(critic.head.weight, std=0.3)  # not the zero head: values move
+        out[f"{name}_critic"] = critic
+    return out
+
+
+def inputs(padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[4, P + R]`` ids and mask: left-padded prompts and right-padded responses if asked."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, len(WORDS) + 3, (4, P + R), generator=g)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :3] = 0
+        mask[2, :1] = 0
+        mask[1, P + 4 :] = 0
+        mask[2, P + 1 :] = 0
+        ids = ids * mask
+    return ids, mask
+
+
+def close(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
+    """The largest gap between ``a`` and ``b`` at the response positions ``where`` ``[N, R]``."""
+    gap = (a - b).detach().abs()
+    while gap.dim() > 2:
+        gap = gap.amax(-1)
+    return float(gap[where.bool()].max())
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
+@pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
+def test_outputs_and_gradients_match_the_hugging_face_forward(models, arch, padded) -> None:
+    """Logits, log-probs, values and their gradients are within ATOL of ``model(...)``'s."""
+    policy, critic = models[arch], models[f"{arch}_critic"]
+    assert lean_forward.supports(policy) and lean_forward.supports(critic)
+    ids, mask = inputs(padded)
+    real = mask[:, P:]
+    results = {}
+    for lean in (False, True):
+        policy.zero_grad(set_to_none=True)
+        critic.zero_grad(set_to_none=True)
+        logits = response_logits(policy, ids, mask, P, lean)
+        logprobs = response_logprobs(policy, ids, mask, P, 0.7, lean)
+        values = response_values(critic, ids, mask, P, lean)
+        loss = ((logprobs + values**2) * real).sum()
+        loss.backward()
+        grads = [p.grad.clone() for p in (*policy.parameters(), *critic.parameters())]
+        results[lean] = (logits, logprobs, values, grads)
+    (logits, logprobs, values, grads), lean = results[False], results[True]
+    assert close(logits, lean[0], real) < ATOL
+    assert close(logprobs, lean[1], real) < ATOL
+    assert close(values, lean[2], real) < ATOL
+    worst = 0.0
+    for plain, fast in zip(grads, lean[3], strict=True):
+        scale = max(1.0, float(plain.abs().max()))
+        worst = max(worst, float((plain - fast).abs().max()) / scale)
+    print(f"largest gradient gap, relative to its tensor's largest entry: {worst:.1e}")
+    assert worst < ATOL
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
+def test_hidden_states_match_the_shared_critics_forward(models, padded) -> None:
+    """``with_hidden``: the final hidden states PPO's shared value head reads, within ATOL."""
+    policy = models["mha"]
+    ids, mask = inputs(padded)
+    out = policy(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        logits_to_keep=R + 1,
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    hidden = out.hidden_states[-1][:, -(R + 1) : -1]
+    logits, lean_hidden = lean_forward.lean_logits(policy, ids, mask, P, with_hidden=True)
+    assert close(out.logits[:, :-1], logits, mask[:, P:]) < ATOL
+    assert close(hidden, lean_hidden, mask[:, P:]) < ATOL
+
+
+def test_models_it_cannot_run_take_the_ordinary_forward(models) -> None:
+    """Eager attention, a hook inside, gradient checkpointing in training: not supported."""
+    eager = copy.deepcopy(models["mha"])
+    eager.set_attn_implementation("eager")
+    assert not lean_forward.supports(eager)
+    hooked = copy.deepcopy(models["mha"])
+    hooked.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert not lean_forward.supports(hooked)
+    checkpointed = copy.deepcopy(models["mha"])
+    checkpointed.activation_checkpointing_enable()
+    assert not lean_forward.supports(checkpointed.train())
+    # Unsupported: lean=True gives exactly the ordinary forward.
+    ids, mask = inputs(True)
+    plain = response_logits(eager, ids, mask, P)
+    assert torch.equal(response_logits(eager, ids, mask, P, lean=True), plain)
+
+
+def test_flops_are_charged_as_the_forward_with_the_same_inputs_and_outputs(models) -> None:
+    """Forward and backward charges equal those of the equivalent Hugging Face calls."""
+    ids, mask = inputs(True)
+    charged = {}
+    for lean in (False, True):
+        policy, critic = copy.deepcopy(models["mha"]), copy.deepcopy(models["mha_critic"])
+        counter = FlopCounter()
+        counter.track(policy, "policy")
+        counter.track(critic, "critic")
+        if lean:
+            logits = lean_forward.lean_logits(policy, ids, mask, P)
+            values = lean_forward.lean_values(critic, ids, mask, P)
+        else:  # what the lean forward stands for: the final token not fed, R positions kept
+            short, short_mask = ids[:, :-1], mask[:, :-1]
+            logits = policy(
+                input_ids=short,
+                attention_mask=short_mask,
+                position_ids=position_ids(short_mask),
+                logits_to_keep=R,
+            ).logits
+            values = critic(short, short_mask, positions_to_keep=R)
+        assert logits.shape == (4, R, policy.config.vocab_size) and values.shape == (4, R)
+        forward = dict(counter.by_model)
+        (logits.logsumexp(-1).sum() + values.sum()).backward()
+        charged[lean] = (forward, dict(counter.by_model))
+        counter.close()
+    assert charged[True] == charged[False]
+    forward, total = charged[True]
+    assert all(total[name] == 3 * forward[name] > 0 for name in forward)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PPO_RUNS))
+def test_ppo_steps_are_within_the_tolerance(tmp_path: Path, cache_dir: Path, name: str) -> None:
+    """Every step metric of two tiny PPO steps with ``algo.lean_forward=true`` is within 1e-3
+    relative (1e-5 absolute) of the default forward's, with the largest gap printed."""
+    plain = run_ppo(tmp_path, cache_dir, name, PPO_RUNS[name])
+    lean = run_ppo(tmp_path, cache_dir, f"{name}_lean", [*PPO_RUNS[name], "algo.lean_forward=true"])
+    assert len(plain) == len(lean) == 2
+    worst = (0.0, "")
+    for step, (a, b) in enumerate(zip(plain, lean, strict=True)):
+        assert set(a) == set(b)
+        for key in a:
+            gap = abs(a[key] - b[key]) / max(abs(a[key]), 1e-2)
+            worst = max(worst, (gap, f"step {step} {key}: {a[key]} vs {b[key]}"))
+            assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-5), (key, a[key], b[key])
+    print(f"largest relative gap {worst[0]:.2e} ({worst[1]})")
