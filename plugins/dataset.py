@@ -516,6 +516,15 @@ class DatasetTask(Task):
 class DatasetFeedbackConfig(FeedbackConfig):
     """The task's own chosen/rejected pairs and rankings (``task=dataset`` only)."""
 
+    def validate(self) -> None:
+        """The data's rankings are fixed: no one ranks an online round's new responses."""
+        if self.rounds:
+            raise ConfigError(
+                f"feedback=dataset with feedback.rounds={self.rounds} — the data's rankings "
+                "cannot rank new responses: set feedback.rounds=0, or use feedback=page to rank "
+                "online rounds on the ranking page"
+            )
+
 
 class DatasetFeedback(FeedbackSource):
     """Ranked groups from the preference columns of ``task=dataset``: nothing is sampled."""

@@ -241,6 +241,16 @@ def test_command_line_refuses_bad_data_before_any_folder(
     assert not (tmp_path / "results").exists()
 
 
+def test_online_rounds_on_the_datas_rankings_are_refused_up_front() -> None:
+    """feedback=dataset has no one to rank an online round's new responses: refused before
+    anything runs (it used to fail at the first round, after stages 1 and 2)."""
+    from alignbench_plugins.dataset import DatasetFeedbackConfig
+
+    DatasetFeedbackConfig(name="dataset").validate()
+    with pytest.raises(ConfigError, match="feedback=dataset with feedback.rounds=1 — the data"):
+        DatasetFeedbackConfig(name="dataset", rounds=1).validate()
+
+
 def test_missing_path_is_one_line() -> None:
     """task=dataset without task.path says what to give."""
     from alignbench_plugins.dataset import DatasetConfig
