@@ -4,7 +4,10 @@ Two recipes, each beside its own lower bound:
 
 * the default recipe, PPO-ptx (``ptx_coef=0.5``): every update also takes the NLL of a batch of
   16 SFT demonstrations of the built-in ``facts`` task;
-* plain PPO (``algo.ptx_coef=0``).
+* plain PPO (``algo.ptx_coef=0``);
+
+each as it runs by default and with ``algo.lean_forward=true`` (``lean`` rows: the scoring and
+training forwards through :mod:`alignbench.lean_forward`, equal within rounding, not bit for bit).
 
 Settings (issue #4): Llama with vocab 1024 (the facts vocabulary padded with filler words),
 hidden 128, intermediate 512, 4 layers, 4 heads, untied output layer (1.31 M parameters);
@@ -130,8 +133,9 @@ class Setup:
     networks: dict[str, torch.nn.Module]
 
 
-def build(tmp: Path, task: Task, ptx_coef: float, s: Settings) -> Setup:
-    """PPO with ``ptx_coef`` on the Run of a :class:`Job` with the benchmark's four networks."""
+def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, lean: bool = False) -> Setup:
+    """PPO with ``ptx_coef`` (and ``lean_forward``) on the Run of a :class:`Job` with the
+    benchmark's four networks."""
     torch.manual_seed(0)
     words = task.vocabulary()
     words += [f"w{i}" for i in range(VOCAB_WORDS - len(words))]
@@ -148,8 +152,9 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings) -> Setup:
         sampling=SamplingConfig(max_new_tokens=s.new_tokens),
         ptx_coef=ptx_coef,
         ptx_batch_size=s.ptx_batch_size,
+        lean_forward=lean,
     )
-    job = Job(OmegaConf.create({"seed": 0}), tmp)
+    job = Job(OmegaConf.create({"seed": 0, "model": OmegaConf.structured(s.model)}), tmp)
     run = job.make_run(
         config=config,
         task=task,
@@ -418,12 +423,12 @@ def print_comparison(times: dict, trl: dict[str, list[float]], labels: dict[str,
     """Total seconds per step of every contender, per recipe, and alignbench's ratios to them."""
     columns = ["alignbench", "lower bound", *labels.values()]
     head = "".join(f" {name + ' (s)':>22} |" for name in columns)
-    print(f"| {'recipe':<8} |{head}")
-    print(f"|{'-' * 10}|" + f"{'-' * 24}|" * len(columns))
+    print(f"| {'recipe':<10} |{head}")
+    print(f"|{'-' * 12}|" + f"{'-' * 24}|" * len(columns))
     for recipe in times:
         ours, base = median(times[recipe][0], "total"), median(times[recipe][1], "total")
         cells = [ours, base, *(statistics.median(trl[k]) for k in labels)]
-        print(f"| {recipe:<8} |" + "".join(f" {c:>22.4f} |" for c in cells))
+        print(f"| {recipe:<10} |" + "".join(f" {c:>22.4f} |" for c in cells))
     print()
 
 
@@ -457,7 +462,9 @@ def main() -> None:
     torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
     task = facts_task()
-    recipes = {"ptx": 0.5, "plain": 0.0}
+    # name: (ptx_coef, lean_forward); a lean recipe is timed against its default's lower bound.
+    recipes = {"ptx": (0.5, False), "plain": (0.0, False), "ptx lean": (0.5, True)}
+    recipes["plain lean"] = (0.0, True)
     times: dict[str, tuple[list, list]] = {name: ([], []) for name in recipes}
     trl_path = args.trl_path if Path(args.trl_path).is_dir() else None
     workers = {
@@ -468,22 +475,28 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             setups, bounds = {}, {}
-            for name, ptx_coef in recipes.items():
-                setups[name] = build(Path(tmp) / name, task, ptx_coef, s)
-                demos = demo_batches(setups[name].run, 8, s.ptx_batch_size) if ptx_coef else None
-                bounds[name] = LowerBound(setups[name], s, demos)
+            for name, (ptx_coef, lean) in recipes.items():
+                setups[name] = build(Path(tmp) / name.replace(" ", "_"), task, ptx_coef, s, lean)
+                if not lean:
+                    size = s.ptx_batch_size
+                    demos = demo_batches(setups[name].run, 8, size) if ptx_coef else None
+                    bounds[name] = LowerBound(setups[name], s, demos)
             for i in range(warmup + steps):
                 for name in recipes:
                     a = alignbench_step(setups[name].run, setups[name].prompts, s)
-                    b = bounds[name].step()
                     if i >= warmup:
                         times[name][0].append(a)
-                        times[name][1].append(b)
+                    if name in bounds:
+                        b = bounds[name].step()
+                        if i >= warmup:
+                            times[name][1].append(b)
                 for name, worker in workers.items():
                     if worker.version:
                         seconds = worker.step()
                         if i >= warmup:
                             trl[name].append(seconds)
+            for name in recipes:  # a lean recipe beside its default's lower bound
+                times[name] = (times[name][0], times[name.split()[0]][1])
             n_policy = count_parameters(setups["ptx"].networks["policy"])
     finally:
         for worker in workers.values():
@@ -496,6 +509,10 @@ def main() -> None:
         *times["ptx"],
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
+    lean = {
+        "ptx lean": print_table("PPO-ptx, algo.lean_forward=true", *times["ptx lean"]),
+        "plain lean": print_table("plain PPO, algo.lean_forward=true", *times["plain lean"]),
+    }
     labels = {}
     for name, worker in workers.items():
         if worker.version:
@@ -507,10 +524,20 @@ def main() -> None:
     ptx_cost = median(times["ptx"][0], "total") / median(times["plain"][0], "total")
     print(f"PPO-ptx step / lower bound = {ptx:.2f} (target <= 1.20)")
     print(f"plain PPO step / lower bound = {plain:.2f} (target <= 1.20)")
+    print(f"PPO-ptx lean step / lower bound = {lean['ptx lean']:.2f}")
+    print(f"plain PPO lean step / lower bound = {lean['plain lean']:.2f}")
+    for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
+        r = median(times[f"{recipe} lean"][0], "total") / median(times[recipe][0], "total")
+        print(f"{title} lean step / {title} step = {r:.2f} (what algo.lean_forward=true saves)")
     print(f"PPO-ptx step / plain PPO step = {ptx_cost:.2f} (the cost of the ptx term)")
     targets = {"TRL": 0.40, "TRL no gc": 0.75}
     for name, label in labels.items():
-        for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
+        for recipe, title in (
+            ("plain", "plain PPO"),
+            ("ptx", "PPO-ptx"),
+            ("plain lean", "plain PPO lean"),
+            ("ptx lean", "PPO-ptx lean"),
+        ):
             r = median(times[recipe][0], "total") / statistics.median(trl[name])
             low, high = paired_quartiles(times[recipe][0], trl[name])
             print(
