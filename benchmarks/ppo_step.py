@@ -6,8 +6,9 @@ Two recipes, each beside its own lower bound:
   16 SFT demonstrations of the built-in ``facts`` task;
 * plain PPO (``algo.ptx_coef=0``);
 
-each as it runs by default and with ``algo.lean_forward=true`` (``lean`` rows: the scoring and
-training forwards through :mod:`alignbench.lean_forward`, equal within rounding, not bit for bit).
+each as it runs by default and with ``algo.lean_forward=true algo.fused_adamw=true`` (``fast``
+rows: the scoring and training forwards through :mod:`alignbench.lean_forward`, AdamW's fused
+kernel; equal within rounding, not bit for bit: ``tests/test_lean_forward.py``).
 
 Settings (issue #4): Llama with vocab 1024 (the facts vocabulary padded with filler words),
 hidden 128, intermediate 512, 4 layers, 4 heads, untied output layer (1.31 M parameters);
@@ -133,9 +134,9 @@ class Setup:
     networks: dict[str, torch.nn.Module]
 
 
-def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, lean: bool = False) -> Setup:
-    """PPO with ``ptx_coef`` (and ``lean_forward``) on the Run of a :class:`Job` with the
-    benchmark's four networks."""
+def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = False) -> Setup:
+    """PPO with ``ptx_coef`` (``fast``: lean forwards, fused AdamW) on the Run of a :class:`Job`
+    with the benchmark's four networks."""
     torch.manual_seed(0)
     words = task.vocabulary()
     words += [f"w{i}" for i in range(VOCAB_WORDS - len(words))]
@@ -152,7 +153,8 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, lean: bool = Fals
         sampling=SamplingConfig(max_new_tokens=s.new_tokens),
         ptx_coef=ptx_coef,
         ptx_batch_size=s.ptx_batch_size,
-        lean_forward=lean,
+        lean_forward=fast,
+        fused_adamw=fast,
     )
     job = Job(OmegaConf.create({"seed": 0, "model": OmegaConf.structured(s.model)}), tmp)
     run = job.make_run(
@@ -462,9 +464,9 @@ def main() -> None:
     torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
     task = facts_task()
-    # name: (ptx_coef, lean_forward); a lean recipe is timed against its default's lower bound.
-    recipes = {"ptx": (0.5, False), "plain": (0.0, False), "ptx lean": (0.5, True)}
-    recipes["plain lean"] = (0.0, True)
+    # name: (ptx_coef, fast); a fast recipe is timed against its default's lower bound.
+    recipes = {"ptx": (0.5, False), "plain": (0.0, False), "ptx fast": (0.5, True)}
+    recipes["plain fast"] = (0.0, True)
     times: dict[str, tuple[list, list]] = {name: ([], []) for name in recipes}
     trl_path = args.trl_path if Path(args.trl_path).is_dir() else None
     workers = {
@@ -475,9 +477,9 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             setups, bounds = {}, {}
-            for name, (ptx_coef, lean) in recipes.items():
-                setups[name] = build(Path(tmp) / name.replace(" ", "_"), task, ptx_coef, s, lean)
-                if not lean:
+            for name, (ptx_coef, fast) in recipes.items():
+                setups[name] = build(Path(tmp) / name.replace(" ", "_"), task, ptx_coef, s, fast)
+                if not fast:
                     size = s.ptx_batch_size
                     demos = demo_batches(setups[name].run, 8, size) if ptx_coef else None
                     bounds[name] = LowerBound(setups[name], s, demos)
@@ -495,7 +497,7 @@ def main() -> None:
                         seconds = worker.step()
                         if i >= warmup:
                             trl[name].append(seconds)
-            for name in recipes:  # a lean recipe beside its default's lower bound
+            for name in recipes:  # a fast recipe beside its default's lower bound
                 times[name] = (times[name][0], times[name.split()[0]][1])
             n_policy = count_parameters(setups["ptx"].networks["policy"])
     finally:
@@ -509,9 +511,10 @@ def main() -> None:
         *times["ptx"],
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
-    lean = {
-        "ptx lean": print_table("PPO-ptx, algo.lean_forward=true", *times["ptx lean"]),
-        "plain lean": print_table("plain PPO, algo.lean_forward=true", *times["plain lean"]),
+    flags = "algo.lean_forward=true algo.fused_adamw=true"
+    fast = {
+        "ptx fast": print_table(f"PPO-ptx, {flags}", *times["ptx fast"]),
+        "plain fast": print_table(f"plain PPO, {flags}", *times["plain fast"]),
     }
     labels = {}
     for name, worker in workers.items():
@@ -524,19 +527,19 @@ def main() -> None:
     ptx_cost = median(times["ptx"][0], "total") / median(times["plain"][0], "total")
     print(f"PPO-ptx step / lower bound = {ptx:.2f} (target <= 1.20)")
     print(f"plain PPO step / lower bound = {plain:.2f} (target <= 1.20)")
-    print(f"PPO-ptx lean step / lower bound = {lean['ptx lean']:.2f}")
-    print(f"plain PPO lean step / lower bound = {lean['plain lean']:.2f}")
+    print(f"PPO-ptx fast step / lower bound = {fast['ptx fast']:.2f}")
+    print(f"plain PPO fast step / lower bound = {fast['plain fast']:.2f}")
     for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
-        r = median(times[f"{recipe} lean"][0], "total") / median(times[recipe][0], "total")
-        print(f"{title} lean step / {title} step = {r:.2f} (what algo.lean_forward=true saves)")
+        r = median(times[f"{recipe} fast"][0], "total") / median(times[recipe][0], "total")
+        print(f"{title} fast step / {title} step = {r:.2f} (what {flags} saves)")
     print(f"PPO-ptx step / plain PPO step = {ptx_cost:.2f} (the cost of the ptx term)")
     targets = {"TRL": 0.40, "TRL no gc": 0.75}
     for name, label in labels.items():
         for recipe, title in (
             ("plain", "plain PPO"),
             ("ptx", "PPO-ptx"),
-            ("plain lean", "plain PPO lean"),
-            ("ptx lean", "PPO-ptx lean"),
+            ("plain fast", "plain PPO fast"),
+            ("ptx fast", "PPO-ptx fast"),
         ):
             r = median(times[recipe][0], "total") / statistics.median(trl[name])
             low, high = paired_quartiles(times[recipe][0], trl[name])
