@@ -45,6 +45,8 @@ SEARCH_ONLY = (
     "rerun",
     "cache_rebuild",
 )
+#: Successive halving's reduction factor (Optuna's default): rungs at warmup_points x 4^r.
+HALVING_REDUCTION = 4
 #: One line per search whose best trial could not be written: Hydra turns a callback's exception
 #: into a warning, so the command reads this list and exits 1 instead of finishing silently.
 FAILURES: list[str] = []
@@ -326,7 +328,22 @@ class TrialPruner:
             )
         # Optuna prunes from step n_warmup_steps on: `warmup_points` is the first point that may
         # prune. Successive halving has no startup count of its own: its first rung is there.
-        return pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup))
+        return pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, warmup), reduction_factor=HALVING_REDUCTION
+        )
+
+    def _rungs(self, values: dict[int, float]) -> dict[str, float]:
+        """The rung values Optuna's successive halving would have recorded on a trial that
+        reported ``values`` (its ``completed_rung_<r>`` system attributes: what later trials
+        compete against); none for the other pruners, which read intermediate values only."""
+        if self.prune.pruner != "halving":
+            return {}
+        attrs, rung, first = {}, 0, max(1, int(self.prune.warmup_points))
+        for step in sorted(values):
+            while step >= first * HALVING_REDUCTION**rung:
+                attrs[f"completed_rung_{rung}"] = values[step]
+                rung += 1
+        return attrs
 
     def _siblings(self) -> list[Any]:
         """The sweep's other trials as Optuna trials: finished ones complete (final value),
@@ -340,12 +357,16 @@ class TrialPruner:
             final = summary.get(self.metric)
             if not values or not isinstance(final, int | float) or not math.isfinite(final):
                 continue
-            pruned = summary.get("tuning/pruned_at") is not None
+            pruned_at = summary.get("tuning/pruned_at")
+            if pruned_at is not None:
+                # Its final evaluation repeats the point it stopped at (same step): no later point.
+                values = {p: v for p, v in values.items() if p <= int(pruned_at)}
             out.append(
                 self.optuna.trial.create_trial(
-                    state=trial_state.PRUNED if pruned else trial_state.COMPLETE,
-                    value=None if pruned else float(final),
+                    state=trial_state.COMPLETE if pruned_at is None else trial_state.PRUNED,
+                    value=float(final) if pruned_at is None else None,
                     intermediate_values=values,
+                    system_attrs=self._rungs(values),
                 )
             )
         return out
@@ -364,9 +385,19 @@ class TrialPruner:
             for trial in self._siblings():
                 study.add_trial(trial)
         trial = study.ask()
-        for step, reported in sorted(self.reported.items()):
-            trial.report(reported, step)
-        pruned = bool(trial.should_prune())
+        if self.prune.pruner == "halving":
+            # Successive halving judges a rung once, at the first point that reaches it, and
+            # records it on the trial: replay the points in order, as Optuna's study would have.
+            pruned = False
+            for step, reported in sorted(self.reported.items()):
+                trial.report(reported, step)
+                if trial.should_prune():
+                    pruned = True
+                    break
+        else:
+            for step, reported in sorted(self.reported.items()):
+                trial.report(reported, step)
+            pruned = bool(trial.should_prune())
         if pruned:
             log.info(
                 "pruned at evaluation point %d: %s = %.4f is behind the earlier trials",

@@ -206,6 +206,21 @@ def test_a_trial_behind_the_median_of_earlier_trials_is_pruned(tmp_path: Path) -
     assert not _pruner(sweep, startup=4).should_prune(1, {"dev/gold_reward": 0.1})
 
 
+def test_successive_halving_prunes_a_trial_behind_the_earlier_ones(tmp_path: Path) -> None:
+    """prune.pruner=halving: the siblings' values at the first rung (point 1) are what a trial
+    competes against there (Optuna keeps them as rung attributes, which a rebuilt study must
+    carry: without them a trial only ever competed against itself and was never pruned)."""
+    sweep = tmp_path / "sweep"
+    for i in range(8):
+        _sibling(sweep, f"t{i}", [0.5 + i / 100] * 4)
+    assert _pruner(sweep, pruner="halving").should_prune(1, {"dev/gold_reward": -5.0})
+    assert not _pruner(sweep, pruner="halving").should_prune(1, {"dev/gold_reward": 0.9})
+    # A rung is judged once: a trial ahead at point 1 is not judged again before rung 1 (4).
+    ahead = _pruner(sweep, pruner="halving")
+    assert not ahead.should_prune(1, {"dev/gold_reward": 0.9})
+    assert not ahead.should_prune(2, {"dev/gold_reward": -5.0})
+
+
 def test_the_best_trial_is_never_a_pruned_one(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     _sibling(sweep, "a", [0.2, 0.2])
