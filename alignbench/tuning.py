@@ -377,6 +377,11 @@ class TrialPruner:
         if not isinstance(value, int | float) or not math.isfinite(value):
             return False  # nothing to judge by (e.g. another rank's empty metrics)
         self.reported[point] = float(value)
+        # Earlier points from this trial's own metrics.jsonl where this object did not see them
+        # (a resumed trial), so that a resumed trial is judged as a straight one.
+        for earlier, seen in eval_values(self.output_dir / "metrics.jsonl", self.metric).items():
+            if earlier < point:
+                self.reported.setdefault(earlier, seen)
         optuna = self.optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(direction=self.direction, pruner=self._pruner())

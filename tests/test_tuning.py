@@ -221,6 +221,20 @@ def test_successive_halving_prunes_a_trial_behind_the_earlier_ones(tmp_path: Pat
     assert not ahead.should_prune(2, {"dev/gold_reward": -5.0})
 
 
+def test_a_resumed_trial_is_judged_as_a_straight_one(tmp_path: Path) -> None:
+    """Optuna's median pruner judges a trial by its best value over all its points: a trial
+    resumed from a checkpoint (a new pruner object) reads its earlier points back from its own
+    metrics.jsonl instead of forgetting them."""
+    sweep = tmp_path / "sweep"
+    for name, value in (("a", 0.5), ("b", 0.6), ("c", 0.7)):
+        _sibling(sweep, name, [value, value, value])
+    straight = _pruner(sweep)
+    assert not straight.should_prune(1, {"dev/gold_reward": 0.9})
+    _metrics(sweep / "me", [0.9])  # what the trial wrote before its checkpoint
+    assert not straight.should_prune(2, {"dev/gold_reward": 0.1})  # 0.9 was ahead
+    assert not _pruner(sweep).should_prune(2, {"dev/gold_reward": 0.1})  # resumed: the same
+
+
 def test_the_best_trial_is_never_a_pruned_one(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     _sibling(sweep, "a", [0.2, 0.2])
