@@ -46,7 +46,7 @@ from alignbench.hardware import model_device
 from alignbench.hookspecs import Register, hookimpl, hookspec
 from alignbench.label.online import OnlineRequests
 from alignbench.loop import PromptStream
-from alignbench.lora import SharedBaseReference, is_lora
+from alignbench.lora import SharedBaseReference, apply_lora_to_scalar, is_lora
 from alignbench.models import (  # noqa: E402
     ScalarHeadModel,
     load_pretrained,
@@ -148,6 +148,7 @@ __all__ = [
     "transcript",
     "turn_rewards",
     "input_path",
+    "apply_lora_to_scalar",
     "is_lora",
     "load_groups",
     "load_pretrained",

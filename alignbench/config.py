@@ -132,9 +132,13 @@ class FeedbackConfig:
     seed: int = 0
 
 
+#: What ``model.lora.targets`` may name: the models that can train as adapters.
+LORA_TARGETS = ("policy", "critic", "reward_model")
+
+
 @dataclass
 class LoraConfig:
-    """LoRA adapters on the policy after stage 1 (through PEFT); ``r=0`` trains the whole model."""
+    """LoRA adapters (through PEFT) on the models in ``targets``; ``r=0`` trains whole models."""
 
     r: int = 0
     alpha: float = 16.0
@@ -143,6 +147,10 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=list)
     # Export the merged model (loadable without peft) beside the adapter.
     merge_on_export: bool = False
+    # The models that train as adapters: policy (after stage 1; the reference is then its base),
+    # critic (PPO's separate critic: adapters on its trunk, its value head whole), reward_model
+    # (stage 2: adapters on the trunk + the head, merged into the cached model).
+    targets: list[str] = field(default_factory=lambda: ["policy"])
 
 
 @dataclass
@@ -382,8 +390,8 @@ def store_plugin_schema(group: str, name: str, schema: type) -> None:
 
 def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
     """A plain config without ``precision=fp32``, ``prune.pruner=none`` and ``model.lora`` with
-    ``r=0`` (switches that are off), so that results and checkpoints made before those keys
-    existed keep their fingerprint and recorded config."""
+    ``r=0`` (switches that are off) or its default ``targets=[policy]``, so that results and
+    checkpoints made before those keys existed keep their fingerprint and recorded config."""
     plain = dict(plain)
     if plain.get("precision") == "fp32":
         plain.pop("precision")
@@ -395,8 +403,11 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
     model = plain.get("model")
     if isinstance(model, dict):
         off = {k for k in ("gradient_checkpointing", "compile") if model.get(k) is False}
-        if not (model.get("lora") or {}).get("r"):
+        lora = model.get("lora") or {}
+        if not lora.get("r"):
             off.add("lora")
+        elif lora.get("targets") == ["policy"]:  # the default: LoRA results made before targets
+            model = {**model, "lora": {k: v for k, v in lora.items() if k != "targets"}}
         plain["model"] = {k: v for k, v in model.items() if k not in off}
     return plain
 

@@ -1,4 +1,5 @@
-"""LoRA through PEFT: ``model.lora.r > 0`` trains low-rank adapters on the policy instead of it.
+"""LoRA through PEFT: ``model.lora.r > 0`` trains low-rank adapters instead of whole models, on
+the models ``model.lora.targets`` names (``policy`` by default; ``critic``, ``reward_model``).
 
 Stage 1 (SFT) stays full fine-tuning; the core wraps the SFT policy with adapters after loading
 it (:func:`apply_lora`), so only the adapter weights are trainable. The reference is then the
@@ -6,10 +7,16 @@ same network with its adapters switched off (:class:`SharedBaseReference`, what
 ``run.load_sft_model()`` returns under LoRA): PPO, GRPO, DPO… hold one backbone for policy and
 reference instead of two, without a line of their own changed.
 
-FLOPs: PEFT's adapters are modules inside the policy, so their parameters count in the policy's
+A scalar-head model (PPO's critic, stage 2's reward model) gets adapters on its trunk and keeps
+its head whole and trainable (:func:`apply_lora_to_scalar`): a fresh head must learn its scale,
+which a low-rank update of a zero matrix cannot. Stage 2 folds the trained adapters into the
+trunk before caching the reward model (:func:`merge_adapters`), so the frozen reward of RL is a
+plain model, whatever trained it.
+
+FLOPs: PEFT's adapters are modules inside the model, so their parameters count in the model's
 ``2N`` per token forward and ``4N`` backward (the dense convention; it charges the frozen base
 weights' backward as if they had weight gradients, as for any model). The reference is charged
-for the base weights only.
+for the base weights only, and so is a merged reward model.
 """
 
 from __future__ import annotations
@@ -22,20 +29,40 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from alignbench.config import LoraConfig
+from alignbench.config import LORA_TARGETS, LoraConfig
 from alignbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from alignbench.models import ScalarHeadModel
 
-def check_lora(config: Any) -> None:
-    """ConfigError (one line, before anything trains) for LoRA settings out of range or LoRA
-    asked for without ``peft`` installed."""
+
+def check_lora(config: Any, feedback_rounds: int = 0) -> None:
+    """ConfigError (one line, before anything trains) for LoRA settings out of range, targets
+    that are not models, or LoRA asked for without ``peft`` installed."""
     if config.r < 0:
         raise ConfigError(f"model.lora.r={config.r} — must be >= 0 (0 = no LoRA)")
+    targets = list(config.targets)
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    if unknown or not targets or len(set(targets)) < len(targets):
+        raise ConfigError(
+            f"model.lora.targets=[{','.join(targets)}] — list each of {', '.join(LORA_TARGETS)} "
+            "at most once, at least one (e.g. model.lora.targets=[policy,critic])"
+        )
     if config.r == 0:
+        if targets != ["policy"]:
+            raise ConfigError(
+                f"model.lora.targets=[{','.join(targets)}] with model.lora.r=0 trains no "
+                "adapters — set model.lora.r (e.g. 8)"
+            )
         return
+    if "reward_model" in targets and feedback_rounds > 0:
+        # Online rounds retrain the cached (merged) reward model in place, as a whole model.
+        raise ConfigError(
+            f"model.lora.targets with reward_model and feedback.rounds={feedback_rounds}: online "
+            "rounds retrain the whole reward model — drop reward_model or use feedback.rounds=0"
+        )
     if not config.alpha > 0:
         raise ConfigError(f"model.lora.alpha={config.alpha} — must be > 0 (e.g. 2 * r)")
     if not 0 <= config.dropout < 1:
@@ -54,30 +81,79 @@ def is_lora(model: torch.nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-def apply_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
-    """``model`` wrapped with fresh LoRA adapters (only they are trainable); unchanged if r=0."""
-    if config.r <= 0:
-        return model
-    check_lora(config)
+def _peft_config(config: LoraConfig, task_type: str | None) -> Any:
+    """PEFT's LoRA config for ``model.lora``."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
-    peft_config = PeftLoraConfig(
+    return PeftLoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         # Empty: PEFT's default modules for the architecture (q_proj/v_proj for Llama).
         target_modules=list(config.target_modules) or None,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
+
+
+def _bad_target_modules(config: LoraConfig, exc: ValueError) -> ConfigError:
+    """The one-line error for a target module the architecture does not have."""
+    return ConfigError(
+        f"model.lora.target_modules={list(config.target_modules)}: "
+        f"{str(exc).splitlines()[0]} — name linear layers of the model (e.g. q_proj,v_proj)"
+    )
+
+
+def apply_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
+    """``model`` (the policy) wrapped with fresh LoRA adapters (only they are trainable);
+    unchanged if r=0 or ``policy`` is not among ``model.lora.targets``."""
+    if config.r <= 0 or "policy" not in config.targets:
+        return model
+    check_lora(config)
+    from peft import get_peft_model
+
     try:
-        return get_peft_model(model, peft_config)
+        return get_peft_model(model, _peft_config(config, "CAUSAL_LM"))
     except ValueError as exc:  # a target module the architecture does not have
-        raise ConfigError(
-            f"model.lora.target_modules={list(config.target_modules)}: "
-            f"{str(exc).splitlines()[0]} — name linear layers of the model (e.g. q_proj,v_proj)"
-        ) from None
+        raise _bad_target_modules(config, exc) from None
+
+
+def apply_lora_to_scalar(model: ScalarHeadModel, config: Any, role: str) -> ScalarHeadModel:
+    """``model`` (a critic or reward model) with fresh LoRA adapters injected into its trunk, only
+    they and the whole head trainable, when ``role`` is among the targets of ``config``
+    (``model.lora``: a :class:`LoraConfig` or its config node) and r > 0; unchanged otherwise
+    (also when ``config`` is None: a job config without ``model.lora``)."""
+    if role not in LORA_TARGETS:
+        raise ValueError(f"role {role!r} — use one of {', '.join(LORA_TARGETS)}")
+    if config is None or config.r <= 0 or role not in config.targets:
+        return model
+    check_lora(config)
+    from peft import inject_adapter_in_model
+
+    # Injected in place, no PEFT wrapper: the model keeps its type, forward and head, so the
+    # code that scores, places, checkpoints or counts it is the same as for a full model.
+    try:
+        inject_adapter_in_model(_peft_config(config, None), model.trunk)
+    except ValueError as exc:
+        raise _bad_target_modules(config, exc) from None
+    model.requires_grad_(False)
+    for name, parameter in model.trunk.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+    model.head.requires_grad_(True)
+    return model
+
+
+def merge_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every LoRA layer folded into its base layer (``W + B A alpha / r``) and
+    replaced by it: a plain model again, the same state-dict keys as one never adapted."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    return model
 
 
 @contextlib.contextmanager

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignbench import distributed
 from alignbench.batch import Batch, collate, demonstration_batch, join
 from alignbench.budget import Budget, FlopCounter
+from alignbench.config import LoraConfig
 from alignbench.errors import NonFiniteError, PluginError
 from alignbench.feedback import Group
 from alignbench.hardware import autocast, model_device
@@ -71,6 +72,13 @@ class Run:
     def eval_batch_size(self) -> int:
         """How many evaluation questions are answered per batch (``eval.batch_size``)."""
         return int(self.cfg["eval"]["batch_size"])
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        """``model.lora``: the LoRA settings and which models train as adapters (``targets``);
+        None in a config without it (a hand-built Run)."""
+        node = (self.cfg.get("model") or {}).get("lora")
+        return None if node is None else LoraConfig(**OmegaConf.to_container(node, resolve=True))
 
     @property
     def device(self) -> torch.device:

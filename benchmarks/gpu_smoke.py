@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,8 @@ def build(
     overrides: dict[str, Any] | None = None,
 ) -> Setup:
     """``algo`` on the Run of a :class:`Job`: a policy built from ``model_cfg`` (the SFT model),
-    a reward network of the same size, all on ``device``; LoRA on the policy if ``lora.r``."""
+    a reward network of the same size, all on ``device``; LoRA on the policy (and PPO's critic)
+    if ``lora.r`` and its targets name them."""
     torch.manual_seed(0)
     task = facts_task()
     words = task.vocabulary()
@@ -118,7 +119,10 @@ def build(
     policy = apply_lora(policy.to(device), lora or LoraConfig())
     reward_model = ScalarHeadModel(build_model(model_cfg, tokenizer)).eval().requires_grad_(False)
     reward_model.to(device)
-    job = Job(OmegaConf.create({"seed": 0}), tmp)
+    # The job's config holds the model's keys: the core reads model.gradient_checkpointing /
+    # compile there, and PPO's critic reads model.lora.targets.
+    model_node = OmegaConf.structured(replace(model_cfg, lora=lora or LoraConfig()))
+    job = Job(OmegaConf.create({"seed": 0, "model": model_node}), tmp)
     entry = job.registry.get("algo", algo)
     names = {f.name for f in fields(entry.config_cls)}
     values = {"samples_per_prompt": 2, "policy_samples": 2}

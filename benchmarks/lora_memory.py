@@ -9,7 +9,10 @@ x 32 new tokens, a separate reward network of the same size:
   the policy and the critic;
 * ``lora``: ``model.lora.r=8`` on q/k/v/o: the reference is the policy's base with adapters off
   (no second backbone) and AdamW state exists for the adapters only; the critic is still full;
-* ``lora_shared_critic``: the same with ``algo.critic=shared`` (a value head on the policy).
+* ``lora_critic``: the same with ``model.lora.targets=[policy,critic]``: the critic is its own
+  network still, but trains adapters + its value head (no AdamW state for its trunk);
+* ``lora_shared_critic``: the same as ``lora`` with ``algo.critic=shared`` (a value head on the
+  policy).
 
 Peak memory = the process's maximum RSS after the steps minus its RSS after the imports (what
 the models, optimisers and activations took). The ratio lines are ``<variant> / full``.
@@ -27,6 +30,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,14 +44,17 @@ MODEL = ModelConfig(
     hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8, max_position_embeddings=64
 )
 ADAPTERS = LoraConfig(r=8, alpha=16.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+CRITIC_ADAPTERS = replace(ADAPTERS, targets=["policy", "critic"])
 VARIANTS = {
     "full": (None, {}),
     "lora": (ADAPTERS, {}),
+    "lora_critic": (CRITIC_ADAPTERS, {}),
     "lora_shared_critic": (ADAPTERS, {"critic": "shared"}),
 }
 LABELS = {
     "full": "four full models",
     "lora": "LoRA + shared reference",
+    "lora_critic": "LoRA + shared reference + LoRA critic",
     "lora_shared_critic": "LoRA + shared reference + shared critic",
 }
 
@@ -131,7 +138,7 @@ def main() -> None:
         )
     print()
     full = results["full"]["peak"]
-    for variant in ("lora", "lora_shared_critic"):
+    for variant in ("lora", "lora_critic", "lora_shared_critic"):
         print(f"{LABELS[variant]} / {LABELS['full']} = {results[variant]['peak'] / full:.2f}")
 
 

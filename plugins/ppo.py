@@ -30,6 +30,7 @@ from alignbench import (
     Run,
     SamplingParams,
     ScalarHeadModel,
+    apply_lora_to_scalar,
     distributed,
     load_pretrained,
     ops,
@@ -231,16 +232,20 @@ class PPO:
         self._values_from_update = config.num_minibatches == 1
 
     def _initial_critic(self, run: Run) -> ScalarHeadModel:
-        """A trainable critic from the SFT model (zero head) or from the learned reward model."""
+        """A trainable critic from the SFT model (zero head) or from the learned reward model;
+        with ``model.lora.targets`` naming ``critic``, LoRA adapters on its trunk + its head."""
         if self.config.critic_init == "reward_model":
             reward_model = getattr(run.reward, "model", None)
             if not isinstance(reward_model, ScalarHeadModel):
                 raise ConfigError(
                     "algo.critic_init=reward_model needs a learned reward model — use reward=rm"
                 )
-            return copy.deepcopy(reward_model).requires_grad_(True)
-        backbone, _ = load_pretrained(run.sft_path)
-        return ScalarHeadModel(backbone)
+            critic = copy.deepcopy(reward_model).requires_grad_(True)
+        else:
+            backbone, _ = load_pretrained(run.sft_path)
+            critic = ScalarHeadModel(backbone)
+        # model.lora.targets=[…,critic]: adapters on the trunk train, and the whole value head.
+        return apply_lora_to_scalar(critic, run.lora, "critic")
 
     # -- forward passes ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from alignbench import provenance
 from alignbench.budget import FlopCounter
 from alignbench.cache import cached_stage, config_hash
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.lora import apply_lora_to_scalar, merge_adapters
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
 from alignbench.rm.evaluation import probe_report, ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
@@ -54,13 +55,28 @@ ONLINE_ONLY_KEYS = ("rounds", "delay")
 def new_reward_model(
     sft_path: Path, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase
 ) -> ScalarHeadModel:
-    """An untrained reward model: the SFT trunk (``stage.rm.init=sft``) or a fresh one (scratch)."""
+    """An untrained reward model: the SFT trunk (``stage.rm.init=sft``) or a fresh one (scratch);
+    with ``model.lora.targets`` naming ``reward_model``, LoRA adapters on that trunk train instead
+    of it (and the whole head)."""
     torch.manual_seed(cfg.stage.rm.seed)
     if cfg.stage.rm.init == "scratch":
         if cfg.model.name_or_path:  # the same architecture as the SFT model, fresh weights
-            return ScalarHeadModel(random_like(sft_path))
-        return ScalarHeadModel(build_model(to_object(cfg.model), tokenizer))
-    return ScalarHeadModel(load_pretrained(sft_path)[0])
+            model = ScalarHeadModel(random_like(sft_path))
+        else:
+            model = ScalarHeadModel(build_model(to_object(cfg.model), tokenizer))
+    else:
+        model = ScalarHeadModel(load_pretrained(sft_path)[0])
+    return apply_lora_to_scalar(model, cfg.model.lora, "reward_model")
+
+
+def lora_key(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The LoRA settings that shape the reward model, as extra parts of the stage's key: none when
+    it trains whole (so the key of a full fine-tuned reward model is what it always was)."""
+    lora = cfg.model.lora
+    if not lora.r or "reward_model" not in lora.targets:
+        return []
+    settings = OmegaConf.to_container(lora, resolve=True)
+    return [{"lora": {k: settings[k] for k in ("r", "alpha", "dropout", "target_modules")}}]
 
 
 def load_reward_model(path: Path, sft_path: Path) -> ScalarHeadModel:
@@ -94,6 +110,8 @@ def reward_model_stage(
         sft_files,
         provenance.key_parts(plugins),
         provenance.STAGE_THREADS,
+        # A reward model trained as adapters is another model: never the full one's cache.
+        *lora_key(cfg),
     )
 
     def build(folder: Path) -> dict[str, Any]:
@@ -121,6 +139,11 @@ def reward_model_stage(
         label_accuracy = ranking_accuracy([g.preference for g in golden], golden)
         probe = probe_report(model, tokenizer, task, exclude={g.row["prompt"] for g in groups})
         flops.close()
+        # Measured with the adapters as trained; cached folded into the trunk (equal within
+        # rounding), so RL's frozen reward is a plain model that every loader reads.
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        lora = {"lora_trainable_parameters": trainable} if lora_key(cfg) else {}
+        merge_adapters(model)
         save_file(
             {k: v.contiguous() for k, v in model.state_dict().items()},
             folder / "model.safetensors",
@@ -146,6 +169,7 @@ def reward_model_stage(
             **source.statistics(),
             **probe,
             **stats,
+            **lora,
         }
 
     return cached_stage(
