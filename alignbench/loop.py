@@ -102,12 +102,32 @@ def check_stats(stats: Any, source: str = "alignbench_update") -> dict[str, floa
 def snapshot(run: Run, algorithm: Any) -> dict[str, Any]:
     """In-memory copy of everything an update may change: the policy and the algorithm's
     trainable modules, optimisers and stateful helpers (as a checkpoint would save them)."""
-    parts = {"policy": ("module", run.policy)}
+    parts: dict[str, tuple[str, Any]] = {"policy": ("module", run.policy)}
     parts.update(checkpoint.stateful_parts(algorithm) if algorithm is not None else {})
+    if getattr(run, "scaler", None) is not None:  # fp16: the loss scale and the skipped steps
+        parts["precision"] = ("scaler", _ScalerState(run))
     return {
         name: (kind, value, copy.deepcopy(value.state_dict()))
         for name, (kind, value) in parts.items()
     }
+
+
+class _ScalerState:
+    """fp16's loss scaler and the run's count of skipped steps, as one state dict (what a
+    checkpoint saves of them), so that a skipped batch puts them back too."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scaler's state and ``skipped_steps``."""
+        return {**self.run.scaler.state_dict(), "skipped_steps": self.run.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` gave."""
+        state = dict(state)
+        self.run.skipped_steps = int(state.pop("skipped_steps"))
+        self.run.scaler.load_state_dict(state)
 
 
 def restore(run: Run, algorithm: Any, saved: dict[str, Any]) -> None:

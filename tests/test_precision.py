@@ -146,3 +146,17 @@ def test_fp16_resume_restores_the_loss_scale(tiny_job, tmp_path: Path) -> None:
         json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [s["step"] for s in steps if s["kind"] == "step"] == [1, 2, 3, 4]
+
+
+def test_a_skipped_batch_puts_the_loss_scale_back() -> None:
+    """on_nonfinite=skip: a batch whose update fails half-way leaves no trace, the fp16 loss
+    scaler's scale and skip count included (not only the weights and optimisers)."""
+    from alignbench.loop import restore, snapshot
+
+    fake = _fake_run("fp16")
+    fake.policy, _ = _model()
+    saved = snapshot(fake, None)
+    _step(fake, loss_scale=1e35)  # an overflowing step inside the batch that is then skipped
+    assert fake.skipped_steps == 1 and fake.scaler.get_scale() == 32768.0
+    restore(fake, None, saved)
+    assert fake.skipped_steps == 0 and fake.scaler.get_scale() == 65536.0
