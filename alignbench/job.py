@@ -512,7 +512,8 @@ class Job:
         # placement.<model>=<device>: the reference, reward model or critic elsewhere (off: none).
         apply_placement(run, self.algorithm, check_placement(self.cfg.get("placement") or {}))
         models = placed_models(run, self.algorithm)  # reference, critic, reward model
-        apply_model_options(models, self.cfg.model, trained=("critic",))
+        # A Job built from Python with a partial config (the benchmarks do) has no model node.
+        apply_model_options(models, self.cfg.get("model") or {}, trained=("critic",))
         return {f"algorithm:{name}": self.algorithm, "core:default-score": DefaultScore()}
 
     def _register(self, plugins: dict[str, Any]) -> None:
