@@ -46,6 +46,7 @@ from alignbench.errors import (
 )
 from alignbench.hardware import check_hardware
 from alignbench.job import _check_hook_names, check_data_parallel, check_multi_turn, run_job
+from alignbench.model_options import check_model_options
 from alignbench.models import check_loadable
 from alignbench.observers import WandbLogger, write_json_atomic
 from alignbench.registry import Registry, build_registry, describe
@@ -353,6 +354,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_choices(typed)
             check_ranges(cfg)
             check_hardware(cfg)
+            check_model_options(cfg.model)
             tuning.check_metric(cfg.optimized_metric)
             tuning.check_pruning(cfg)
             if cfg.model.name_or_path and cfg.model.name_or_path not in loadable:

@@ -32,7 +32,7 @@ from alignbench.errors import ConfigError, Interrupted, PluginError
 from alignbench.hardware import check_hardware, grad_scaler, model_device, place
 from alignbench.loop import run_loop
 from alignbench.lora import apply_lora, export_lora, is_lora
-from alignbench.model_options import apply_model_options
+from alignbench.model_options import apply_model_options, check_model_options
 from alignbench.models import load_pretrained, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
 from alignbench.placement import apply_placement, check_placement, placed_models
@@ -328,6 +328,7 @@ class Job:
         distributed.setup()  # a job started by accelerate launch / torchrun joins its ranks
         check_data_parallel(self.registry, cfg)
         self.device = check_hardware(cfg)
+        check_model_options(cfg.get("model") or {})  # before stage 1 (the command line did too)
         if not self.claimed:
             jobdir.check_free(cfg, self.output_dir)
         self.fingerprint = config_fingerprint(cfg)

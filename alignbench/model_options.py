@@ -54,9 +54,21 @@ def compile_layers(model: torch.nn.Module) -> int:
     return len(fresh)
 
 
+def check_model_options(cfg: Any) -> None:
+    """Refuse ``model.gradient_checkpointing`` with ``model.compile`` (one line, before stage 1):
+    the recomputed products would run inside compiled code, where the FLOP counter's hooks do not
+    fire, so the budget would silently under-charge them."""
+    if cfg.get("gradient_checkpointing", False) and cfg.get("compile", False):
+        raise ConfigError(
+            "model.gradient_checkpointing=true with model.compile=true: the recompute runs inside "
+            "compiled code, where the FLOP counter cannot charge it — switch one of them off"
+        )
+
+
 def apply_model_options(models: dict[str, Any], cfg: Any, trained: tuple[str, ...]) -> None:
     """``model.gradient_checkpointing`` on the ``trained`` ones of ``models`` (by name) and
     ``model.compile`` on all of them; None entries (a model the job does not have) are skipped."""
+    check_model_options(cfg)
     for name, model in models.items():
         if not isinstance(model, torch.nn.Module):
             continue

@@ -138,3 +138,19 @@ def test_compiled_layers_give_the_same_numbers_and_flops() -> None:
     for g, g_c in zip(grads, grads_c, strict=True):
         assert torch.allclose(g, g_c, atol=1e-5, rtol=1e-4)
     assert flops_c == flops  # the counting hooks sit outside the compiled layers
+
+
+def test_checkpointing_with_compile_is_refused_up_front() -> None:
+    """The recompute would run inside compiled layers, where the FLOP counter's hooks do not fire
+    (measured: a checkpointed and compiled model was charged as a plain one): refused in one line
+    by the command line's validation, before stage 1, and by the Job's own check."""
+    from alignbench.app import validate
+    from alignbench.model_options import apply_model_options
+    from alignbench.registry import build_registry
+
+    both = ["model.gradient_checkpointing=true", "model.compile=true"]
+    with pytest.raises(ConfigError, match="cannot charge it — switch one of them off"):
+        validate(build_registry(), both)
+    validate(build_registry(), both[:1])  # either alone is fine
+    with pytest.raises(ConfigError, match="model.compile=true"):
+        apply_model_options({}, {"gradient_checkpointing": True, "compile": True}, ())
