@@ -387,10 +387,16 @@ class TrialPruner:
         study = optuna.create_study(direction=self.direction, pruner=self._pruner())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # add_trial is "experimental" in optuna 2.x
-            for trial in self._siblings():
+            siblings = self._siblings()
+            for trial in siblings:
                 study.add_trial(trial)
+        finished = sum(t.state == optuna.trial.TrialState.COMPLETE for t in siblings)
         trial = study.ask()
-        if self.prune.pruner == "halving":
+        if self.prune.pruner == "halving" and finished < int(self.prune.startup_trials):
+            # Successive halving has no startup count of its own: prune.startup_trials holds
+            # for it as for the others (no pruning before that many trials have finished).
+            pruned = False
+        elif self.prune.pruner == "halving":
             # Successive halving judges a rung once, at the first point that reaches it, and
             # records it on the trial: replay the points in order, as Optuna's study would have.
             pruned = False

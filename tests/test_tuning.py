@@ -215,6 +215,8 @@ def test_successive_halving_prunes_a_trial_behind_the_earlier_ones(tmp_path: Pat
         _sibling(sweep, f"t{i}", [0.5 + i / 100] * 4)
     assert _pruner(sweep, pruner="halving").should_prune(1, {"dev/gold_reward": -5.0})
     assert not _pruner(sweep, pruner="halving").should_prune(1, {"dev/gold_reward": 0.9})
+    # prune.startup_trials holds for halving too: not before that many trials have finished.
+    assert not _pruner(sweep, "halving", startup=9).should_prune(1, {"dev/gold_reward": -5.0})
     # A rung is judged once: a trial ahead at point 1 is not judged again before rung 1 (4).
     ahead = _pruner(sweep, pruner="halving")
     assert not ahead.should_prune(1, {"dev/gold_reward": 0.9})
