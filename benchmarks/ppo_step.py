@@ -530,8 +530,13 @@ def main() -> None:
     print(f"PPO-ptx fast step / lower bound = {fast['ptx fast']:.2f}")
     print(f"plain PPO fast step / lower bound = {fast['plain fast']:.2f}")
     for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
-        r = median(times[f"{recipe} fast"][0], "total") / median(times[recipe][0], "total")
-        print(f"{title} fast step / {title} step = {r:.2f} (what {flags} saves)")
+        ours, default = times[f"{recipe} fast"][0], times[recipe][0]
+        r = median(ours, "total") / median(default, "total")
+        low, high = paired_quartiles(ours, [t["total"] for t in default])
+        print(
+            f"{title} fast step / {title} step = {r:.2f} (what {flags} saves; "
+            f"per-round ratios, quartiles: {low:.2f}-{high:.2f})"
+        )
     print(f"PPO-ptx step / plain PPO step = {ptx_cost:.2f} (the cost of the ptx term)")
     targets = {"TRL": 0.40, "TRL no gc": 0.75}
     for name, label in labels.items():
