@@ -360,6 +360,13 @@ class PageConfig(FileConfig):
                 f"feedback.rankings={self.rankings!r} is stage 2's feedback.path — give the "
                 "online rankings their own file (or leave it empty: <job>/feedback/rankings.jsonl)"
             )
+        if not self.delay and not self.wait_s:
+            # Requested and collected in the same instant: every group would be dropped.
+            raise ConfigError(
+                "feedback=page with feedback.delay=0 and feedback.wait_s=0 — no one can rank a "
+                "group between its request and its collection: give feedback.delay >= 1 (steps) "
+                "or feedback.wait_s > 0 (seconds)"
+            )
 
 
 class PageFeedback(FileFeedback):

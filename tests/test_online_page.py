@@ -224,6 +224,8 @@ def test_simulated_sources_are_not_deferred() -> None:
         (["feedback.rounds=1", "feedback.wait_s=-1"], r"feedback.wait_s=-1.0 — must be"),
         (["feedback.rounds=1", "feedback.poll_s=0"], r"feedback.poll_s=0.0 — must be"),
         (["feedback.rounds=1", "feedback.rankings=r.jsonl"], "is stage 2's feedback.path"),
+        # Requested and collected at once: every group would be dropped unlabelled, silently.
+        (["feedback.rounds=1"], r"feedback.delay=0 and feedback.wait_s=0 — no one can rank"),
     ],
 )
 def test_page_options_are_one_line_before_anything_runs(overrides, message) -> None:
