@@ -388,10 +388,16 @@ def store_plugin_schema(group: str, name: str, schema: type) -> None:
         cs.store(group=group, name=name, node=node)
 
 
+#: Algorithm options added after results existed, off by default (PPO's speed switches): left
+#: out of a config's fingerprint and record while false.
+ALGO_OFF_SWITCHES = ("lean_forward", "fused_adamw")
+
+
 def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
-    """A plain config without ``precision=fp32``, ``prune.pruner=none`` and ``model.lora`` with
-    ``r=0`` (switches that are off) or its default ``targets=[policy]``, so that results and
-    checkpoints made before those keys existed keep their fingerprint and recorded config."""
+    """A plain config without ``precision=fp32``, ``prune.pruner=none``, ``model.lora`` with
+    ``r=0`` (switches that are off) or its default ``targets=[policy]``, and the
+    :data:`ALGO_OFF_SWITCHES` that are false, so that results and checkpoints made before those
+    keys existed keep their fingerprint and recorded config."""
     plain = dict(plain)
     if plain.get("precision") == "fp32":
         plain.pop("precision")
@@ -409,6 +415,11 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
         elif lora.get("targets") == ["policy"]:  # the default: LoRA results made before targets
             model = {**model, "lora": {k: v for k, v in lora.items() if k != "targets"}}
         plain["model"] = {k: v for k, v in model.items() if k not in off}
+    algo = plain.get("algo")
+    if isinstance(algo, dict):
+        plain["algo"] = {
+            k: v for k, v in algo.items() if not (k in ALGO_OFF_SWITCHES and v is False)
+        }
     return plain
 
 
