@@ -139,7 +139,8 @@ def test_hidden_states_match_the_shared_critics_forward(models, padded) -> None:
 
 
 def test_models_it_cannot_run_take_the_ordinary_forward(models) -> None:
-    """Eager attention, a hook inside, gradient checkpointing in training: not supported."""
+    """Eager attention, a hook inside, gradient checkpointing in training, LoRA adapters: not
+    supported."""
     eager = copy.deepcopy(models["mha"])
     eager.set_attn_implementation("eager")
     assert not lean_forward.supports(eager)
@@ -149,6 +150,12 @@ def test_models_it_cannot_run_take_the_ordinary_forward(models) -> None:
     checkpointed = copy.deepcopy(models["mha"])
     checkpointed.activation_checkpointing_enable()
     assert not lean_forward.supports(checkpointed.train())
+    # LoRA adapters injected into a critic's trunk (model.lora.targets=[critic]).
+    peft = pytest.importorskip("peft")
+    adapted = copy.deepcopy(models["mha_critic"])
+    config = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    peft.inject_adapter_in_model(config, adapted.trunk)
+    assert lean_forward.supports(models["mha_critic"]) and not lean_forward.supports(adapted)
     # Unsupported: lean=True gives exactly the ordinary forward.
     ids, mask = inputs(True)
     plain = response_logits(eager, ids, mask, P)
