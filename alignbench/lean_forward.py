@@ -96,6 +96,8 @@ def hidden_states(
     linear = torch.nn.functional.linear
     sdpa = torch.nn.functional.scaled_dot_product_attention
     n, length = input_ids.shape
+    if not 1 <= keep <= length:
+        raise ValueError(f"keep={keep}: the lean forward keeps 1 to {length} positions")
     padded = not bool(attention_mask.all())
     hidden = trunk.embed_tokens(input_ids)
     cos, sin = trunk.rotary_emb(hidden, position_ids=position_ids(attention_mask))

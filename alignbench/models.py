@@ -206,7 +206,7 @@ def response_logits(
     """Logits ``[N, R, V]`` predicting each response token (prompt positions are not projected);
     ``lean``: through :func:`alignbench.lean_forward.lean_logits` where the model allows it
     (equal within rounding, not bit for bit)."""
-    if lean and lean_forward.supports(model):
+    if lean and input_ids.shape[1] > prompt_length and lean_forward.supports(model):
         return lean_forward.lean_logits(model, input_ids, attention_mask, prompt_length)
     response_length = input_ids.shape[1] - prompt_length
     out = model(
@@ -304,7 +304,7 @@ def response_values(
 ) -> torch.Tensor:
     """Scalars ``[N, R]`` at the positions that predict each response token (states before it);
     ``lean``: through :func:`alignbench.lean_forward.lean_values` where the model allows it."""
-    if lean and lean_forward.supports(model):
+    if lean and input_ids.shape[1] > prompt_length and lean_forward.supports(model):
         return lean_forward.lean_values(model, input_ids, attention_mask, prompt_length)
     response_length = input_ids.shape[1] - prompt_length
     return model(input_ids, attention_mask, positions_to_keep=response_length + 1)[:, :-1]

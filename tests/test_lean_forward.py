@@ -160,6 +160,9 @@ def test_models_it_cannot_run_take_the_ordinary_forward(models) -> None:
     ids, mask = inputs(True)
     plain = response_logits(eager, ids, mask, P)
     assert torch.equal(response_logits(eager, ids, mask, P, lean=True), plain)
+    # No response tokens: nothing to keep, the ordinary forward (an empty [N, 0, V]).
+    empty = response_logits(models["mha"], ids, mask, P + R, lean=True)
+    assert empty.shape == (4, 0, models["mha"].config.vocab_size)
 
 
 def test_flops_are_charged_as_the_forward_with_the_same_inputs_and_outputs(models) -> None:
