@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from alignbench import ConfigError, DataError, Group, OnlineRequests, ranking_to_preference
@@ -330,6 +331,24 @@ def test_follow_command_serves_the_jobs_requests(tmp_path: Path, monkeypatch) ->
     session.store.release()
     assert session.follow == exchange.requests and session.store.out == exchange.rankings
     assert [g.due for g in session.groups.values()] == [4]
+
+
+def test_follow_refuses_to_write_where_the_job_does_not_read(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A job with feedback.rankings=<file> reads its online rankings there: a page following it
+    with the default --out (<job>/feedback/rankings.jsonl) would rank for nothing, every group
+    dropped as unlabelled; it is one line naming the file instead."""
+    import alignbench.label.server as server
+
+    monkeypatch.setattr(server, "serve", lambda session, host, port: session.store.release())
+    OnlineRequests.of_job(tmp_path).submit([_group("q1 ?")], 2, 4)
+    (tmp_path / ".hydra").mkdir()
+    record = {"feedback": {"name": "page", "rankings": "online.jsonl"}}
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(record))
+    assert main([str(tmp_path), "--follow", "--port", "8799"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "feedback.rankings=online.jsonl — pass --out" in err[0]
 
 
 @pytest.mark.parametrize("strategy", ["random", "file"])

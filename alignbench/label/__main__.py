@@ -12,7 +12,8 @@ SOURCE is a groups file (JSONL), a job or sweep folder (the groups its reward-mo
 sampled) or a stage-2 cache folder. With ``--follow``, JOB is a job folder with ``feedback=page``
 (or its ``feedback/requests.jsonl``): the page keeps picking up the groups its online rounds
 request, soonest due first, and ``--out`` defaults to ``<job>/feedback/rankings.jsonl``, the file
-the run reads. Bad input is one line on stderr and exit status 2.
+the run reads (a job with ``feedback.rankings`` set needs ``--out`` with that file). Bad input
+is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def _check_port(host: str, port: int) -> None:
             raise ConfigError(f"port {port} on {host} is in use — pass --port N") from None
 
 
+def _job_rankings(requests: Path) -> str:
+    """The ``feedback.rankings`` of the job whose requests file this is, from its recorded config
+    (``<job>/.hydra/config.yaml``); empty when it reads ``<job>/feedback/rankings.jsonl``."""
+    import yaml
+
+    record = requests.parent.parent / ".hydra" / "config.yaml"
+    if not record.is_file():
+        return ""
+    feedback = (yaml.safe_load(record.read_text()) or {}).get("feedback") or {}
+    return str(feedback.get("rankings") or "")
+
+
 def serve_main(argv: list[str]) -> int:
     """Serve the ranking page for SOURCE, writing to --out."""
     parser = argparse.ArgumentParser(
@@ -95,7 +108,14 @@ def serve_main(argv: list[str]) -> int:
                 "job first, then the page on its folder"
             )
         groups = read_requests(follow)
-        args.out = args.out or follow.parent / RANKINGS
+        if args.out is None:
+            named = _job_rankings(follow)
+            if named:  # the run reads another file than the default: ranking here would be lost
+                raise ConfigError(
+                    f"{args.source}: the job reads its online rankings from feedback.rankings="
+                    f"{named} — pass --out with that file"
+                )
+            args.out = follow.parent / RANKINGS
     elif args.out is None:  # as argparse says it: only --follow has a default
         parser.error("the following arguments are required: --out")
     else:
