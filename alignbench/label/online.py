@@ -29,16 +29,15 @@ collected reads ``arrived.jsonl`` instead of the rankings, and trains on what th
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alignbench import signals
 from alignbench.errors import DataError
 from alignbench.label.groups import LabelGroup, group_id, parse_group
-from alignbench.label.store import check_ranking
+from alignbench.label.store import append_records, check_ranking
 from alignbench.rm.feedback import Group, ranking_to_preference
 
 #: The folder of a job that holds the files of its online rounds, and their names.
@@ -100,22 +99,6 @@ def read_arrived(path: Path) -> dict[str, list[float] | None]:
     return closed
 
 
-def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Append JSON lines with one write on an O_APPEND descriptor, then fsync (a reader sees
-    whole lines, or a cut last line it leaves for later)."""
-    if not records:
-        return
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class OnlineRequests:
     """The files through which one job asks people for rankings and reads them back."""
 
@@ -148,7 +131,7 @@ class OnlineRequests:
             if group.extras.get("sources"):
                 record["sources"] = group.extras["sources"]
             records.append({**record, "row": group.row, "requested_at": step, "due": due})
-        _append(self.requests, records)
+        append_records(self.requests, records)
         return len(records)
 
     def rankings_by_id(self) -> dict[str, list[tuple[str, list[str], list[int]]]]:
@@ -210,6 +193,6 @@ class OnlineRequests:
             found = self.labels(wanted)
         outcome = {gid: found.get(gid) for gid in wanted}
         if outcome:
-            _append(self.arrived, [{"step": step, "labels": outcome}])
+            append_records(self.arrived, [{"step": step, "labels": outcome}])
         closed.update(outcome)
         return [closed[g.extras["id"]] for g in groups]

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -82,9 +83,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single write on an O_APPEND descriptor, then fsync."""
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Append JSON lines with one write on an O_APPEND descriptor, then fsync (a reader sees
+    whole lines, or a cut last line it leaves for later)."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = 0
@@ -243,7 +247,7 @@ class RankingStore:
         if seconds is not None:
             record["seconds"] = round(float(seconds), 3)
         with self._mutex:
-            _append_line(path, record)
+            append_records(path, [record])
             made = Decision(path, record)
             self.decisions.append(made)
         return made
