@@ -237,6 +237,20 @@ def test_beam_decoding_and_online_rounds(tiny_job, tmp_path: Path) -> None:
     assert refreshed[0]["feedback/groups"] > summary["stage/rm"]["train_groups"]
 
 
+def test_online_rounds_with_uncertainty_selection(tiny_job, tmp_path: Path) -> None:
+    """An online round's uncertainty selection trains a probe copied from the job's (frozen)
+    reward model: it crashed with "element 0 of tensors does not require grad"."""
+    tiny_job(
+        *RM,
+        "feedback.selection=uncertainty",
+        "feedback.pool_factor=2",
+        "feedback.rounds=1",
+        "budget.amount=3",
+    )
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len([x for x in lines if "feedback/groups" in x]) == 1
+
+
 def test_ppo_critic_can_start_from_the_reward_model(tiny_job) -> None:
     """algo.critic_init=reward_model copies the stage-2 reward model into a trainable critic."""
     summary = tiny_job(

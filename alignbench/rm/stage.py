@@ -219,7 +219,9 @@ def request_feedback(
     chosen unlabelled (it labels them later: :meth:`FeedbackSource.collect`)."""
 
     def make_model() -> ScalarHeadModel:
-        return copy.deepcopy(model)
+        # Uncertainty selection trains this copy as a probe: the job's reward model is frozen
+        # between rounds, so its copy must be made trainable again.
+        return copy.deepcopy(model).requires_grad_(True)
 
     if source.deferred:
         return choose_groups(policy, tokenizer, task, fb, rm_cfg, make_model, rng, generator)
