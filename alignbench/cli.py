@@ -11,6 +11,7 @@ summary and log say the rest. Also ``python -m alignbench.plugins``, the listing
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import itertools
 import json
@@ -79,8 +80,17 @@ class FailedJobs(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Note when the sweep started."""
+        """Note when the sweep started, and append its command to the sweep folder's
+        ``commands.jsonl`` (Hydra's ``multirun.yaml`` keeps only the last command)."""
         self.started = time.time()
+        from alignbench.label.store import append_records
+        from alignbench.report.jobs import COMMANDS_FILE, command_args
+
+        sweep = Path(config.hydra.sweep.dir)
+        sweep.mkdir(parents=True, exist_ok=True)  # Hydra's sweeper creates it next anyway
+        args = command_args(OmegaConf.to_container(config.hydra.overrides, resolve=False))
+        record = {"args": args, "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        append_records(sweep / COMMANDS_FILE, [record])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Add every job folder of the sweep whose summary says failed/interrupted to _FAILED."""

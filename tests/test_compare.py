@@ -382,6 +382,34 @@ def test_report_states_command_commit_and_versions(tmp_path: Path, capsys) -> No
     assert "commit 0123456789ab" in out and "torch 2.13.0, transformers 5.0" in out
 
 
+def test_every_command_into_one_sweep_folder_is_named(tmp_path: Path) -> None:
+    """Two multiruns into one folder: the start callback appends each command to
+    commands.jsonl (Hydra's multirun.yaml keeps the last only) and the report names both."""
+    from omegaconf import OmegaConf
+
+    from alignbench.cli import FailedJobs
+    from alignbench.report.jobs import provenance_note
+
+    sweep = tmp_path / "sweep"
+    for seed in ("seed=0", "seed=1", "seed=1"):  # the same command twice is named once
+        config = OmegaConf.create(
+            {
+                "hydra": {
+                    "sweep": {"dir": str(sweep)},
+                    "overrides": {
+                        "task": ["algo=ppo", seed],
+                        "hydra": [f"hydra.sweep.dir={sweep}", "hydra.mode=MULTIRUN"],
+                    },
+                }
+            }
+        )
+        FailedJobs().on_multirun_start(config)
+    (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: [algo=ppo, seed=1]\n")
+    note = provenance_note([sweep], [])
+    assert note.count("`python -m alignbench --multirun algo=ppo seed=") == 2, note
+    assert f"algo=ppo seed=0 hydra.sweep.dir={sweep}`" in note and "MULTIRUN" not in note
+
+
 def test_where_keeps_only_matching_jobs(tmp_path: Path, capsys) -> None:
     """`--where reward=x` keeps the jobs with that override; an unmatched one is one line."""
     sweep = tmp_path / "sweep"

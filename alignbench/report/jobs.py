@@ -34,21 +34,50 @@ class BadInput(Exception):
     """A command-line mistake, reported as one line and exit code 2."""
 
 
+#: Every multirun into a sweep folder appends its command here (``alignbench.cli``); Hydra's
+#: ``multirun.yaml`` holds only the last one.
+COMMANDS_FILE = "commands.jsonl"
+
+
+def command_args(overrides: Any) -> list[str]:
+    """A multirun's command-line arguments from Hydra's ``hydra.overrides`` (task, then the
+    hydra ones, without those Hydra adds itself)."""
+    hydra_args = [
+        o
+        for o in (overrides.get("hydra") or [])
+        if not str(o).startswith(("hydra.run.dir=", "hydra.mode="))
+    ]
+    return [*map(str, overrides.get("task") or []), *map(str, hydra_args)]
+
+
+def sweep_commands(sweep: Path) -> list[list[str]]:
+    """Every distinct command that ran into ``sweep``, oldest first: from ``commands.jsonl``
+    (several commands into one folder), else from Hydra's ``multirun.yaml`` (the last one)."""
+    path = sweep / COMMANDS_FILE
+    if path.is_file():
+        commands: list[list[str]] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                args = json.loads(line).get("args")
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a cut last line
+            if isinstance(args, list) and args not in commands:
+                commands.append([str(a) for a in args])
+        if commands:
+            return commands
+    path = sweep / "multirun.yaml"
+    if path.is_file():
+        hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+        return [command_args(hydra_cfg.get("overrides", {}))]
+    return []
+
+
 def provenance_note(sweeps: list[Path], jobs: list[dict[str, Any]]) -> str:
     """Where the numbers come from: the commands (from each sweep's ``multirun.yaml``), the
     code (git commits recorded by the jobs or their stage-1 models) and the library versions."""
     lines = []
     for sweep in sweeps:
-        path = sweep / "multirun.yaml"
-        if path.is_file():
-            hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
-            overrides = hydra_cfg.get("overrides", {})
-            hydra_args = [
-                o
-                for o in overrides.get("hydra", [])
-                if not o.startswith(("hydra.run.dir=", "hydra.mode="))
-            ]
-            args = [*overrides.get("task", []), *hydra_args]
+        for args in sweep_commands(sweep):
             lines.append(f"`python -m alignbench --multirun {' '.join(args)}` → `{sweep}`")
     commits: set[str] = set()
     versions: set[str] = set()
