@@ -159,9 +159,7 @@ def collect_feedback(
     if own is not None:
         check_vocabulary(tokenizer, own)
         return own
-    pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
-    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
-    return [g for g in groups if g.preference is not None]
+    return choose_groups(policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator)
 
 
 def candidate_groups(
@@ -186,13 +184,16 @@ def choose_groups(
     policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
+    source: FeedbackSource | None,
     fb: FeedbackConfig,
     rm_cfg: RMStageConfig,
     make_model: Any,
     rng: np.random.Generator,
     generator: torch.Generator,
 ) -> list[Group]:
-    """Groups sampled from ``policy`` and selected for labelling, still unlabelled (a deferred
+    """Groups sampled from ``policy`` and selected for labelling: ranked by ``source`` (the
+    groups it left unlabelled dropped), or still unlabelled with ``source=None`` (a deferred
     source's online round: the labels come later)."""
     pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
-    return label_groups(pool, None, fb, rm_cfg, make_model, tokenizer, rng)
+    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
+    return groups if source is None else [g for g in groups if g.preference is not None]

@@ -33,10 +33,8 @@ from alignbench.rm.evaluation import probe_report, ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import load_groups, ordered_pairs, save_groups
 from alignbench.rm.selection import (
-    candidate_groups,
     choose_groups,
     collect_feedback,
-    label_groups,
 )
 from alignbench.rm.training import retrain_reward_model, score_groups, train_reward_model
 from alignbench.task import Task
@@ -223,13 +221,10 @@ def request_feedback(
         # between rounds, so its copy must be made trainable again.
         return copy.deepcopy(model).requires_grad_(True)
 
-    if source.deferred:
-        return choose_groups(policy, tokenizer, task, fb, rm_cfg, make_model, rng, generator)
     # Fresh groups of the current policy, always: a source's own groups (a file's) were stage
     # 2's, held-out ones included, and a source that cannot rank new ones says so (rank).
-    pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
-    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
-    return [g for g in groups if g.preference is not None]
+    ranker = None if source.deferred else source
+    return choose_groups(policy, tokenizer, task, ranker, fb, rm_cfg, make_model, rng, generator)
 
 
 def refresh_reward_model(
