@@ -198,11 +198,14 @@ def test_file_source_missing_or_empty(tmp_path: Path) -> None:
 RM = ["reward=rm", "feedback.labels=40", "stage.rm.epochs=3", "feedback.k=3", "stage.sft.epochs=15"]
 
 
-def test_rm_stage_runs_is_cached_and_logs_proxy_and_gold(tiny_job) -> None:
+def test_rm_stage_runs_is_cached_and_logs_proxy_and_gold(tiny_job, tmp_path: Path) -> None:
     """reward=rm trains a reward model once, reuses it, and logs proxy and gold rewards."""
-    first = tiny_job(*RM, "algo=rrhf", out="a")
-    second = tiny_job(*RM, "algo=ppo", "algo.samples_per_prompt=2", out="b")
-    noisy = tiny_job(*RM, "algo=rrhf", "feedback.error_rate=0.4", out="c")
+    # Its own stage cache: the session's is shared with other tests (and xdist workers) that may
+    # have built the same reward model already, which would make the first job a cache hit.
+    own = f"cache_dir={tmp_path / 'cache'}"
+    first = tiny_job(*RM, "algo=rrhf", own, out="a")
+    second = tiny_job(*RM, "algo=ppo", "algo.samples_per_prompt=2", own, out="b")
+    noisy = tiny_job(*RM, "algo=rrhf", "feedback.error_rate=0.4", own, out="c")
     assert first["stage/rm"]["cache_hit"] is False
     assert second["stage/rm"]["cache_hit"] is True
     assert second["stage/rm"]["key"] == first["stage/rm"]["key"]
