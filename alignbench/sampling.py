@@ -1,7 +1,9 @@
 """The one sampling routine every algorithm and the evaluation use.
 
 K responses per prompt with temperature / top-k / top-p (or greedy), stopping at eos (the whole
-batch stops once every sequence has), through the model's KV cache. Prompts of different lengths
+batch stops once every sequence has), through the model's KV cache. A response ends at any of
+:func:`eos_ids`: the tokenizer's eos and every id of the model's
+``generation_config.eos_token_id`` (Llama 3 and Qwen list several). Prompts of different lengths
 are left-padded; the decode steps run through :mod:`alignbench.decoding` (a static-cache decoder
 for Llama-shaped models, ``model(...)`` otherwise), which give the same tokens and log-probs.
 It returns a :class:`~alignbench.batch.Batch` in the shared layout with the sampler's per-token
@@ -12,6 +14,7 @@ which token is drawn. Deterministic under a ``torch.Generator``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +44,12 @@ class SamplingParams:
     """How to decode: ``greedy`` ignores temperature, top_k and top_p.
 
     ``min_new_tokens`` forbids eos before that many tokens (benchmarks use it for fixed lengths).
+    ``draw`` is how a token is drawn from the (filtered) distribution: ``multinomial`` is
+    ``torch.multinomial`` (the default: one exponential draw per vocabulary entry, as Hugging
+    Face's ``generate``); ``inverse_cdf`` takes one uniform draw per sequence and finds it in the
+    cumulative distribution. Both sample exactly the same distribution, but they consume the
+    generator differently, so the tokens differ; ``inverse_cdf`` costs about 1/20 of the draw
+    on the CPU (16 x 1024 probabilities: 21 us instead of 450 us per token).
     """
 
     max_new_tokens: int = 8
@@ -49,6 +58,7 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
+    draw: str = "multinomial"
 
     @classmethod
     def from_config(cls, sampling: SamplingConfig) -> SamplingParams:
@@ -77,17 +87,50 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+#: The ways :class:`SamplingParams` ``draw`` may name.
+DRAWS = ("multinomial", "inverse_cdf")
+
+
+def eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token id that ends a response: the tokenizer's eos first, then each id of the
+    model's ``generation_config.eos_token_id`` (an int or a list) not already named."""
+    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if declared is None:
+        return ids
+    for token in [declared] if isinstance(declared, int) else declared:
+        if int(token) not in ids:
+            ids.append(int(token))
+    return ids
+
+
+def _draw_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of ``probs`` ``[N, V]``: a uniform draw located in the row's cumulative
+    distribution (summed in float64, so a long vocabulary's rounding does not bias it)."""
+    device = generator.device if generator is not None else probs.device
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=device, dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    # Strictly below the total: the search then never lands past the last token with mass.
+    x = torch.minimum(u.to(probs.device) * total, total.nextafter(torch.zeros_like(total)))
+    # right=True: the first index whose cumulative mass exceeds x, never a zero-mass token.
+    return torch.searchsorted(cdf, x, right=True)[:, 0]
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
     prompt_ids: list[list[int]],
     params: SamplingParams,
     generator: torch.Generator | None,
-    eos: int,
+    eos: int | Sequence[int],
     pad: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode one response per prompt token list: ``(prompt ids [n, P], prompt mask [n, P],
-    response ids [n, R], response mask [n, R], log-probs [n, R])``, the prompts left-padded."""
+    response ids [n, R], response mask [n, R], log-probs [n, R])``, the prompts left-padded; a
+    response ends at ``eos`` (one id, or any of several)."""
+    if params.draw not in DRAWS:
+        raise ValueError(f"draw={params.draw!r} — use one of {', '.join(DRAWS)}")
     was_training = model.training
     model.eval()  # dropout off: the sampler's log-probs must match the training forward's
     ids, mask = pad_prompts(prompt_ids, pad)
@@ -108,11 +151,17 @@ def generate(
     steps = decoder(model, out.cache, mask, max(0, params.max_new_tokens - 1))
     tokens, logprobs = [], []
     finished = torch.zeros(n, dtype=torch.bool, device=device)
+    ones = torch.ones(n, dtype=torch.long, device=device)
+    # One id is compared as before (the default's bits unchanged); several through isin.
+    stops = [eos] if isinstance(eos, int) else list(dict.fromkeys(int(e) for e in eos))
+    stop = stops[0] if len(stops) == 1 else torch.tensor(stops, dtype=torch.long, device=device)
     response_mask = []
     for t in range(params.max_new_tokens):
-        if t < params.min_new_tokens:
+        # While eos is banned no sequence can finish: nothing to mask, nothing to check.
+        banned = t < params.min_new_tokens
+        if banned and stops:
             logits = logits.clone()
-            logits[:, eos] = float("-inf")
+            logits[:, stop] = float("-inf")
         if params.greedy:
             token = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
@@ -121,20 +170,25 @@ def generate(
             scaled = logits if params.temperature == 1.0 else logits / params.temperature
             filtered = _filter_logits(scaled, params.top_k, params.top_p)
             probs = torch.softmax(filtered, -1)
-            if generator is not None and probs.device != generator.device:
+            if params.draw == "inverse_cdf":
+                token = _draw_inverse_cdf(probs, generator)
+            elif generator is not None and probs.device != generator.device:
                 # Drawn on the run's (CPU) generator: one seed, the same stream on any device.
                 token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
             else:
                 token = torch.multinomial(probs, 1, generator=generator)[:, 0]
             logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None])[:, 0]
-        token = token.masked_fill(finished, pad)
-        response_mask.append((~finished).long())
-        logprobs.append(logp.masked_fill(finished, 0.0))
-        tokens.append(token)
-        finished = finished | (token == eos)
-        if bool(finished.all()) or t == params.max_new_tokens - 1:
+        tokens.append(token if banned else token.masked_fill(finished, pad))
+        response_mask.append(ones if banned else (~finished).long())
+        logprobs.append(logp if banned else logp.masked_fill(finished, 0.0))
+        if t == params.max_new_tokens - 1:
             break
-        logits = steps.step(token, next_position, t).float()
+        if not banned and stops:
+            ended = tokens[-1] == stop if len(stops) == 1 else torch.isin(tokens[-1], stop)
+            finished = finished | ended
+            if bool(finished.all()):
+                break
+        logits = steps.step(tokens[-1], next_position, t).float()
         next_position = next_position + 1
     model.train(was_training)
     return (
@@ -165,7 +219,7 @@ def sample(
         [p for p in prompt_ids for _ in range(num_samples)],
         params,
         generator,
-        tokenizer.eos_token_id,
+        eos_ids(model, tokenizer),
         tokenizer.pad_token_id,
     )
     return Batch(
@@ -204,7 +258,7 @@ def converse(
     ``generator`` when not given (greedy evaluation passes them: the row's position).
     """
     params = params or SamplingParams()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
     rows = [row for row in prompts for _ in range(num_samples)]
     n = len(rows)
     if user_seeds is None:

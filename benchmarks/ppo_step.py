@@ -6,9 +6,12 @@ Two recipes, each beside its own lower bound:
   16 SFT demonstrations of the built-in ``facts`` task;
 * plain PPO (``algo.ptx_coef=0``);
 
-each as it runs by default and with ``algo.lean_forward=true algo.fused_adamw=true`` (``fast``
-rows: the scoring and training forwards through :mod:`alignbench.lean_forward`, AdamW's fused
-kernel; equal within rounding, not bit for bit: ``tests/test_lean_forward.py``).
+each as it runs by default and with every opt-in speed switch (``fast`` rows):
+``algo.lean_forward=true algo.fused_adamw=true`` (the scoring and training forwards through
+:mod:`alignbench.lean_forward`, AdamW's fused kernel; equal within rounding, not bit for bit:
+``tests/test_lean_forward.py``) and the sampler's ``SamplingParams(draw="inverse_cdf")`` (one
+uniform draw per token instead of ``torch.multinomial``'s one per vocabulary entry: the same
+distribution, other tokens; ``tests/test_sampling_eos.py``).
 
 Settings (issue #4): Llama with vocab 1024 (the facts vocabulary padded with filler words),
 hidden 128, intermediate 512, 4 layers, 4 heads, untied output layer (1.31 M parameters);
@@ -135,8 +138,8 @@ class Setup:
 
 
 def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = False) -> Setup:
-    """PPO with ``ptx_coef`` (``fast``: lean forwards, fused AdamW) on the Run of a :class:`Job`
-    with the benchmark's four networks."""
+    """PPO with ``ptx_coef`` (``fast``: lean forwards, fused AdamW, inverse-CDF draws) on the
+    Run of a :class:`Job` with the benchmark's four networks."""
     torch.manual_seed(0)
     words = task.vocabulary()
     words += [f"w{i}" for i in range(VOCAB_WORDS - len(words))]
@@ -167,7 +170,11 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = Fals
     )
     run.track(reward_model, "reward")
     ppo = job.start("ppo")
-    ppo.params = SamplingParams(max_new_tokens=s.new_tokens, min_new_tokens=s.new_tokens)
+    ppo.params = SamplingParams(
+        max_new_tokens=s.new_tokens,
+        min_new_tokens=s.new_tokens,
+        draw="inverse_cdf" if fast else "multinomial",
+    )
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, len(words), (s.sequences, s.prompt_tokens), generator=g)
     prompts = [{"prompt": " ".join(words[int(i)] for i in row)} for row in ids]
@@ -511,7 +518,7 @@ def main() -> None:
         *times["ptx"],
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
-    flags = "algo.lean_forward=true algo.fused_adamw=true"
+    flags = "algo.lean_forward=true algo.fused_adamw=true draw=inverse_cdf"
     fast = {
         "ptx fast": print_table(f"PPO-ptx, {flags}", *times["ptx fast"]),
         "plain fast": print_table(f"plain PPO, {flags}", *times["plain fast"]),
