@@ -47,6 +47,11 @@ from alignbench.hookspecs import Register, hookimpl, hookspec
 from alignbench.label.online import OnlineRequests
 from alignbench.loop import PromptStream
 from alignbench.lora import SharedBaseReference, apply_lora_to_scalar, is_lora
+from alignbench.model_folders import (  # noqa: E402
+    check_model_folder,
+    load_scalar_model,
+    same_vocabulary,
+)
 from alignbench.models import (  # noqa: E402
     ScalarHeadModel,
     load_pretrained,
@@ -148,6 +153,9 @@ __all__ = [
     "transcript",
     "turn_rewards",
     "input_path",
+    "check_model_folder",
+    "load_scalar_model",
+    "same_vocabulary",
     "apply_lora_to_scalar",
     "is_lora",
     "load_groups",

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, load_model, save_model
 from alignbench import distributed
 from alignbench.config import omit_off_switches
 from alignbench.errors import DataError, PluginError
+from alignbench.model_folders import folder_fingerprints
 from alignbench.run import Run
 
 CHECKPOINTS = "checkpoints"
@@ -59,6 +60,9 @@ def config_fingerprint(cfg: DictConfig) -> str:
     plain = omit_off_switches(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     for key in NEUTRAL_KEYS:
         plain.pop(key, None)
+    folders = folder_fingerprints(cfg)
+    if folders:  # a critic or reward model read from a folder: its files, not only its name
+        plain["model_folders"] = folders
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

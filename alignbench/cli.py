@@ -47,6 +47,7 @@ from alignbench.errors import (
 )
 from alignbench.hardware import check_hardware
 from alignbench.job import _check_hook_names, check_data_parallel, check_multi_turn, run_job
+from alignbench.model_folders import check_model_folders
 from alignbench.model_options import check_model_options
 from alignbench.models import check_loadable
 from alignbench.observers import WandbLogger, write_json_atomic
@@ -372,6 +373,8 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
                 check_loadable(model_source(cfg.model.name_or_path))
                 loadable.add(cfg.model.name_or_path)
             check_plugin_configs([typed.algo, typed.task, typed.reward, typed.feedback])
+            # reward.path / algo.critic_path: each folder usable, a critic on the policy's tokens.
+            check_model_folders(cfg, lambda t=typed.task: registry.get("task", t.name).cls(t))
             Budget.from_config(to_object(cfg.budget))
 
 

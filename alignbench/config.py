@@ -391,6 +391,9 @@ def store_plugin_schema(group: str, name: str, schema: type) -> None:
 #: Algorithm options added after results existed, off by default (PPO's speed switches): left
 #: out of a config's fingerprint and record while false.
 ALGO_OFF_SWITCHES = ("lean_forward", "fused_adamw")
+#: Model-folder keys added after results existed (``algo.critic_path``, ``reward.path``): left
+#: out of a config's fingerprint and record while empty.
+MODEL_FOLDER_KEYS = (("algo", "critic_path"), ("reward", "path"))
 
 
 def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
@@ -420,6 +423,11 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
         plain["algo"] = {
             k: v for k, v in algo.items() if not (k in ALGO_OFF_SWITCHES and v is False)
         }
+    # A critic or reward model from its own folder: off (empty) leaves older records alone.
+    for group, key in MODEL_FOLDER_KEYS:
+        node = plain.get(group)
+        if isinstance(node, dict) and node.get(key) == "":
+            plain[group] = {k: v for k, v in node.items() if k != key}
     return plain
 
 

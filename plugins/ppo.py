@@ -60,6 +60,11 @@ class PPOConfig(AlgorithmConfig):
     # The separate critic starts from: sft (trunk + zero head) or reward_model (the stage-2 RM,
     # needs reward=rm) [Z19, O22].
     critic_init: str = field(default="sft", metadata={"choices": ("sft", "reward_model")})
+    # Or the separate critic from its own local folder (empty: critic_init decides): a sequence
+    # classifier with num_labels=1 keeps its score head, alignbench's scalar-head export its
+    # head, a causal LM gets a zero head; its tokenizer's vocabulary must be the policy's
+    # [TRL value_model_path, OpenRLHF --critic_pretrain].
+    critic_path: str = field(default="", metadata={"model_folder": "critic"})
     # Policy AdamW lr; tuned on facts (1e-4..6e-4 tried, README); large models use 1e-5..3e-6
     # [Z19, TRL].
     lr: float = 3e-4
@@ -127,6 +132,24 @@ class PPOConfig(AlgorithmConfig):
     fused_adamw: bool = False
     # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p;
     # log-probs are recomputed from logits / temperature [H24].
+
+    def validate(self) -> None:
+        """``critic_path``: a usable folder, for a separate critic, not beside ``critic_init=
+        reward_model`` (one line each, before stage 1)."""
+        if not self.critic_path:
+            return
+        if self.critic != "separate":
+            raise ConfigError(
+                f"algo.critic_path={self.critic_path!r} with algo.critic={self.critic}: a shared "
+                "critic is a value head on the policy — use algo.critic=separate"
+            )
+        if self.critic_init != "sft":
+            raise ConfigError(
+                f"algo.critic_path={self.critic_path!r} with algo.critic_init={self.critic_init}: "
+                "the critic starts from one of them — drop one"
+            )
+        path = alignbench.input_path(self.critic_path)
+        alignbench.check_model_folder(path, "algo.critic_path", "critic")
 
 
 class KLController:
@@ -232,9 +255,22 @@ class PPO:
         self._values_from_update = config.num_minibatches == 1
 
     def _initial_critic(self, run: Run) -> ScalarHeadModel:
-        """A trainable critic from the SFT model (zero head) or from the learned reward model;
-        with ``model.lora.targets`` naming ``critic``, LoRA adapters on its trunk + its head."""
-        if self.config.critic_init == "reward_model":
+        """A trainable critic from its own folder (``critic_path``), the SFT model (zero head) or
+        the learned reward model; with ``model.lora.targets`` naming ``critic``, LoRA adapters on
+        its trunk + its head."""
+        if self.config.critic_path:
+            self.config.validate()  # a library caller may not have run the command line's checks
+            critic, tokenizer = alignbench.load_scalar_model(
+                alignbench.input_path(self.config.critic_path), "algo.critic_path", "critic"
+            )
+            if not alignbench.same_vocabulary(tokenizer, run.tokenizer):
+                raise ConfigError(
+                    f"algo.critic_path={self.config.critic_path!r}: its tokenizer's vocabulary is "
+                    "not the policy's (a critic reads the policy's token ids) — give a critic "
+                    "built on the policy's tokenizer"
+                )
+            critic.requires_grad_(True)
+        elif self.config.critic_init == "reward_model":
             reward_model = getattr(run.reward, "model", None)
             if not isinstance(reward_model, ScalarHeadModel):
                 raise ConfigError(
