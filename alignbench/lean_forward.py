@@ -11,6 +11,9 @@ merging), and with less arithmetic:
   still come from every position, so the kept outputs are the same;
 * the output layer (or value head) runs only on the kept positions, as ``logits_to_keep`` does.
 
+:func:`last_values` reads a scalar-head model (a reward model) at one position per sequence, its
+last real token: there the last layer's queries and MLP run on that position alone.
+
 The result equals the Hugging Face forward up to floating-point rounding, not bit for bit: the
 last layer's attention runs on fewer query rows with an explicit mask, so its kernel adds in
 another order. ``tests/test_lean_forward.py``
@@ -88,15 +91,20 @@ def _rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def hidden_states(
-    trunk: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
+    trunk: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep: int,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The trunk's final hidden states ``[N, keep, H]`` at the last ``keep`` positions."""
+    """The trunk's final hidden states ``[N, keep, H]`` at the last ``keep`` positions; with
+    ``at`` (``[N]`` indices), ``[N, 1, H]`` at one position per sequence (``keep`` unused)."""
     from alignbench.models import position_ids
 
     linear = torch.nn.functional.linear
     sdpa = torch.nn.functional.scaled_dot_product_attention
     n, length = input_ids.shape
-    if not 1 <= keep <= length:
+    if at is None and not 1 <= keep <= length:
         raise ValueError(f"keep={keep}: the lean forward keeps 1 to {length} positions")
     padded = not bool(attention_mask.all())
     hidden = trunk.embed_tokens(input_ids)
@@ -123,10 +131,25 @@ def hidden_states(
         k = linear(x, *_weights(attn.k_proj)).view(n, length, kv_heads, d).transpose(1, 2)
         v = linear(x, *_weights(attn.v_proj)).view(n, length, kv_heads, d).transpose(1, 2)
         k = (k * cos) + (k.roll(half, -1) * sin)
+        gqa = heads != kv_heads
+        if i == last and at is not None:
+            # One query per sequence, each at its own position: gathered, not sliced.
+            q, c, s = (_at(x, at, 2) for x in (q, cos, sin))
+            q = (q * c) + (q.roll(half, -1) * s)
+            rows = causal[at][:, None, None] if mask is None else _at(mask, at, 2)
+            out = sdpa(q, k, v, attn_mask=rows, scale=attn.scaling, enable_gqa=gqa)
+            hidden = _at(hidden, at, 1) + linear(
+                out.transpose(1, 2).reshape(n, 1, -1), *_weights(attn.o_proj)
+            )
+            x = _rms_norm(layer.post_attention_layernorm, hidden)
+            gated = mlp.act_fn(linear(x, *_weights(mlp.gate_proj))) * linear(
+                x, *_weights(mlp.up_proj)
+            )
+            hidden = hidden + linear(gated, *_weights(mlp.down_proj))
+            break
         queries = length if i < last else keep
         q = q[:, :, -queries:]
         q = (q * cos[:, :, -queries:]) + (q.roll(half, -1) * sin[:, :, -queries:])
-        gqa = heads != kv_heads
         if queries == length:
             if mask is None:
                 out = sdpa(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=gqa)
@@ -140,7 +163,15 @@ def hidden_states(
         x = _rms_norm(layer.post_attention_layernorm, hidden)
         gated = mlp.act_fn(linear(x, *_weights(mlp.gate_proj))) * linear(x, *_weights(mlp.up_proj))
         hidden = hidden + linear(gated, *_weights(mlp.down_proj))
-    return _rms_norm(trunk.norm, hidden[:, -keep:])
+    return _rms_norm(trunk.norm, hidden if at is not None else hidden[:, -keep:])
+
+
+def _at(x: torch.Tensor, at: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` at index ``at[b]`` of dimension ``dim`` in each batch row ``b`` (the size there 1)."""
+    shape = list(x.shape)
+    shape[0], shape[dim] = len(at), 1
+    index = at.view(-1, *([1] * (x.dim() - 1))).expand(shape)
+    return x.expand(len(at), *x.shape[1:]).gather(dim, index)
 
 
 def _weights(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -201,3 +232,20 @@ def lean_values(
         kwargs = {"input_ids": ids, "attention_mask": mask, "positions_to_keep": r}
         _after_forward(model, kwargs, values, values)
     return values
+
+
+def last_values(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Scalars ``[N]`` of a scalar-head model at each sequence's last real token, as
+    :func:`alignbench.rm.training.sequence_rewards` gives them (within rounding): a reward."""
+    from alignbench.ops import last_positions
+
+    at = last_positions(attention_mask).clamp(min=0)  # a row without tokens reads position 0
+    hidden = hidden_states(model.trunk, input_ids, attention_mask, 1, at=at)
+    values = torch.nn.functional.linear(hidden, *_weights(model.head)).squeeze(-1)
+    if model._forward_hooks:
+        # Charged as the call that runs every token and projects one position per sequence.
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "positions_to_keep": 1}
+        _after_forward(model, kwargs, values, values)
+    return values[:, 0]

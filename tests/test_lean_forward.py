@@ -213,3 +213,28 @@ def test_ppo_steps_are_within_the_tolerance(tmp_path: Path, cache_dir: Path, nam
             worst = max(worst, (gap, f"step {step} {key}: {a[key]} vs {b[key]}"))
             assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-5), (key, a[key], b[key])
     print(f"largest relative gap {worst[0]:.2e} ({worst[1]})")
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
+@pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
+def test_a_reward_read_at_each_last_token_matches_the_hugging_face_forward(
+    models, arch, padded
+) -> None:
+    """``last_values``: a scalar-head model's score at each sequence's last real token (rows
+    ending at different positions when padded) within ATOL of ``model(...)`` read there, and
+    charged as the call that feeds every token and projects one position per sequence."""
+    from alignbench import ops
+
+    reward_model = models[f"{arch}_critic"]
+    ids, mask = inputs(padded)
+    with torch.no_grad():
+        expected = ops.gather_last(reward_model(ids, mask), mask)
+        counter = FlopCounter()
+        tracked = copy.deepcopy(reward_model)
+        counter.track(tracked, "reward")
+        scores = lean_forward.last_values(tracked, ids, mask)
+        lean_charge = counter.total
+        tracked(ids, mask, positions_to_keep=1)
+        counter.close()
+    assert scores.shape == (4,) and float((scores - expected).abs().max()) < ATOL
+    assert lean_charge > 0 and counter.total == 2 * lean_charge
