@@ -12,6 +12,11 @@ fp16 adds a loss scaler (``torch.amp.GradScaler``, on the Run: :meth:`Run.backwa
 before ``backward`` so small gradients do not underflow, unscaled before clipping, and a step
 whose gradients overflowed is skipped while the scale drops (``precision/skipped_steps``). fp16
 autocast runs on CUDA and on the CPU; bf16 has fp32's range and needs no scaler.
+
+Stages 1 and 2 (SFT, the reward model) and the online rounds build on the same device and in the
+same precision (:func:`stage_hardware`, :func:`scaled_step`); a stage built anywhere but the CPU
+in fp32 is another artefact, so its cache key says where (:func:`stage_key`), and its weights are
+cached as fp32 on the CPU, so a cache entry loads anywhere.
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError(
             f"precision={precision!r} is not a choice — use one of: {', '.join(PRECISIONS)}"
         )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        # Pre-Ampere GPUs emulate bf16 slowly or not at all: refuse it rather than crawl.
+        raise ConfigError(
+            f"precision=bf16 on {torch.cuda.get_device_name()}: this GPU has no bf16 support "
+            "— use precision=fp16 (with its loss scaler) or fp32"
+        )
     if precision == "fp16" and device.type not in ("cuda", "cpu"):
         # Autocast and the loss scaler are tested on CUDA and the CPU only.
         raise ConfigError(
@@ -83,6 +94,65 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def active_precision(device: torch.device) -> str:
+    """The precision of the autocast around the caller on ``device`` (``fp32`` without one)."""
+    if not torch.is_autocast_enabled(device.type):
+        return "fp32"
+    dtype = torch.get_autocast_dtype(device.type)
+    return next((name for name, d in PRECISIONS.items() if d == dtype), "fp32")
+
+
+def scaled_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    parameters: list[torch.nn.Parameter],
+    max_norm: float,
+    scaler: torch.amp.GradScaler | None,
+) -> bool:
+    """Backward, clip to ``max_norm``, step; False when fp16's ``scaler`` skipped an overflow.
+
+    Without a scaler (fp32, bf16) this is ``loss.backward()``, ``clip_grad_norm_``,
+    ``optimizer.step()``, exactly what the stages ran before. With one the loss is scaled before
+    ``backward``, the gradients unscaled before clipping, and a step whose gradients overflowed
+    is skipped while the scale drops (the same seam as :meth:`Run.clip_and_step`)."""
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        optimizer.step()
+        return True
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    scaler.step(optimizer)  # skipped when its gradients held an inf or NaN
+    scaler.update()
+    return bool(torch.isfinite(norm))
+
+
+def stage_hardware(cfg: Any, device: torch.device | None = None) -> tuple[torch.device, str]:
+    """The device (``device`` as the job resolved it, else ``cfg.device``) and precision a stage
+    of ``cfg`` is built in, checked (ConfigError, one line, before the stage's folder)."""
+    if device is None:
+        device = resolve_device(str(cfg.get("device") or "cpu"))
+    precision = str(cfg.get("precision") or "fp32")
+    check_precision(precision, device)
+    return device, precision
+
+
+def stage_key(device: torch.device, precision: str) -> list[dict[str, dict[str, str]]]:
+    """Where a stage was built, as extra parts of its cache key: none on the CPU in fp32, so the
+    default keys stay what they always were (``device=auto`` on a CPU machine included: the key
+    follows the resolved device's type, not the config's string)."""
+    if device.type == "cpu" and precision == "fp32":
+        return []
+    return [{"hardware": {"device": device.type, "precision": precision}}]
+
+
+def stage_record(device: torch.device, precision: str) -> dict[str, str]:
+    """The device type and precision for a stage's record, only when not the CPU in fp32 (the
+    default record is unchanged)."""
+    return {k: v for part in stage_key(device, precision) for k, v in part["hardware"].items()}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -414,7 +414,7 @@ class Job:
         cfg, task = self.cfg, self.task
         # Several processes: rank 0 builds (or finds) the cached stage, the others then find it.
         with distributed.main_process_first():
-            sft_path, stage_info = sft_stage(cfg, task)
+            sft_path, stage_info = sft_stage(cfg, task, self.device)  # each rank's own device
         policy, tokenizer = load_pretrained(sft_path)
         policy = apply_lora(policy.to(self.device), cfg.model.lora)
         # model.gradient_checkpointing / model.compile (off by default): the policy now, the

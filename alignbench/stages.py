@@ -21,6 +21,15 @@ from alignbench.cache import file_lock as file_lock
 from alignbench.cache import torch_threads as torch_threads
 from alignbench.config import SFTStageConfig, to_object
 from alignbench.errors import DataError
+from alignbench.hardware import (
+    autocast,
+    grad_scaler,
+    model_device,
+    scaled_step,
+    stage_hardware,
+    stage_key,
+    stage_record,
+)
 from alignbench.models import (
     build_model,
     build_tokenizer,
@@ -65,8 +74,12 @@ def train_sft(
     tokenizer: PreTrainedTokenizerBase,
     rows: list[dict[str, Any]],
     cfg: SFTStageConfig,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Fine-tune ``model`` on demonstration rows (``prompt``, ``response``); returns stats."""
+    """Fine-tune ``model`` on demonstration rows (``prompt``, ``response``); returns stats.
+
+    Runs on the model's device, under autocast to ``precision`` (weights stay fp32); fp16 adds
+    a loss scaler, and the stats then count the overflow steps it skipped (``skipped_steps``)."""
     if not rows:
         raise DataError("the task's sft split is empty — nothing to fine-tune on")
     torch.manual_seed(cfg.seed)
@@ -78,6 +91,10 @@ def train_sft(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
+    device = model_device(model)
+    scaler = grad_scaler(device, precision)
+    parameters = list(model.parameters())
+    skipped = 0
     model.train()
     losses: list[float] = []
     for _ in range(cfg.epochs):
@@ -85,20 +102,24 @@ def train_sft(
         for start in range(0, len(rows), cfg.batch_size):
             chunk = [rows[i] for i in order[start : start + cfg.batch_size]]
             # A row's response, or its whole conversation (loss on the assistant turns only).
-            batch = demonstration_batch(tokenizer, chunk)
+            batch = demonstration_batch(tokenizer, chunk).to(device)  # a no-op on the CPU
             # Ctrl-C / SIGTERM: stop between batches; the stage's folder appears only when
             # complete, so nothing half-trained is ever cached.
             signals.check("during stage 1 (SFT): nothing was cached — run the command again")
-            loss = sft_loss(model, batch)
+            with autocast(device, precision):
+                loss = sft_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
+            if scaled_step(loss, optimizer, parameters, 1.0, scaler):
+                schedule.step()
+            else:  # fp16 overflow: no step taken, so the schedule waits too
+                skipped += 1
             losses.append(loss.item())
     model.eval()
     tail = losses[-steps_per_epoch:]
-    return {"final_loss": sum(tail) / len(tail), "steps": float(total)}
+    stats = {"final_loss": sum(tail) / len(tail), "steps": float(total)}
+    if scaler is not None:
+        stats["skipped_steps"] = float(skipped)
+    return stats
 
 
 def model_files(name_or_path: str) -> dict[str, str]:
@@ -109,8 +130,14 @@ def model_files(name_or_path: str) -> dict[str, str]:
     return provenance.folder_digest(local) if local.is_dir() else {}
 
 
-def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
-    """Return the folder of the stage-1 SFT model, training it unless the cache already holds it."""
+def sft_stage(
+    cfg: DictConfig, task: Task, device: torch.device | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Return the folder of the stage-1 SFT model, training it unless the cache already holds it.
+
+    It trains on ``device`` (the job's, as :func:`~alignbench.hardware.check_hardware` resolved
+    it; else ``cfg.device``'s) in ``cfg.precision``, and is cached as fp32 on the CPU."""
+    device, precision = stage_hardware(cfg, device)
     plugins = {"task": task}
     key = config_hash(
         # LoRA starts after stage 1 (full fine-tuning), and gradient checkpointing and compiling
@@ -126,23 +153,39 @@ def sft_stage(cfg: DictConfig, task: Task) -> tuple[Path, dict[str, Any]]:
         model_files(cfg.model.name_or_path),
         provenance.key_parts(plugins),
         provenance.STAGE_THREADS,
+        # Built on a GPU or in bf16/fp16 it is another model (nothing added on the CPU in fp32).
+        *stage_key(device, precision),
     )
 
     def build(folder: Path) -> dict[str, Any]:
         # The initial weights come from stage.sft.seed, not from the state the caller left the
         # global RNG in (the job seed of whichever job built the stage first; random in a
         # process that never seeded torch); the caller's RNG state is left as it was.
-        with torch.random.fork_rng(devices=[]):
+        # On an accelerator its generators are forked too: training there draws from them.
+        fork = (
+            torch.random.fork_rng(devices=[])
+            if device.type == "cpu"
+            else torch.random.fork_rng(device_type=device.type)
+        )
+        with fork:
             torch.manual_seed(cfg.stage.sft.seed)
             model, tokenizer = base_model(cfg, task)
+            # Initialised on the CPU (the same weights on every device), trained on the device.
+            model.to(device)
             flops = FlopCounter()
             flops.track(model, "sft")
             rows = task.splits["sft"].to_list()
-            stats = train_sft(model, tokenizer, rows, to_object(cfg.stage.sft))
+            stats = train_sft(model, tokenizer, rows, to_object(cfg.stage.sft), precision)
             flops.close()
-        save_pretrained(model, tokenizer, folder)
+        # fp32 master weights, saved from the CPU: the cache entry loads on any machine.
+        save_pretrained(model.to("cpu"), tokenizer, folder)
         parameters = sum(p.numel() for p in model.parameters())
-        return {"flops": flops.total, "parameters": parameters, **stats}
+        return {
+            "flops": flops.total,
+            "parameters": parameters,
+            **stats,
+            **stage_record(device, precision),
+        }
 
     return cached_stage(
         cfg.cache_dir, "sft", key, build, plugins=plugins, rebuild=cfg.cache_rebuild

@@ -124,12 +124,13 @@ def probe_report(
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     exclude: set[str] | None = None,
+    precision: str | None = None,
 ) -> dict[str, float]:
     """The reward model's probe accuracy, with the reference scorers' on the very same pairs.
 
     Keys: ``probe/accuracy`` (and ``_known`` / ``_unknown``), ``probe/<scorer>`` (and parts)
     for each reference scorer, ``probe/prompts`` and ``probe/pairs``. Empty if the task has no
-    probe.
+    probe. The model scores under autocast to ``precision`` (None: the autocast around the call).
     """
     groups = probe_groups(task, exclude)
     if not groups:
@@ -138,7 +139,10 @@ def probe_report(
         "probe/prompts": float(len(groups)),
         "probe/pairs": float(sum(len(g.extras["pairs"]) for g in groups)),
     }
-    scored = {"": score_groups(model, tokenizer, groups), **reference_scores(task, groups)}
+    scored = {
+        "": score_groups(model, tokenizer, groups, precision),
+        **reference_scores(task, groups),
+    }
     for scorer, scores in scored.items():
         for key, value in probe_metrics(scores, groups).items():
             name = key if not scorer else key.replace("accuracy", scorer)

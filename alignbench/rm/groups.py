@@ -16,6 +16,7 @@ import torch
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import Decoding, FeedbackConfig
 from alignbench.errors import DataError
+from alignbench.hardware import model_device
 from alignbench.rm.feedback import Group
 from alignbench.task import Task
 
@@ -33,6 +34,7 @@ def beam_responses(
 ) -> list[list[str]]:
     """The K best beams for each row (beam search through ``generate``)."""
     batch = collate(tokenizer, rows, [[]] * len(rows), 1, ["prompt"] * len(rows))
+    batch = batch.to(model_device(model))  # the stage's device (a no-op on the CPU)
     prompt_ids = batch.input_ids[:, : batch.prompt_length]
     mask = batch.attention_mask[:, : batch.prompt_length]
     out = model.generate(

@@ -13,6 +13,7 @@ import torch
 
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.hardware import autocast, model_device
 from alignbench.models import ScalarHeadModel, load_pretrained
 from alignbench.rm.evaluation import policy_ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
@@ -56,6 +57,7 @@ class RewardModel:
         source: FeedbackSource | None = None,
         feedback: FeedbackConfig | None = None,
         seed: int = 0,
+        precision: str = "fp32",
     ) -> None:
         self.network = network
         self.tokenizer = tokenizer
@@ -71,6 +73,8 @@ class RewardModel:
         self.generator = torch.Generator().manual_seed(seed + 17)
         #: Requested, not yet arrived: (step they arrive, groups), oldest first.
         self.pending: list[tuple[int, list[Group]]] = []
+        #: ``precision=`` of online rounds (sampling and retraining), as the stage was built.
+        self.precision = precision
 
     @classmethod
     def train(cls, context: PrepareContext) -> RewardModel:
@@ -89,6 +93,7 @@ class RewardModel:
             source=source,
             feedback=to_object(context.cfg.feedback),
             seed=int(context.cfg.seed),
+            precision=str(context.cfg.get("precision") or "fp32"),
         )
 
     @classmethod
@@ -160,17 +165,19 @@ class RewardModel:
         arrive at ``step + delay`` (each group records ``requested_at``)."""
         if self.source is None or self.task is None or self.feedback is None:
             raise TypeError("this reward model has no feedback source (use RewardModel.train)")
-        fresh = request_feedback(
-            self.network,
-            policy,
-            self.tokenizer,
-            self.task,
-            self.source,
-            self.feedback,
-            self.config,
-            self.rng,
-            self.generator,
-        )
+        # Sampled on the policy's device in the job's precision (an uncertainty probe too).
+        with autocast(model_device(policy), self.precision):
+            fresh = request_feedback(
+                self.network,
+                policy,
+                self.tokenizer,
+                self.task,
+                self.source,
+                self.feedback,
+                self.config,
+                self.rng,
+                self.generator,
+            )
         for group in fresh:
             group.extras["requested_at"] = step
         if self.source.deferred:  # handed over unlabelled; collected at the due step
@@ -193,10 +200,12 @@ class RewardModel:
         self.groups.extend(arrived)
         stats = extra
         if arrived:
-            stats = {
-                **retrain_reward_model(self.network, self.tokenizer, self.groups, self.config),
-                **extra,
-            }
+            # Retrained in the job's precision (fp16: with a loss scaler, inside).
+            with autocast(model_device(self.network), self.precision):
+                trained = retrain_reward_model(
+                    self.network, self.tokenizer, self.groups, self.config
+                )
+            stats = {**trained, **extra}
         if self.delay:
             stats["feedback/pending"] = float(sum(len(groups) for _, groups in self.pending))
             if arrived:

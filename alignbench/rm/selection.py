@@ -17,6 +17,7 @@ import torch
 
 from alignbench.config import FeedbackConfig, RMStageConfig, Selection
 from alignbench.errors import ConfigError, PluginError
+from alignbench.hardware import model_device
 from alignbench.models import ScalarHeadModel, position_ids
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import check_vocabulary, generate_groups, group_batch
@@ -43,12 +44,13 @@ def _embeddings(
     vectors = []
     for g in groups:
         batch, _ = group_batch(tokenizer, [g])
+        batch = batch.to(model_device(model))  # the stage's device (a no-op on the CPU)
         mask = batch.attention_mask
         hidden = model.trunk(
             input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids(mask)
         ).last_hidden_state
-        mean = (hidden * mask[..., None]).sum((0, 1)) / mask.sum()
-        vectors.append(torch.nn.functional.normalize(mean, dim=0).numpy())
+        mean = (hidden.float() * mask[..., None]).sum((0, 1)) / mask.sum()  # fp32 under autocast
+        vectors.append(torch.nn.functional.normalize(mean, dim=0).cpu().numpy())
     return np.stack(vectors)
 
 

@@ -27,6 +27,7 @@ from alignbench import provenance
 from alignbench.budget import FlopCounter
 from alignbench.cache import cached_stage, config_hash
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.hardware import autocast, model_device, stage_hardware, stage_key, stage_record
 from alignbench.lora import apply_lora_to_scalar, merge_adapters
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
 from alignbench.rm.evaluation import probe_report, ranking_accuracy
@@ -90,8 +91,13 @@ def reward_model_stage(
     source: FeedbackSource,
     sft_path: Path,
     sft_key: str,
+    device: torch.device | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """The folder of the stage-2 reward model, trained unless the cache already holds it."""
+    """The folder of the stage-2 reward model, trained unless the cache already holds it.
+
+    Groups are generated, the reward model trained and measured on ``device`` (the job's; else
+    ``cfg.device``'s) in ``cfg.precision``; it is cached as fp32 on the CPU."""
+    device, precision = stage_hardware(cfg, device)
     # The SFT model's weights (as verified by stage 1), the plugins' sources and the contents of
     # their input files (a rankings file) are keyed, not only their names.
     sft_files = json.loads((sft_path / "stage.json").read_text())["provenance"]["files"]
@@ -110,38 +116,52 @@ def reward_model_stage(
         provenance.STAGE_THREADS,
         # A reward model trained as adapters is another model: never the full one's cache.
         *lora_key(cfg),
+        # So is one built on a GPU or in bf16/fp16 (nothing added on the CPU in fp32).
+        *stage_key(device, precision),
     )
 
     def build(folder: Path) -> dict[str, Any]:
         fb, rm_cfg = to_object(cfg.feedback), to_object(cfg.stage.rm)
         policy, tokenizer = load_pretrained(sft_path)
+        policy.to(device)
         flops = FlopCounter()
         flops.track(policy, "sampler")
         rng = np.random.default_rng(fb.seed)
         generator = torch.Generator().manual_seed(fb.seed)
 
         def make_model() -> ScalarHeadModel:
-            return flops.track(new_reward_model(sft_path, cfg, tokenizer), "reward_model")
+            # Initialised on the CPU (the same weights on every device), trained on the device.
+            model = new_reward_model(sft_path, cfg, tokenizer).to(device)
+            return flops.track(model, "reward_model")
 
-        groups = collect_feedback(
-            policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator
-        )
+        # Sampling, and choosing what to label (an uncertainty probe trains under it), in the
+        # job's precision.
+        with autocast(device, precision):
+            groups = collect_feedback(
+                policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator
+            )
         order = rng.permutation(len(groups))
         held = max(1, round(len(groups) * rm_cfg.heldout_share)) if len(groups) > 1 else 0
         heldout = [groups[i] for i in order[:held]]
         train = [groups[i] for i in order[held:]]
         model = make_model()
-        stats = train_reward_model(model, tokenizer, train, rm_cfg, heldout=heldout)
-        accuracy = ranking_accuracy(score_groups(model, tokenizer, heldout), heldout)
+        stats = train_reward_model(
+            model, tokenizer, train, rm_cfg, heldout=heldout, precision=precision
+        )
+        accuracy = ranking_accuracy(score_groups(model, tokenizer, heldout, precision), heldout)
         golden = [g for g in groups if g.gold is not None]
         label_accuracy = ranking_accuracy([g.preference for g in golden], golden)
-        probe = probe_report(model, tokenizer, task, exclude={g.row["prompt"] for g in groups})
+        probe = probe_report(
+            model, tokenizer, task, exclude={g.row["prompt"] for g in groups}, precision=precision
+        )
         flops.close()
         # Measured with the adapters as trained; cached folded into the trunk (equal within
         # rounding), so RL's frozen reward is a plain model that every loader reads.
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         lora = {"lora_trainable_parameters": trainable} if lora_key(cfg) else {}
         merge_adapters(model)
+        # fp32 master weights, saved from the CPU: the cache entry loads on any machine.
+        model.to("cpu")
         save_file(
             {k: v.contiguous() for k, v in model.state_dict().items()},
             folder / "model.safetensors",
@@ -168,6 +188,7 @@ def reward_model_stage(
             **probe,
             **stats,
             **lora,
+            **stage_record(device, precision),
         }
 
     return cached_stage(
@@ -186,7 +207,7 @@ def context_stage(context: PrepareContext) -> tuple[Path, dict[str, Any], Feedba
     built from), from what a reward's ``prepare`` receives."""
     source = context.feedback()
     folder, info = reward_model_stage(
-        context.cfg, context.task, source, context.sft_path, context.sft_key
+        context.cfg, context.task, source, context.sft_path, context.sft_key, context.device
     )
     return folder, info, source
 
@@ -238,8 +259,11 @@ def refresh_reward_model(
     groups: list[Group],
     rng: np.random.Generator,
     generator: torch.Generator,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Online feedback: rank fresh groups from the current policy; train on all groups so far."""
-    fresh = request_feedback(model, policy, tokenizer, task, source, fb, rm_cfg, rng, generator)
+    """Online feedback: rank fresh groups from the current policy; train on all groups so far
+    (sampling on the policy's device, training on the reward model's, both in ``precision``)."""
+    with autocast(model_device(policy), precision):
+        fresh = request_feedback(model, policy, tokenizer, task, source, fb, rm_cfg, rng, generator)
     groups.extend(fresh)
-    return retrain_reward_model(model, tokenizer, groups, rm_cfg)
+    return retrain_reward_model(model, tokenizer, groups, rm_cfg, precision)
