@@ -11,7 +11,9 @@ each as it runs by default and with every opt-in speed switch (``fast`` rows):
 :mod:`alignbench.lean_forward`, AdamW's fused kernel; equal within rounding, not bit for bit:
 ``tests/test_lean_forward.py``) and the sampler's ``SamplingParams(draw="inverse_cdf")`` (one
 uniform draw per token instead of ``torch.multinomial``'s one per vocabulary entry: the same
-distribution, other tokens; ``tests/test_sampling_eos.py``).
+distribution, other tokens; ``tests/test_sampling_eos.py``), and the reward network read at each
+sequence's last token alone (:func:`alignbench.lean_forward.last_values`, as a user's own
+``Reward`` can; within 1e-5: ``tests/test_lean_forward.py``).
 
 Settings (issue #4): Llama with vocab 1024 (the facts vocabulary padded with filler words),
 hidden 128, intermediate 512, 4 layers, 4 heads, untied output layer (1.31 M parameters);
@@ -63,7 +65,7 @@ import transformers
 from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median
 from omegaconf import OmegaConf
 
-from alignbench import PromptStream, Reward, Run, SamplingConfig, SamplingParams, Task
+from alignbench import PromptStream, Reward, Run, SamplingConfig, SamplingParams, Task, lean_forward
 from alignbench.batch import encode_responses
 from alignbench.config import ModelConfig
 from alignbench.decoding import decoder
@@ -110,13 +112,17 @@ SMOKE = Settings(
 
 
 class RewardNetwork(Reward):
-    """A separate reward network: a scalar head read at each sequence's last token."""
+    """A separate reward network: a scalar head read at each sequence's last token (``lean``:
+    through :func:`alignbench.lean_forward.last_values`, which computes only that position)."""
 
-    def __init__(self, model: ScalarHeadModel) -> None:
+    def __init__(self, model: ScalarHeadModel, lean: bool = False) -> None:
         self.model = model
+        self.lean = lean
 
     @torch.no_grad()
     def score_batch(self, batch) -> torch.Tensor:
+        if self.lean:
+            return lean_forward.last_values(self.model, batch.input_ids, batch.attention_mask)
         values = self.model(batch.input_ids, batch.attention_mask)
         last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(1)
         return values[torch.arange(len(last)), last]
@@ -138,8 +144,8 @@ class Setup:
 
 
 def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = False) -> Setup:
-    """PPO with ``ptx_coef`` (``fast``: lean forwards, fused AdamW, inverse-CDF draws) on the
-    Run of a :class:`Job` with the benchmark's four networks."""
+    """PPO with ``ptx_coef`` (``fast``: lean forwards and reward readout, fused AdamW,
+    inverse-CDF draws) on the Run of a :class:`Job` with the benchmark's four networks."""
     torch.manual_seed(0)
     words = task.vocabulary()
     words += [f"w{i}" for i in range(VOCAB_WORDS - len(words))]
@@ -163,7 +169,7 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = Fals
     run = job.make_run(
         config=config,
         task=task,
-        reward=RewardNetwork(reward_model),
+        reward=RewardNetwork(reward_model, lean=fast),
         tokenizer=tokenizer,
         policy=policy,
         sft_path=tmp / "sft",
@@ -518,7 +524,7 @@ def main() -> None:
         *times["ptx"],
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
-    flags = "algo.lean_forward=true algo.fused_adamw=true draw=inverse_cdf"
+    flags = "algo.lean_forward=true algo.fused_adamw=true draw=inverse_cdf lean reward"
     fast = {
         "ptx fast": print_table(f"PPO-ptx, {flags}", *times["ptx fast"]),
         "plain fast": print_table(f"plain PPO, {flags}", *times["plain fast"]),
