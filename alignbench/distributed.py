@@ -253,6 +253,20 @@ def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into ``module`` on every rank, in place (nothing with
+    one process): a model only rank 0 changed (a reward model retrained on feedback) becomes the
+    same on every rank. One collective per tensor, on the collective's device."""
+    if world_size() == 1:
+        return
+    device = _collective_device()
+    for tensor in module.state_dict(keep_vars=False).values():
+        box = tensor.detach().to(device).clone()
+        dist.broadcast(box, src=0)
+        with torch.no_grad():
+            tensor.copy_(box.to(tensor.device))
+
+
 def any_rank(flag: bool) -> bool:
     """True if ``flag`` is true on any rank (``flag`` with one process): every rank takes the
     same branch (stop on a signal, fail on a non-finite value) so no rank waits forever."""

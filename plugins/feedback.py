@@ -42,6 +42,7 @@ from alignbench import (
     FeedbackSource,
     Group,
     OnlineRequests,
+    distributed,
     input_path,
     ranking_to_preference,
 )
@@ -321,6 +322,11 @@ class FileFeedback(FeedbackSource):
         )
 
 
+#: The longest a data-parallel job lets rank 0 wait for the page: under NCCL's default timeout
+#: (ten minutes) of the collective where the other ranks wait meanwhile.
+COLLECTIVE_TIMEOUT_S = 600
+
+
 @dataclass
 class PageConfig(FileConfig):
     """Stage 2 from a rankings file (``path``, as ``file``); online rounds ranked by a person on the
@@ -359,6 +365,15 @@ class PageConfig(FileConfig):
             raise ConfigError(
                 f"feedback.rankings={self.rankings!r} is stage 2's feedback.path — give the "
                 "online rankings their own file (or leave it empty: <job>/feedback/rankings.jsonl)"
+            )
+        processes = distributed.world_size()
+        if processes > 1 and self.wait_s >= COLLECTIVE_TIMEOUT_S:
+            # Rank 0 waits for the page while the other ranks wait for rank 0 in a collective,
+            # which gives up after torch's timeout (NCCL's is ten minutes).
+            raise ConfigError(
+                f"feedback.wait_s={self.wait_s:g} on {processes} processes — the other ranks "
+                f"wait for rank 0 at most {COLLECTIVE_TIMEOUT_S} s: give feedback.wait_s < "
+                f"{COLLECTIVE_TIMEOUT_S}, or run online rounds with the page in one process"
             )
         if not self.delay and not self.wait_s:
             # Requested and collected in the same instant: every group would be dropped.

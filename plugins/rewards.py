@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from alignbench import (
     RewardModel,
     Run,
     ScalarHeadModel,
+    distributed,
 )
 
 
@@ -64,6 +65,16 @@ class ExactMatchReward(Reward):
 class LearnedRewardConfig(RewardConfig):
     """The stage-2 reward model; its settings live under ``feedback.*`` and ``stage.rm.*``."""
 
+    # A trained reward model's own local folder instead of stage 2 (nothing trained, no ranked
+    # groups): a sequence classifier with num_labels=1 or RewardModel.export's format; empty:
+    # stage 2. Another tokenizer than the policy's scores the decoded text (README).
+    path: str = field(default="", metadata={"model_folder": "reward"})
+
+    def validate(self) -> None:
+        """A ``path`` must be a usable reward-model folder (one line, before stage 1)."""
+        if self.path:
+            alignbench.check_model_folder(alignbench.input_path(self.path), "reward.path", "reward")
+
 
 class LearnedReward(Reward):
     """Scores with the reward model trained from ranked feedback (stage 2 of the pipeline).
@@ -77,9 +88,15 @@ class LearnedReward(Reward):
     uses_feedback = True
 
     def prepare(self, context: PrepareContext) -> dict[str, Any]:
-        """Train the reward model (stage 2, cached) before the run."""
-        self.reward_model = RewardModel.train(context)
+        """Train the reward model (stage 2, cached) before the run, or read it from
+        ``reward.path``."""
         self.refreshed = 0  # online rounds requested so far
+        if self.config.path:
+            self.reward_model = RewardModel.from_folder(
+                self.config.path, context.tokenizer, context.device
+            )
+            return {"reward/folder": self.reward_model.info}
+        self.reward_model = RewardModel.train(context)
         return {"stage/rm": self.reward_model.info}
 
     @property
@@ -89,12 +106,29 @@ class LearnedReward(Reward):
 
     def setup(self, run: Run) -> None:
         """Charge the reward model's passes to the run's budget; a deferred feedback source (the
-        ranking page) learns the job's folder, where it exchanges groups and labels."""
+        ranking page) learns the job's folder, where it exchanges groups and labels (rank 0's
+        folder: only rank 0 asks for feedback)."""
         run.track(self.reward_model.network, "reward_model")
-        self.reward_model.open_feedback(run.output_dir)
+        if distributed.is_main_process():
+            self.reward_model.open_feedback(run.output_dir)
 
     def before_step(self, run: Run) -> dict[str, float]:
-        """Delayed labels due by this step arrive; an online round that is due is requested."""
+        """Delayed labels due by this step arrive; an online round that is due is requested.
+
+        With several processes rank 0 alone does both (the policy is the same on every rank, and
+        the reward model's own random streams are one process's, so it asks for and trains on
+        what one process would); its statistics and, when it retrained, its weights then reach
+        every rank, so that all score their shards with the same model."""
+        if distributed.world_size() == 1:
+            return self._feedback(run)
+        stats = distributed.decided_on_main(lambda: self._feedback(run))
+        self.refreshed = int(distributed.broadcast(self.refreshed))
+        if stats:  # arrivals and rounds retrain the network; nothing else changes it
+            distributed.broadcast_module(self.reward_model.network)
+        return stats
+
+    def _feedback(self, run: Run) -> dict[str, float]:
+        """Arrivals due now, then the online round due now (if any): their statistics."""
         stats = self.reward_model.arrive(run.step)
         rounds = self.reward_model.rounds
         if self.refreshed < rounds and run.budget.fraction >= (self.refreshed + 1) / (rounds + 1):
@@ -104,12 +138,10 @@ class LearnedReward(Reward):
 
     @classmethod
     def changes_during_training(cls, cfg: Any) -> str | None:
-        """Online rounds (``feedback.rounds`` > 0) retrain the reward model during RL; without
-        them it is stage 2's, frozen (and data-parallel: every rank loads it, scores its shard)."""
-        rounds = int(cfg.feedback.get("rounds", 0) or 0)
-        if not rounds:
-            return None
-        return f"feedback.rounds={rounds}: its online rounds retrain the reward model during RL"
+        """None: online rounds (``feedback.rounds`` > 0) retrain the reward model during RL,
+        but :meth:`before_step` keeps every rank's copy the same (rank 0's), so it is
+        data-parallel with and without them."""
+        return None
 
     def score_batch(self, batch: Batch) -> torch.Tensor:
         """The reward model's scalar at each sequence's last token."""

@@ -79,7 +79,13 @@ JOBS = {
     "online_dpo": ["algo=online_dpo", "budget.amount=1"],
     "best_of_n": ["algo=best_of_n", "algo.n=2", "algo.sampling.top_k=1"],
     "ppo_rm": ["algo=ppo", "reward=rm", "feedback.rounds=0", "budget.amount=1"],
+    # Online rounds: rank 0 asks for feedback and retrains; every rank then holds its weights.
+    "ppo_rm_rounds": ["algo=ppo", "reward=rm", "feedback.rounds=2", "budget.amount=3"],
 }
+#: A job with online rounds at steps 3 and 4 (of 4), a checkpoint every step: run straight, and
+#: stopped at step 4 (its checkpoint is step 3's, after the first round) then resumed.
+ROUNDS_JOB = ["algo=ppo", "reward=rm", "feedback.rounds=2", "budget.amount=4"]
+ROUNDS_JOB += ["checkpoint_every=1"]
 TOLERANCE = 1e-5
 
 
@@ -148,6 +154,19 @@ def train_on_the_global_batch(algo: str, cache_dir: Path, out: Path) -> dict[str
     return {"steps": steps, "weights": weights}
 
 
+class RewardWeights:
+    """An observer that records a checksum of the learned reward model's weights at each step."""
+
+    def __init__(self) -> None:
+        self.sums: list[float] = []
+
+    @alignbench_hookimpl
+    def alignbench_on_step_end(self, run: Any) -> None:
+        """Sum the reward network's parameters (they change only at online rounds)."""
+        network = run.reward.model
+        self.sums.append(float(sum(p.double().sum() for p in network.parameters())))
+
+
 class StopAtStep:
     """An observer that fails the job at ``step`` on every rank (a crash after a checkpoint)."""
 
@@ -172,12 +191,16 @@ def whole_job(
     registry = build_registry()
     if stop_at:
         registry.pm.register(StopAtStep(stop_at), name="test:stop")
+    weights = RewardWeights()
+    if "reward=rm" in overrides:
+        registry.pm.register(weights, name="test:reward_weights")
     cfg = compose([*TINY, f"cache_dir={cache_dir}", *overrides], registry)
     where = folder if distributed.is_main_process() else folder.with_name(folder.name + "-rank1")
     try:
-        return run_job(cfg, where, registry=registry)
+        result = run_job(cfg, where, registry=registry)
     except RuntimeError as exc:
-        return {"status": "failed", "error": str(exc)}
+        result = {"status": "failed", "error": str(exc)}
+    return {**result, "reward_weights": weights.sums}
 
 
 def _worker(rank: int, world: int, port: int, cache_dir: Path, out: Path) -> None:
@@ -200,6 +223,9 @@ def _worker(rank: int, world: int, port: int, cache_dir: Path, out: Path) -> Non
     results["resumed"] = whole_job(cache_dir, out / "resumed")
     for name, overrides in JOBS.items():
         results[f"job_{name}"] = whole_job(cache_dir, out / f"job_{name}", overrides)
+    results["rounds_straight"] = whole_job(cache_dir, out / "rounds_straight", ROUNDS_JOB)
+    results["rounds_stopped"] = whole_job(cache_dir, out / "rounds_resumed", ROUNDS_JOB, 4)
+    results["rounds_resumed"] = whole_job(cache_dir, out / "rounds_resumed", ROUNDS_JOB)
     torch.save(results, out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -288,6 +314,45 @@ def test_only_rank_0_writes_for_every_data_parallel_algorithm(
     summary = json.loads((folder / "summary.json").read_text())
     assert rank1[f"job_{name}"]["status"] == "finished"
     assert rank1[f"job_{name}"]["steps"] == summary["steps"]
+
+
+@pytest.mark.slow
+def test_online_rounds_on_two_processes_keep_one_reward_model(
+    two_processes: dict[str, Any],
+) -> None:
+    """reward=rm with online rounds on two processes: rank 0 asks for the feedback and retrains
+    (its metrics show both rounds, charged once), and after every step both ranks hold the same
+    reward model, which the rounds changed."""
+    out, (rank0, rank1) = two_processes["out"], two_processes["ranks"]
+    sums0, sums1 = (
+        rank0["job_ppo_rm_rounds"]["reward_weights"],
+        rank1["job_ppo_rm_rounds"]["reward_weights"],
+    )
+    assert len(sums0) == 3 and sums0 == sums1
+    assert sums0[0] != sums0[-1]  # a round retrained it
+    lines = (out / "job_ppo_rm_rounds" / "metrics.jsonl").read_text().splitlines()
+    retrained = [m for m in map(json.loads, lines) if "feedback/rm_loss" in m]
+    assert len(retrained) == 2, [sorted(m) for m in map(json.loads, lines)]
+
+
+@pytest.mark.slow
+def test_a_two_process_job_with_online_rounds_resumes_exactly(
+    two_processes: dict[str, Any],
+) -> None:
+    """Stopped at step 4 (resumed from step 3's checkpoint, after the first round) and run
+    again on two processes: the second round and every metric are those of the straight run,
+    and both ranks' reward models match it step by step."""
+    out, (rank0, rank1) = two_processes["out"], two_processes["ranks"]
+    assert rank0["rounds_stopped"]["status"] == "failed"
+
+    def steps(folder: Path) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in m.items() if "seconds" not in k} for m in lines]
+
+    assert steps(out / "rounds_resumed") == steps(out / "rounds_straight")
+    straight = rank0["rounds_straight"]["reward_weights"]
+    assert rank0["rounds_resumed"]["reward_weights"] == straight[3:]
+    assert rank1["rounds_resumed"]["reward_weights"] == straight[3:]
 
 
 @pytest.mark.slow
@@ -407,12 +472,13 @@ def test_mini_batches_of_two_ranks_are_those_of_one_process(
     assert stand_ins > 0  # the stand-in path is taken with this seed
 
 
-def test_the_learned_reward_is_data_parallel_without_online_rounds(
+def test_the_learned_reward_is_data_parallel_with_and_without_online_rounds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On two processes reward=rm passes the start-up check with feedback.rounds=0 (stage 2 once,
-    before RL) and is refused, in one line naming the rounds and the fix, with online rounds
-    (every rank would retrain it); a rule reward passes."""
+    """On two processes reward=rm passes the start-up check with and without online rounds
+    (rank 0 does them and hands its weights on), as does a rule reward; a reward with its own
+    before_step that does not say it keeps the ranks alike is refused in one line."""
+    from alignbench import Reward
     from alignbench.errors import ConfigError
     from alignbench.job import check_data_parallel
 
@@ -423,6 +489,22 @@ def test_the_learned_reward_is_data_parallel_without_online_rounds(
         check_data_parallel(registry, compose([*TINY, "algo=ppo", *overrides], registry))
 
     check("reward=rm", "feedback.rounds=0")
+    check("reward=rm", "feedback.rounds=2")
     check("reward=abstention")
-    with pytest.raises(ConfigError, match=r"feedback.rounds=2.* feedback.rounds=0\)$"):
-        check("reward=rm", "feedback.rounds=2")
+
+    class Drifting(registry.get("reward", "abstention").cls):  # type: ignore[misc,name-defined]
+        def before_step(self, run: Any) -> dict[str, float]:
+            return {}
+
+    assert Drifting.changes_during_training(None) and not Reward.changes_during_training(None)
+    entry, get = registry.get("reward", "abstention"), registry.get
+    monkeypatch.setattr(
+        registry,
+        "get",
+        lambda group, name: (
+            replace(entry, cls=Drifting) if name == "abstention" else get(group, name)
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"^reward=abstention cannot run on 2 processes") as e:
+        check("reward=abstention")
+    assert "\n" not in str(e.value)

@@ -245,9 +245,11 @@ def test_page_needs_a_stage_2_rankings_file() -> None:
         validate(build_registry(), ["reward=rm", "feedback=page", "feedback.rounds=1"])
 
 
-def test_page_rounds_are_refused_on_several_processes(monkeypatch) -> None:
-    """Online rounds retrain the reward model during RL: not on several processes (one line)."""
+def test_page_rounds_run_on_several_processes_with_a_bounded_wait(monkeypatch) -> None:
+    """Online rounds on several processes: rank 0 asks the page and the others wait for it, so
+    the start-up check passes; a wait as long as the collectives' timeout is refused, one line."""
     from alignbench import distributed
+    from alignbench.app import validate
     from alignbench.job import check_data_parallel
     from tests.conftest import compose
 
@@ -257,14 +259,12 @@ def test_page_rounds_are_refused_on_several_processes(monkeypatch) -> None:
         for n in registry.names("algo")
         if getattr(registry.get("algo", n).cls, "data_parallel", False)
     )
-    cfg = compose(
-        [f"algo={parallel}", "reward=rm", "feedback=page", "feedback.path=r.jsonl"]
-        + ["feedback.rounds=1", "algo.prompts_per_step=4"],
-        registry,
-    )
+    page = ["reward=rm", "feedback=page", "feedback.path=r.jsonl", "feedback.rounds=1"]
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(ConfigError, match=r"reward=rm .*one process") as info:
-        check_data_parallel(registry, cfg)
+    cfg = compose([f"algo={parallel}", *page, "algo.prompts_per_step=4"], registry)
+    check_data_parallel(registry, cfg)
+    with pytest.raises(ConfigError, match=r"feedback.wait_s=600 on 2 processes") as info:
+        validate(registry, [*page, "feedback.wait_s=600"])
     assert "\n" not in str(info.value)
 
 
