@@ -32,6 +32,7 @@ from alignbench.errors import ConfigError, Interrupted, PluginError
 from alignbench.hardware import check_hardware, grad_scaler, model_device, place
 from alignbench.loop import run_loop
 from alignbench.lora import apply_lora, export_lora, is_lora
+from alignbench.model_folders import check_model_folders
 from alignbench.model_options import apply_model_options, check_model_options
 from alignbench.models import load_pretrained, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
@@ -329,6 +330,10 @@ class Job:
         check_data_parallel(self.registry, cfg)
         self.device = check_hardware(cfg)
         check_model_options(cfg.get("model") or {})  # before stage 1 (the command line did too)
+        # reward.path / algo.critic_path: each folder usable, a critic on the policy's tokens.
+        check_model_folders(
+            cfg, lambda: self.registry.get("task", cfg.task.name).cls(to_object(cfg.task))
+        )
         if not self.claimed:
             jobdir.check_free(cfg, self.output_dir)
         self.fingerprint = config_fingerprint(cfg)

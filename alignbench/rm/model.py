@@ -11,10 +11,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from alignbench import provenance
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.hardware import autocast, model_device
-from alignbench.models import ScalarHeadModel, load_pretrained
+from alignbench.model_folders import (
+    contents_hash,
+    load_scalar_model,
+    same_tokenizer,
+    save_scalar_model,
+)
+from alignbench.models import ScalarHeadModel, count_parameters, freeze, load_pretrained
 from alignbench.rm.evaluation import policy_ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import group_dict, load_groups
@@ -34,7 +41,9 @@ class RewardModel:
     """A scalar-head network trained to respect ranked groups of responses, with those groups.
 
     :meth:`train` builds it for a job — stage 2 from the ``feedback=`` source, cached by
-    everything that determines it — and :meth:`load` reads one from a stage folder.
+    everything that determines it — :meth:`load` reads one from a stage folder, and
+    :meth:`from_folder` one from its own folder (``reward.path``: no stage 2), which may use
+    another tokenizer than the policy's (``reward_tokenizer``: then it scores the text).
     :meth:`score` scores a batch's sequences (token ids), :meth:`score_texts` responses as text.
     During RL it can keep learning from feedback on the current policy: :meth:`request` asks the
     source to rank fresh groups, which arrive ``feedback.delay`` steps later (:meth:`arrive`:
@@ -73,6 +82,9 @@ class RewardModel:
         self.generator = torch.Generator().manual_seed(seed + 17)
         #: Requested, not yet arrived: (step they arrive, groups), oldest first.
         self.pending: list[tuple[int, list[Group]]] = []
+        #: The network's own tokenizer when it is not the policy's (a model read from a folder):
+        #: sequences are then decoded and written again in its tokens. None: the policy's ids.
+        self.reward_tokenizer: PreTrainedTokenizerBase | None = None
         #: ``precision=`` of online rounds (sampling and retraining), as the stage was built.
         self.precision = precision
 
@@ -110,6 +122,37 @@ class RewardModel:
         groups = load_groups(folder / "train.jsonl")
         return cls(network, tokenizer, config, groups, folder=folder)
 
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        policy_tokenizer: PreTrainedTokenizerBase,
+        device: torch.device | str = "cpu",
+    ) -> RewardModel:
+        """A trained reward model from its own folder (``reward.path``: a sequence classifier
+        with one label, or alignbench's export), frozen, on ``device``; no stage 2, no groups.
+        Its tokenizer equal to the policy's (:func:`same_tokenizer`): it scores the policy's ids;
+        else the decoded text, written again in its own tokens."""
+        folder = provenance.input_path(str(path))
+        network, tokenizer = load_scalar_model(folder, "reward.path", "reward")
+        network = freeze(network).to(device)
+        same = same_tokenizer(tokenizer, policy_tokenizer)
+        model = cls(network, policy_tokenizer)
+        model.reward_tokenizer = None if same else tokenizer
+        model.info = {
+            "path": str(folder),
+            "files_sha256": contents_hash(folder),
+            "parameters": count_parameters(network),
+            # How the policy's sequences reach it: as token ids, or as text.
+            "scores": "token_ids" if same else "text",
+        }
+        return model
+
+    def export(self, folder: Path) -> Path:
+        """Write the network and its tokenizer as a self-contained folder that ``reward.path``
+        (or ``algo.critic_path``) reads back (alignbench's scalar-head format)."""
+        return save_scalar_model(self.network, self.reward_tokenizer or self.tokenizer, folder)
+
     @property
     def rounds(self) -> int:
         """Online feedback rounds asked for (``feedback.rounds``; 0 without a source)."""
@@ -124,8 +167,12 @@ class RewardModel:
 
     @torch.no_grad()
     def score(self, batch: Batch) -> torch.Tensor:
-        """Rewards ``[N]`` of a batch's sequences: the network's scalar at each last token."""
-        return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
+        """Rewards ``[N]`` of a batch's sequences: the network's scalar at each last token
+        (of the sequence written in the network's own tokens when they are not the policy's)."""
+        if self.reward_tokenizer is None:
+            return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
+        ids, mask = retokenized(batch, self.tokenizer, self.reward_tokenizer)
+        return sequence_rewards(self.network, ids, mask).to(batch.input_ids.device)
 
     def score_texts(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """One reward per (row, response), tokenised as the policy would."""
@@ -263,3 +310,60 @@ class RewardModel:
         self.rng.bit_generator.state = state["rng"]
         if "generator" in state:
             self.generator.set_state(state["generator"])
+
+
+def reward_texts(
+    batch: Batch,
+    policy_tokenizer: PreTrainedTokenizerBase,
+    reward_tokenizer: PreTrainedTokenizerBase,
+) -> list[list[int]]:
+    """Each sequence of ``batch`` as ``reward_tokenizer`` writes it: with a chat template, the
+    row's prompt as the user's turn and the decoded response as the assistant's, rendered by
+    that template; without one, the prompt's text followed by the response as the policy's
+    decoding continues it, and the reward model's eos after a response that ended (how
+    alignbench's reward models see a finished answer)."""
+    eos = policy_tokenizer.eos_token_id
+    out = []
+    for row, (response, _, _) in zip(batch.rows, batch.token_lists(), strict=True):
+        ended = bool(response) and response[-1] == eos
+        if getattr(reward_tokenizer, "chat_template", None):
+            answer = policy_tokenizer.decode(response, skip_special_tokens=True).strip()
+            conversation = [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": answer},
+            ]
+            # Rendered to text, then encoded without special tokens: the template writes its own.
+            text = reward_tokenizer.apply_chat_template(conversation, tokenize=False)
+            out.append(reward_tokenizer.encode(text, add_special_tokens=False))
+            continue
+        # The prompt as plain text (not the policy's chat markup, nor its unknown-word tokens),
+        # then the response as it continues that text when decoded (its spacing included).
+        prompt = policy_tokenizer.encode(row["prompt"], add_special_tokens=False)
+        before = policy_tokenizer.decode(prompt, skip_special_tokens=True)
+        joint = policy_tokenizer.decode(prompt + response, skip_special_tokens=True)
+        answer = policy_tokenizer.decode(response, skip_special_tokens=True).strip()
+        rest = joint[len(before) :] if joint.startswith(before) else f" {answer}"
+        ids = reward_tokenizer.encode(row["prompt"] + rest)
+        if ended and reward_tokenizer.eos_token_id is not None:
+            ids.append(reward_tokenizer.eos_token_id)
+        out.append(ids)
+    return out
+
+
+def retokenized(
+    batch: Batch,
+    policy_tokenizer: PreTrainedTokenizerBase,
+    reward_tokenizer: PreTrainedTokenizerBase,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[N, L]`` of :func:`reward_texts`, right-padded (the
+    scalar is read at each row's last real token, positions come from the mask)."""
+    sequences = reward_texts(batch, policy_tokenizer, reward_tokenizer)
+    pad = reward_tokenizer.pad_token_id
+    pad = pad if pad is not None else (reward_tokenizer.eos_token_id or 0)
+    length = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[i, : len(sequence)] = 1
+    return ids, mask
