@@ -3,6 +3,7 @@ that determines it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -130,6 +131,17 @@ def model_files(name_or_path: str) -> dict[str, str]:
     return provenance.folder_digest(local) if local.is_dir() else {}
 
 
+def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Fork the CPU generator and, on an accelerator, the device's own (training there draws
+    from it); only this process's GPU, so several ranks on one node do not fork each other's."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.random.fork_rng(devices=[index], device_type="cuda")
+    return torch.random.fork_rng(device_type=device.type)
+
+
 def sft_stage(
     cfg: DictConfig, task: Task, device: torch.device | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -161,13 +173,7 @@ def sft_stage(
         # The initial weights come from stage.sft.seed, not from the state the caller left the
         # global RNG in (the job seed of whichever job built the stage first; random in a
         # process that never seeded torch); the caller's RNG state is left as it was.
-        # On an accelerator its generators are forked too: training there draws from them.
-        fork = (
-            torch.random.fork_rng(devices=[])
-            if device.type == "cpu"
-            else torch.random.fork_rng(device_type=device.type)
-        )
-        with fork:
+        with _fork_rng(device):
             torch.manual_seed(cfg.stage.sft.seed)
             model, tokenizer = base_model(cfg, task)
             # Initialised on the CPU (the same weights on every device), trained on the device.
