@@ -136,7 +136,32 @@ def generate(
     ids, mask = pad_prompts(prompt_ids, pad)
     device = model_device(model)
     ids, mask = ids.to(device), mask.to(device)  # no-ops on the CPU
-    n = ids.shape[0]
+    # Inference mode: the same operations without autograd's per-operation bookkeeping (about
+    # a tenth of a small model's sampling time). Its tensors stay inside: the stacks below,
+    # made outside it, are ordinary tensors a training forward can use.
+    with torch.inference_mode():
+        tokens, response_mask, logprobs = _decode(model, ids, mask, params, generator, eos, pad)
+    model.train(was_training)
+    return (
+        ids,
+        mask,
+        torch.stack(tokens, 1),
+        torch.stack(response_mask, 1),
+        torch.stack(logprobs, 1),
+    )
+
+
+def _decode(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    eos: int | Sequence[int],
+    pad: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The prompt pass and the decode loop: per step, the tokens, mask and log-probs ``[n]``."""
+    n, device = ids.shape[0], ids.device
     # Only the last prompt position's logits are needed: the others are not projected.
     out = model(
         input_ids=ids,
@@ -190,14 +215,7 @@ def generate(
                 break
         logits = steps.step(tokens[-1], next_position, t).float()
         next_position = next_position + 1
-    model.train(was_training)
-    return (
-        ids,
-        mask,
-        torch.stack(tokens, 1),
-        torch.stack(response_mask, 1),
-        torch.stack(logprobs, 1),
-    )
+    return tokens, response_mask, logprobs
 
 
 @torch.no_grad()

@@ -154,3 +154,18 @@ def test_inverse_cdf_sampling_is_seeded_and_consistent(two_eos) -> None:
     assert torch.allclose(recomputed * a.response_mask, a.logprobs, atol=1e-5)
     with pytest.raises(ValueError, match="draw='gumbel'"):
         sample(model, tokenizer, PROMPTS, 1, SamplingParams(draw="gumbel"))
+
+
+def test_the_sampled_batch_trains(two_eos) -> None:
+    """The sampler decodes under inference mode, but what it returns are ordinary tensors: a
+    training forward on them runs its backward (an inference tensor would be refused)."""
+    from alignbench.models import response_logprobs
+
+    model, tokenizer, _ = two_eos
+    batch = sample(model, tokenizer, PROMPTS, 2, SamplingParams(max_new_tokens=4))
+    for tensor in (batch.input_ids, batch.attention_mask, batch.response_mask, batch.logprobs):
+        assert not tensor.is_inference()
+    logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
+    ((logprobs - batch.logprobs) * batch.response_mask).sum().backward()
+    assert model.lm_head.weight.grad is not None
+    model.zero_grad(set_to_none=True)
