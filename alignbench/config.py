@@ -160,7 +160,7 @@ class ModelConfig:
 
     # A local folder saved with save_pretrained (any causal LM and its tokenizer; a hub id is
     # refused: nothing is downloaded at run time); empty builds a small Llama from the keys below.
-    name_or_path: str = ""
+    name_or_path: str = field(default="", metadata={"input": True})
     # Prompts go through the tokenizer's chat template when it has one (`auto`), or as plain
     # text (`none`). The built-in word tokenizer has none.
     chat_template: str = field(default="auto", metadata={"choices": ("auto", "none")})

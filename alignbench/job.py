@@ -32,7 +32,7 @@ from alignbench.errors import ConfigError, Interrupted, PluginError
 from alignbench.hardware import check_hardware, grad_scaler, model_device, place
 from alignbench.loop import run_loop
 from alignbench.lora import apply_lora, export_lora, is_lora
-from alignbench.model_folders import check_model_folders
+from alignbench.model_folders import check_model_folders, folder_fingerprints
 from alignbench.model_options import apply_model_options, check_model_options
 from alignbench.models import load_pretrained, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
@@ -582,6 +582,9 @@ class Job:
             "seed": cfg.seed,
             "world": cfg.world,
             "fingerprint": self.fingerprint,
+            # The contents hashes of the files and folders it read (model.name_or_path, task.path,
+            # a model folder, ...), so that other contents behind the same names are named.
+            **({"inputs": inputs} if (inputs := folder_fingerprints(cfg)) else {}),
             # What the compare report shows for this task by default (Task.headline_metrics).
             "headline_metrics": list(self.task.headline_metrics),
             "code": self.code,

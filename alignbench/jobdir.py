@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from alignbench.checkpoint import NEUTRAL_KEYS, config_fingerprint
 from alignbench.config import omit_off_switches
 from alignbench.errors import ConfigError
+from alignbench.model_folders import folder_fingerprints
 
 HYDRA = ".hydra"
 LOCK = ".lock"
@@ -109,6 +110,16 @@ def saved_config(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def _changed_inputs(folder: Path, cfg: DictConfig) -> list[str]:
+    """The input keys (``model.name_or_path``, ``task.path``, ...) whose files' contents differ
+    from those the folder's results recorded (none when they recorded none: older results)."""
+    recorded = (summary_status(folder) or {}).get("inputs")
+    if not isinstance(recorded, dict):
+        return []
+    now = folder_fingerprints(cfg)
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+
+
 def check_free(cfg: DictConfig, folder: Path) -> None:
     """Refuse (ConfigError, one line) a folder holding results of a different config."""
     if cfg.get("rerun") or not _has_results(folder):
@@ -123,6 +134,14 @@ def check_free(cfg: DictConfig, folder: Path) -> None:
             "rerun=true to move them aside, or choose another output folder"
         )
     changed = differing_keys(old, new)
+    if not changed:
+        changed_inputs = _changed_inputs(folder, cfg)
+        if changed_inputs:
+            raise ConfigError(
+                f"{folder} holds results made from other contents of {', '.join(changed_inputs)}"
+                " (the same names, other files) — pass rerun=true to move them aside, or choose "
+                "another hydra.sweep.dir / hydra.run.dir"
+            )
     if changed:
         shown = ", ".join(changed[:6]) + (
             f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""

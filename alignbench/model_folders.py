@@ -2,7 +2,9 @@
 
 A config field marks itself as such a folder with ``field(metadata={"model_folder": role})``
 (role ``reward`` or ``critic``), so the checks, the loader and the job's fingerprint find every
-one without naming the keys. Three formats are read, always from a local folder (never the hub):
+one without naming the keys; a field that names any other file or folder a job reads (the base
+model, the data) marks itself ``metadata={"input": True}``, and its contents enter the
+fingerprint too (:func:`folder_fingerprints`). Three formats are read, always from a local folder (never the hub):
 
 * ``sequence_classification``: a Hugging Face ``AutoModelForSequenceClassification`` of a
   decoder architecture with ``num_labels=1`` (the common format of published reward models);
@@ -243,13 +245,55 @@ def contents_hash(folder: Path) -> str:
     return _HASHES[key]
 
 
+def file_hash(path: Path) -> str:
+    """The sha256 of a file's bytes, read once per process while its size and mtime stay."""
+    stat = path.stat()
+    key = (str(path.resolve()), ((path.name, stat.st_size, stat.st_mtime_ns),))
+    if key not in _HASHES:
+        _HASHES[key] = provenance.sha256_file(path)
+    return _HASHES[key]
+
+
+def input_keys(cfg: DictConfig) -> dict[str, str]:
+    """``{dotted key: value}`` of every non-empty field marked ``input`` in the config's
+    dataclasses: files or folders a job reads (``model.name_or_path``, ``task.path``,
+    ``feedback.path``), whose contents, not only their names, decide its numbers."""
+    found: dict[str, str] = {}
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        marked = (
+            {f.name for f in dataclasses.fields(schema) if f.metadata.get("input")}
+            if dataclasses.is_dataclass(schema)
+            else set()
+        )
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value, f"{prefix}{key}.")
+            elif str(key) in marked and value:
+                found[f"{prefix}{key}"] = str(value)
+
+    walk(cfg, "")
+    return found
+
+
 def folder_fingerprints(cfg: DictConfig) -> dict[str, str]:
-    """``{key: contents hash}`` of every model folder the config names (empty when none: the
-    default's fingerprint is unchanged); another file behind the same name is another job."""
+    """``{key: contents hash}`` of every model folder and input file or folder the config names
+    (empty when none: the default's fingerprint is unchanged); another file behind the same
+    name is another job. A name that is not a local path (a hub id) stays a name."""
     out = {}
     for key, (_, value) in model_folder_keys(cfg).items():
         folder = provenance.input_path(value)
         out[key] = contents_hash(folder) if folder.is_dir() else "missing"
+    for key, value in input_keys(cfg).items():
+        path = provenance.input_path(value)
+        if path.is_dir():
+            out[key] = contents_hash(path)
+        elif path.is_file():
+            out[key] = file_hash(path)
     return out
 
 

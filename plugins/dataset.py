@@ -90,7 +90,7 @@ class DatasetConfig(TaskConfig):
 
     # A .jsonl/.json, .csv or .parquet file, or a folder saved with Dataset.save_to_disk; a
     # relative path is read from the folder the command started in.
-    path: str = ""
+    path: str = field(default="", metadata={"input": True})
     format: str = field(default="auto", metadata={"choices": FORMATS})
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     # Held-out prompts (never trained on): a share of the prompts when below 1, else a count.

@@ -219,7 +219,8 @@ class SimulatedAnnotators(FeedbackSource):
 class FileConfig(FeedbackConfig):
     """Rankings written by people, one JSON object per line (schema in the README)."""
 
-    path: str = ""
+    # Its contents go into the job's fingerprint (metadata input): other rankings, another job.
+    path: str = field(default="", metadata={"input": True})
 
     def validate(self) -> None:
         """A file has no one to rank an online round's new responses."""
