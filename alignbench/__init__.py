@@ -78,14 +78,14 @@ from alignbench.run import Run
 from alignbench.task import ABSTAIN, CORRECT, WRONG, Task, normalize_answer
 
 if TYPE_CHECKING:
-    from alignbench.sampling import SamplingParams
+    from alignbench.sampling import SamplingParams, eos_ids
 
 __version__ = "0.1.0"
 
 # Public names imported on first use (PEP 562): alignbench.sampling imports transformers'
 # modelling code, seconds of CPU that `import alignbench` (compare, label, a plugin that does
 # not sample) should not pay.
-_LAZY = {"SamplingParams": "alignbench.sampling"}
+_LAZY = {"SamplingParams": "alignbench.sampling", "eos_ids": "alignbench.sampling"}
 
 
 def __getattr__(name: str) -> Any:
@@ -129,6 +129,7 @@ __all__ = [
     "Run",
     "SamplingConfig",
     "SamplingParams",
+    "eos_ids",
     "SharedBaseReference",
     "Task",
     "TaskConfig",

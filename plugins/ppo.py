@@ -388,9 +388,9 @@ class PPO:
         returns = run.rewards(batch).float()
         batch.rewards = returns.clone()
         last = batch.last_positions
-        ended = (
-            ops.gather_last(batch.response_ids, batch.response_mask) == run.tokenizer.eos_token_id
-        )
+        # A response ended at any of the policy's end ids (a chat model may list several).
+        stops = torch.tensor(alignbench.eos_ids(run.policy, run.tokenizer), device=last.device)
+        ended = torch.isin(ops.gather_last(batch.response_ids, batch.response_mask), stops)
         turns = batch.turns
         # One row of scores per sequence: the turns' rewards, or one score on the last token.
         per_turn = turns is not None and c.credit == "turn"

@@ -109,6 +109,8 @@ class LearnedReward(Reward):
         ranking page) learns the job's folder, where it exchanges groups and labels (rank 0's
         folder: only rank 0 asks for feedback)."""
         run.track(self.reward_model.network, "reward_model")
+        # Where the policy's responses end (a chat model may list several end ids).
+        self.reward_model.stops = tuple(alignbench.eos_ids(run.policy, run.tokenizer))
         if distributed.is_main_process():
             self.reward_model.open_feedback(run.output_dir)
 

@@ -37,6 +37,9 @@ def beam_responses(
     batch = batch.to(model_device(model))  # the stage's device (a no-op on the CPU)
     prompt_ids = batch.input_ids[:, : batch.prompt_length]
     mask = batch.attention_mask[:, : batch.prompt_length]
+    # alignbench.sampling imports transformers' modelling code: only when beams are drawn.
+    from alignbench.sampling import eos_ids
+
     out = model.generate(
         input_ids=prompt_ids,
         attention_mask=mask,
@@ -44,7 +47,7 @@ def beam_responses(
         num_return_sequences=k,
         do_sample=False,
         max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=eos_ids(model, tokenizer),  # every end id a chat model lists
         pad_token_id=tokenizer.pad_token_id,
     )
     texts = tokenizer.batch_decode(out[:, batch.prompt_length :], skip_special_tokens=True)

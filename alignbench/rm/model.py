@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,10 @@ class RewardModel:
         self.reward_tokenizer: PreTrainedTokenizerBase | None = None
         #: ``precision=`` of online rounds (sampling and retraining), as the stage was built.
         self.precision = precision
+        #: The token ids that end a policy's response (``alignbench.eos_ids``: the tokenizer's
+        #: eos and the model's generation_config list), set when the run starts; None: the
+        #: tokenizer's eos alone. Read when responses are written again in another tokenizer.
+        self.stops: tuple[int, ...] | None = None
 
     @classmethod
     def train(cls, context: PrepareContext) -> RewardModel:
@@ -171,7 +175,7 @@ class RewardModel:
         (of the sequence written in the network's own tokens when they are not the policy's)."""
         if self.reward_tokenizer is None:
             return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
-        ids, mask = retokenized(batch, self.tokenizer, self.reward_tokenizer)
+        ids, mask = retokenized(batch, self.tokenizer, self.reward_tokenizer, self.stops)
         return sequence_rewards(self.network, ids, mask).to(batch.input_ids.device)
 
     def score_texts(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
@@ -316,16 +320,18 @@ def reward_texts(
     batch: Batch,
     policy_tokenizer: PreTrainedTokenizerBase,
     reward_tokenizer: PreTrainedTokenizerBase,
+    stops: Collection[int] | None = None,
 ) -> list[list[int]]:
     """Each sequence of ``batch`` as ``reward_tokenizer`` writes it: with a chat template, the
     row's prompt as the user's turn and the decoded response as the assistant's, rendered by
     that template; without one, the prompt's text followed by the response as the policy's
     decoding continues it, and the reward model's eos after a response that ended (how
-    alignbench's reward models see a finished answer)."""
-    eos = policy_tokenizer.eos_token_id
+    alignbench's reward models see a finished answer). A response ended when its last token is
+    one of ``stops`` (default: the policy tokenizer's eos)."""
+    ends = set(stops) if stops else {policy_tokenizer.eos_token_id}
     out = []
     for row, (response, _, _) in zip(batch.rows, batch.token_lists(), strict=True):
-        ended = bool(response) and response[-1] == eos
+        ended = bool(response) and response[-1] in ends
         if getattr(reward_tokenizer, "chat_template", None):
             answer = policy_tokenizer.decode(response, skip_special_tokens=True).strip()
             conversation = [
@@ -354,10 +360,11 @@ def retokenized(
     batch: Batch,
     policy_tokenizer: PreTrainedTokenizerBase,
     reward_tokenizer: PreTrainedTokenizerBase,
+    stops: Collection[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` ``[N, L]`` of :func:`reward_texts`, right-padded (the
     scalar is read at each row's last real token, positions come from the mask)."""
-    sequences = reward_texts(batch, policy_tokenizer, reward_tokenizer)
+    sequences = reward_texts(batch, policy_tokenizer, reward_tokenizer, stops)
     pad = reward_tokenizer.pad_token_id
     pad = pad if pad is not None else (reward_tokenizer.eos_token_id or 0)
     length = max(1, max(len(s) for s in sequences))
