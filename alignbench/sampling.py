@@ -69,6 +69,7 @@ class SamplingParams:
             temperature=sampling.temperature,
             top_k=sampling.top_k,
             top_p=sampling.top_p,
+            draw=sampling.draw,
         )
 
 

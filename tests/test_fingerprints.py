@@ -45,3 +45,15 @@ def test_ppo_speed_switches_are_recorded_only_when_on() -> None:
         on = compose(["algo=ppo", switch], registry)
         assert flat_config(on)[switch.split("=")[0]] is True
         assert config_fingerprint(on) != config_fingerprint(default)
+
+
+def test_the_samplers_draw_is_recorded_only_when_not_the_default() -> None:
+    """algo.sampling.draw / feedback.sampling.draw: multinomial (the default), not in the record;
+    inverse_cdf (other tokens for a seed), in the record and the fingerprint."""
+    registry = build_registry()
+    default = compose(["algo=ppo", "reward=rm"], registry)
+    assert not {"algo.sampling.draw", "feedback.sampling.draw"} & set(flat_config(default))
+    for key in ("algo.sampling.draw", "feedback.sampling.draw"):
+        on = compose(["algo=ppo", "reward=rm", f"{key}=inverse_cdf"], registry)
+        assert flat_config(on)[key] == "inverse_cdf"
+        assert config_fingerprint(on) != config_fingerprint(default)
