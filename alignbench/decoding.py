@@ -138,7 +138,7 @@ class StaticCacheDecoder:
         # Hooks inside (adapters, offloading, device placement) would be skipped by this path.
         linear = torch.nn.Linear
         for name, module in model.named_modules():
-            if module is not model and (module._forward_hooks or module._forward_pre_hooks):
+            if module is not model and (active_hooks(module) or module._forward_pre_hooks):
                 return False
             if name.endswith("_proj") and type(module) is not linear:
                 return False
@@ -220,6 +220,18 @@ class StaticCacheDecoder:
                     "a forward hook on the model replaced its output; the static-cache decoder "
                     "cannot honour that (remove the hook or decode through model(...))"
                 )
+
+
+def active_hooks(module: torch.nn.Module) -> list[Any]:
+    """``module``'s forward hooks, less Hugging Face's output-capturing ones: a forward with
+    ``output_hidden_states=True`` installs those on every layer for good, and they do nothing
+    outside such a forward (this path never asks for hidden states through them), so they must
+    not turn the fast paths off for the rest of a run (PPO's shared critic makes that call)."""
+    return [
+        hook
+        for hook in module._forward_hooks.values()
+        if getattr(hook, "__module__", None) != "transformers.utils.output_capturing"
+    ]
 
 
 def decoder(

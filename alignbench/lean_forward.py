@@ -54,6 +54,8 @@ def _trunk(model: torch.nn.Module) -> torch.nn.Module | None:
 def supports(model: torch.nn.Module) -> bool:
     """Whether ``model`` is a plain Llama (causal LM or scalar-head model) this module can run:
     SDPA attention, SiLU, no dropout, no gradient checkpointing, no hooks inside it."""
+    from alignbench.decoding import active_hooks
+
     trunk = _trunk(model)
     if trunk is None:
         return False
@@ -71,7 +73,7 @@ def supports(model: torch.nn.Module) -> bool:
         return False
     linear = torch.nn.Linear
     for module in model.modules():
-        if module is not model and (module._forward_hooks or module._forward_pre_hooks):
+        if module is not model and (active_hooks(module) or module._forward_pre_hooks):
             return False
     for layer in trunk.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -96,9 +98,11 @@ def hidden_states(
     attention_mask: torch.Tensor,
     keep: int,
     at: torch.Tensor | None = None,
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """The trunk's final hidden states ``[N, keep, H]`` at the last ``keep`` positions; with
-    ``at`` (``[N]`` indices), ``[N, 1, H]`` at one position per sequence (``keep`` unused)."""
+    ``at`` (``[N]`` indices), ``[N, 1, H]`` at one position per sequence (``keep`` unused);
+    with ``kv``, each layer's keys and values ``[N, H_kv, T, D]`` (rotated) appended to it."""
     from alignbench.models import position_ids
 
     linear = torch.nn.functional.linear
@@ -131,10 +135,12 @@ def hidden_states(
         k = linear(x, *_weights(attn.k_proj)).view(n, length, kv_heads, d).transpose(1, 2)
         v = linear(x, *_weights(attn.v_proj)).view(n, length, kv_heads, d).transpose(1, 2)
         k = (k * cos) + (k.roll(half, -1) * sin)
+        if kv is not None:
+            kv.append((k, v))
         gqa = heads != kv_heads
         if i == last and at is not None:
             # One query per sequence, each at its own position: gathered, not sliced.
-            q, c, s = (_at(x, at, 2) for x in (q, cos, sin))
+            q, c, s = (_at(t, at, 2) for t in (q, cos, sin))
             q = (q * c) + (q.roll(half, -1) * s)
             rows = causal[at][:, None, None] if mask is None else _at(mask, at, 2)
             out = sdpa(q, k, v, attn_mask=rows, scale=attn.scaling, enable_gqa=gqa)
@@ -214,6 +220,27 @@ def lean_logits(
         kwargs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": r}
         _after_forward(model, kwargs, CausalLMOutputWithPast(logits=logits), logits)
     return (logits, hidden) if with_hidden else logits
+
+
+def prefill(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """The sampler's prompt pass over left-padded prompts: next-token logits ``[N, V]`` at the
+    last position, and a cache whose ``layers[i].keys`` / ``.values`` ``[N, H_kv, P, D]`` the
+    static-cache decoder continues from (the last layer's queries and MLP at that position
+    only). FLOPs as ``model(input_ids=input_ids, ..., use_cache=True, logits_to_keep=1)``."""
+    from types import SimpleNamespace
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hidden = hidden_states(model.model, input_ids, attention_mask, 1, kv=kv)
+    logits = torch.nn.functional.linear(hidden, *_weights(model.lm_head))
+    if model._forward_hooks:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
+        _after_forward(model, kwargs, CausalLMOutputWithPast(logits=logits), logits)
+    cache = SimpleNamespace(layers=[SimpleNamespace(keys=k, values=v) for k, v in kv])
+    return logits[:, -1], cache
 
 
 def lean_values(

@@ -197,6 +197,24 @@ def test_the_static_cache_decoder_is_taken_only_where_it_is_exact(models) -> Non
     assert not StaticCacheDecoder.supports(hooked)
 
 
+def test_hidden_state_capturing_hooks_leave_the_fast_paths_on(models) -> None:
+    """A forward with ``output_hidden_states=True`` (PPO's shared critic) leaves Hugging Face's
+    output-capturing hooks on every layer for good; they do nothing outside such a forward, so
+    the static-cache decoder and the lean forward stay on, and the sampler's result equals the
+    plain loop's."""
+    from alignbench import lean_forward
+
+    model, tokenizer = copy.deepcopy(models["mha"]), models["tokenizer"]
+    model(input_ids=torch.ones(2, 3, dtype=torch.long), output_hidden_states=True)
+    assert any(layer._forward_hooks for layer in model.model.layers)  # installed
+    assert StaticCacheDecoder.supports(model) and lean_forward.supports(model)
+    rows, params = PROMPT_SETS["ragged"], SETTINGS["sampled"]
+    fast = sample(model, tokenizer, rows, 2, params, torch.Generator().manual_seed(7))
+    oracle = oracle_sample(model, tokenizer, rows, 2, params, torch.Generator().manual_seed(7))
+    assert torch.equal(fast.input_ids, oracle.input_ids)
+    assert torch.equal(fast.logprobs, oracle.logprobs)
+
+
 @pytest.mark.parametrize("prompts", list(PROMPT_SETS))
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("arch", ["mha", "gqa_bias", "eager"])

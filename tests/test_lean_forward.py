@@ -238,3 +238,32 @@ def test_a_reward_read_at_each_last_token_matches_the_hugging_face_forward(
         counter.close()
     assert scores.shape == (4,) and float((scores - expected).abs().max()) < ATOL
     assert lean_charge > 0 and counter.total == 2 * lean_charge
+
+
+@pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
+def test_the_lean_prompt_pass_samples_as_the_hugging_face_one(
+    models, arch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SamplingParams(lean_prefill=True)``: greedy decoding of ragged (left-padded) prompts
+    gives the same tokens and log-probs within ATOL, and the same FLOPs, as the ordinary
+    prompt pass; the decode steps after it are the static-cache decoder's."""
+    from alignbench.sampling import SamplingParams, sample
+
+    tokenizer = build_tokenizer(WORDS)
+    prompts = [{"prompt": "w1 w2 w3"}, {"prompt": "w4"}, {"prompt": "w5 w6 w7 w8 w9 w10"}]
+    calls, prefill = [], lean_forward.prefill
+    monkeypatch.setattr(lean_forward, "prefill", lambda *args: calls.append(1) or prefill(*args))
+    out, charged = {}, {}
+    for lean in (False, True):
+        model = copy.deepcopy(models[arch])
+        counter = FlopCounter()
+        counter.track(model, "policy")
+        params = SamplingParams(max_new_tokens=6, greedy=True, lean_prefill=lean)
+        out[lean] = sample(model, tokenizer, prompts, 2, params)
+        charged[lean] = counter.total
+        counter.close()
+    assert torch.equal(out[True].input_ids, out[False].input_ids)
+    assert torch.equal(out[True].response_mask, out[False].response_mask)
+    assert float((out[True].logprobs - out[False].logprobs).abs().max()) < ATOL
+    assert charged[True] == charged[False] > 0
+    assert calls == [1]  # the lean pass ran, once
