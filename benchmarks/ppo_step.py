@@ -9,9 +9,10 @@ Two recipes, each beside its own lower bound:
 each as it runs by default and with every opt-in speed switch (``fast`` rows):
 ``algo.lean_forward=true algo.fused_adamw=true`` (the scoring and training forwards through
 :mod:`alignbench.lean_forward`, AdamW's fused kernel; equal within rounding, not bit for bit:
-``tests/test_lean_forward.py``) and the sampler's ``SamplingParams(draw="inverse_cdf")`` (one
-uniform draw per token instead of ``torch.multinomial``'s one per vocabulary entry: the same
-distribution, other tokens; ``tests/test_sampling_eos.py``), and the reward network read at each
+``tests/test_lean_forward.py``), the sampler's ``SamplingParams(draw="inverse_cdf",
+lean_prefill=True)`` (one uniform draw per token instead of ``torch.multinomial``'s one per
+vocabulary entry: the same distribution, other tokens, ``tests/test_sampling_eos.py``; the prompt
+pass through :func:`alignbench.lean_forward.prefill`), and the reward network read at each
 sequence's last token alone (:func:`alignbench.lean_forward.last_values`, as a user's own
 ``Reward`` can; within 1e-5: ``tests/test_lean_forward.py``).
 
@@ -180,6 +181,7 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = Fals
         max_new_tokens=s.new_tokens,
         min_new_tokens=s.new_tokens,
         draw="inverse_cdf" if fast else "multinomial",
+        lean_prefill=fast,
     )
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, len(words), (s.sequences, s.prompt_tokens), generator=g)
@@ -524,7 +526,9 @@ def main() -> None:
         *times["ptx"],
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
-    flags = "algo.lean_forward=true algo.fused_adamw=true draw=inverse_cdf lean reward"
+    flags = (
+        "algo.lean_forward=true algo.fused_adamw=true, inverse-CDF draws, lean prefill and reward"
+    )
     fast = {
         "ptx fast": print_table(f"PPO-ptx, {flags}", *times["ptx fast"]),
         "plain fast": print_table(f"plain PPO, {flags}", *times["plain fast"]),
