@@ -1,5 +1,6 @@
-"""A GPU check that fits in 5 minutes: a ~100 M-parameter Llama, a few bf16 PPO, GRPO and RRHF
-steps, tokens/s, step time, peak memory and model FLOPs utilisation (MFU).
+"""A GPU check that fits in 5 minutes: stages 1 and 2 built on the device, then a ~100 M-parameter
+Llama's few bf16 PPO, GRPO and RRHF steps: tokens/s, step time, peak memory and model FLOPs
+utilisation (MFU).
 
 On a fresh GPU machine (README, "Your hardware"):
 
@@ -9,6 +10,14 @@ On a fresh GPU machine (README, "Your hardware"):
 
     python benchmarks/gpu_smoke.py --device cpu --smoke  # tiny models on the CPU: does it run?
     python benchmarks/gpu_smoke.py --smoke               # the same on device=auto (CI)
+
+Stages first: stage 1 (SFT, a few steps of a model of the same size as the algorithms' policy on
+the ``facts`` task's demonstrations) and stage 2 (a reward model from simulated rankings of a
+handful of groups) through the pipeline's own stage functions (``sft_stage``,
+``reward_model_stage``) with ``device=`` and ``precision=`` of the command line, into a fresh
+temporary cache; their time and FLOPs are printed, and the script fails unless both cached
+weight files are fp32 and finite and both stage records name the device and precision
+(``--skip-stages`` leaves them out).
 
 The models are built from config (random init, no download): policy, reference (or, with
 ``--lora R``, the policy's base with adapters off), critic and a separate reward network of the
@@ -22,6 +31,7 @@ shape. Medians over the steps after one warm-up step.
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import statistics
 import sys
@@ -31,13 +41,15 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 import transformers
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 
 from alignbench import Reward, Run, SamplingConfig, SamplingParams, Task
-from alignbench.config import LoraConfig, ModelConfig
-from alignbench.hardware import PRECISIONS, check_precision, resolve_device
+from alignbench.config import CONF_PACKAGE, LoraConfig, ModelConfig, to_object
+from alignbench.hardware import PRECISIONS, check_precision, resolve_device, stage_record
 from alignbench.job import Job
 from alignbench.lora import apply_lora
 from alignbench.models import (
@@ -48,6 +60,8 @@ from alignbench.models import (
     save_pretrained,
 )
 from alignbench.registry import build_registry
+from alignbench.rm.stage import reward_model_stage
+from alignbench.stages import sft_stage
 
 VOCAB_WORDS = 1021  # 1024 with pad, eos, unk
 #: ~100 M parameters: 12 layers x (4 x 768^2 attention + 3 x 768 x 2560 MLP) + embeddings.
@@ -78,6 +92,111 @@ class RewardNetwork(Reward):
         mask = batch.attention_mask
         last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
         return values[torch.arange(len(last), device=values.device), last].float()
+
+
+#: Stages 1 and 2 on a small config: one SFT epoch over the task's demonstrations and a handful
+#: of ranked groups, a fixed number of reward-model epochs (no early stopping).
+STAGES = [
+    "stage.sft.epochs=1",
+    "stage.sft.batch_size=32",
+    "stage.sft.lr=3e-4",  # the tiny model's 3e-3 is a lot for ~100 M parameters
+    "feedback.labels=16",
+    "feedback.k=4",
+    "stage.rm.epochs=2",
+    "stage.rm.patience=0",
+]
+#: The same on tiny models and a small world, for the CPU (CI): seconds.
+STAGES_SMOKE = [
+    "task.num_entities=40",
+    "task.eval_size=20",
+    "stage.sft.epochs=1",
+    "stage.sft.batch_size=32",
+    "feedback.labels=6",
+    "feedback.k=2",
+    "feedback.sampling.max_new_tokens=4",
+    "stage.rm.epochs=1",
+    "stage.rm.patience=0",
+]
+
+
+def model_overrides(model_cfg: ModelConfig) -> list[str]:
+    """``model.*`` overrides that build ``model_cfg``'s shape (the algorithms' policy size)."""
+    keys = ("hidden_size", "intermediate_size", "num_layers", "num_heads")
+    keys += ("max_position_embeddings",)
+    return [f"model.{key}={getattr(model_cfg, key)}" for key in keys]
+
+
+def stage_config(overrides: list[str]) -> DictConfig:
+    """The job config as ``python -m alignbench`` composes it (plugins registered first)."""
+    build_registry()
+    with hydra.initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        return hydra.compose(config_name="config", overrides=overrides)
+
+
+def check_stage(
+    name: str, folder: Path, info: dict[str, Any], device: torch.device, precision: str
+) -> None:
+    """Fail unless the stage was built here (no cache hit), its cached weights are fp32 and
+    finite, and its record names ``device`` and ``precision`` (nothing added on the CPU in
+    fp32, where the record stays the default one)."""
+    assert not info.get("cache_hit"), f"{name}: found in a fresh cache"
+    weights = load_file(folder / "model.safetensors")
+    dtypes = {str(w.dtype) for w in weights.values()}
+    assert dtypes == {"torch.float32"}, f"{name}: cached weights are {dtypes}, not fp32"
+    bad = [k for k, w in weights.items() if not torch.isfinite(w).all()]
+    assert not bad, f"{name}: non-finite cached weights in {bad[:3]}"
+    where = (info.get("device", "cpu"), info.get("precision", "fp32"))
+    assert where == (device.type, precision), (
+        f"{name}: built on {where}, not {device.type, precision}"
+    )
+    expected = stage_record(device, precision)
+    assert {k: info.get(k) for k in expected} == expected, f"{name}: record {info}"
+    assert info["flops"] > 0 and math.isfinite(info["flops"]), f"{name}: FLOPs {info['flops']}"
+
+
+def timed(device: torch.device, call: Any) -> tuple[Any, float]:
+    """``call()`` and its wall-clock seconds (the device synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def build_stages(
+    cache: Path, model_cfg: ModelConfig, device: torch.device, precision: str, smoke: bool
+) -> dict[str, dict[str, Any]]:
+    """Stage 1 (SFT) and stage 2 (the reward model from simulated rankings) through the
+    pipeline's stage functions on ``device`` in ``precision``, into the fresh cache ``cache``,
+    each checked (:func:`check_stage`); one row per stage: seconds, FLOPs, its record."""
+    cfg = stage_config(
+        [
+            *(STAGES_SMOKE if smoke else STAGES),
+            *model_overrides(model_cfg),
+            f"device={device.type}",
+            f"precision={precision}",
+            f"cache_dir={cache}",
+        ]
+    )
+    registry = build_registry()
+    task = registry.get("task", cfg.task.name).cls(to_object(cfg.task))
+    (sft_path, sft), sft_seconds = timed(device, lambda: sft_stage(cfg, task, device))
+    check_stage("stage 1 (SFT)", sft_path, sft, device, precision)
+    source = registry.get("feedback", cfg.feedback.name).cls(to_object(cfg.feedback), task)
+    (rm_path, rm), rm_seconds = timed(
+        device, lambda: reward_model_stage(cfg, task, source, sft_path, sft["key"], device)
+    )
+    check_stage("stage 2 (reward model)", rm_path, rm, device, precision)
+    return {
+        "stage 1 (SFT)": {"seconds": sft_seconds, "work": f"{sft['steps']:.0f} steps", **sft},
+        "stage 2 (reward model)": {
+            "seconds": rm_seconds,
+            "work": f"{rm['groups']} groups, {rm['epochs_run']} epochs",
+            **rm,
+        },
+    }
 
 
 def facts_task() -> Task:
@@ -209,6 +328,9 @@ def main() -> None:
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank on the policy (0 = off)")
     parser.add_argument("--peak-tflops", type=float, default=0.0)
     parser.add_argument("--smoke", action="store_true", help="tiny models, 2 steps (CI)")
+    parser.add_argument(
+        "--skip-stages", action="store_true", help="leave out stages 1 and 2 (SFT, reward model)"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device or ("auto" if args.smoke else "cuda"))
     check_precision(args.precision, device)
@@ -219,8 +341,12 @@ def main() -> None:
     lora = LoraConfig(r=args.lora, alpha=2.0 * args.lora) if args.lora else None
     peak = peak_flops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    rows = {}
+    rows, stages = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_stages:
+            # A fresh cache: both stages are built here, never found.
+            cache = Path(tmp) / "cache"
+            stages = build_stages(cache, model_cfg, device, args.precision, args.smoke)
         for algo in args.algos.split(","):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -246,6 +372,15 @@ def main() -> None:
         f"{name}, precision={args.precision}, policy {parameters / 1e6:.2f} M parameters, "
         f"{sequences} sequences x {new_tokens} new tokens per step, median of {steps}{smoke}\n"
     )
+    if stages:
+        print("| stage | time (s) | FLOPs | work | device | precision | cached weights |")
+        print("|---|---:|---:|---|---|---|---|")
+        for stage, row in stages.items():
+            print(
+                f"| {stage} | {row['seconds']:.2f} | {row['flops']:.3g} | {row['work']} | "
+                f"{row.get('device', 'cpu')} | {row.get('precision', 'fp32')} | fp32, finite |"
+            )
+        print()
     print("| algorithm | step (s) | response tokens/s | peak memory (MiB) | MFU |")
     print("|---|---:|---:|---:|---:|")
     for algo, row in rows.items():
