@@ -183,7 +183,7 @@ def check_hardware(cfg: Any) -> torch.device:
     device = resolve_device(str(cfg.device))
     check_precision(str(cfg.precision), device)
     lora = cfg.model.lora
-    check_lora(lora, feedback_rounds=(cfg.get("feedback") or {}).get("rounds") or 0)
+    check_lora(lora)
     # Only a LoRA policy makes the reference its own base (which cannot move on its own).
     check_placement(cfg.get("placement") or {}, lora=bool(lora.r) and "policy" in lora.targets)
     return device

@@ -11,12 +11,19 @@ A scalar-head model (PPO's critic, stage 2's reward model) gets adapters on its 
 its head whole and trainable (:func:`apply_lora_to_scalar`): a fresh head must learn its scale,
 which a low-rank update of a zero matrix cannot. Stage 2 folds the trained adapters into the
 trunk before caching the reward model (:func:`merge_adapters`), so the frozen reward of RL is a
-plain model, whatever trained it.
+plain model, whatever trained it. With online feedback rounds (``feedback.rounds`` > 0) the job
+gives that merged model fresh adapters when it loads it (:func:`online_adapters`: the same r,
+alpha, dropout and target modules; B = 0, so it scores exactly as the merged model until a
+round), and each round retrains those adapters and the head, never the trunk's base weights
+(:func:`make_trainable`); they are in the network's ``state_dict``, so checkpoints and the
+weights rank 0 sends the other processes carry them.
 
 FLOPs: PEFT's adapters are modules inside the model, so their parameters count in the model's
 ``2N`` per token forward and ``4N`` backward (the dense convention; it charges the frozen base
 weights' backward as if they had weight gradients, as for any model). The reference is charged
-for the base weights only, and so is a merged reward model.
+for the base weights only, and so is a merged reward model; one given online adapters is
+charged for its base weights and its adapters in every pass (scoring included: they run), and a
+round's retraining 2N forward + 4N backward over both, like a LoRA critic.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
     from alignbench.models import ScalarHeadModel
 
 
-def check_lora(config: Any, feedback_rounds: int = 0) -> None:
+def check_lora(config: Any) -> None:
     """ConfigError (one line, before anything trains) for LoRA settings out of range, targets
     that are not models, or LoRA asked for without ``peft`` installed."""
     if config.r < 0:
@@ -57,12 +64,6 @@ def check_lora(config: Any, feedback_rounds: int = 0) -> None:
                 "adapters — set model.lora.r (e.g. 8)"
             )
         return
-    if "reward_model" in targets and feedback_rounds > 0:
-        # Online rounds retrain the cached (merged) reward model in place, as a whole model.
-        raise ConfigError(
-            f"model.lora.targets with reward_model and feedback.rounds={feedback_rounds}: online "
-            "rounds retrain the whole reward model — drop reward_model or use feedback.rounds=0"
-        )
     if not config.alpha > 0:
         raise ConfigError(f"model.lora.alpha={config.alpha} — must be > 0 (e.g. 2 * r)")
     if not 0 <= config.dropout < 1:
@@ -136,11 +137,52 @@ def apply_lora_to_scalar(model: ScalarHeadModel, config: Any, role: str) -> Scal
         inject_adapter_in_model(_peft_config(config, None), model.trunk)
     except ValueError as exc:
         raise _bad_target_modules(config, exc) from None
+    return train_adapters_and_head(model)
+
+
+def has_adapters(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds LoRA adapters (found by their parameters' names: peft unneeded)."""
+    return any("lora_" in name for name, _ in model.named_parameters())
+
+
+def train_adapters_and_head(model: ScalarHeadModel) -> ScalarHeadModel:
+    """``model`` (a scalar-head model with adapters on its trunk) with its adapters and its whole
+    head trainable, nothing else (the trunk's base weights stay as they are)."""
     model.requires_grad_(False)
     for name, parameter in model.trunk.named_parameters():
         parameter.requires_grad_("lora_" in name)
     model.head.requires_grad_(True)
     return model
+
+
+def make_trainable(model: ScalarHeadModel) -> ScalarHeadModel:
+    """A frozen reward model made trainable again for an online round (or its uncertainty probe):
+    its adapters and head when it has adapters (:func:`online_adapters`), else all of it."""
+    if has_adapters(model):
+        return train_adapters_and_head(model)
+    return model.requires_grad_(True)
+
+
+def online_adapters(model: ScalarHeadModel, config: Any, seed: int) -> ScalarHeadModel:
+    """``model`` (stage 2's merged reward model, on the CPU) with fresh LoRA adapters on its trunk
+    for the online rounds to train (``config``: ``model.lora``), frozen until a round does.
+
+    B starts at zero, so it scores exactly as the merged model; A is drawn from the CPU generator
+    seeded with ``seed`` inside a fork, so every process (and a resumed job) builds the same
+    adapters and the job's own random streams are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        apply_lora_to_scalar(model, config, "reward_model")
+    model.eval()
+    return model.requires_grad_(False)
+
+
+def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` with any adapters folded in (:func:`merge_adapters`): a plain
+    model with the keys of one never adapted (a critic or an export made from a reward model
+    that online rounds train as adapters); a plain ``model`` is copied as it is."""
+    copied = copy.deepcopy(model)
+    return merge_adapters(copied) if has_adapters(copied) else copied
 
 
 def merge_adapters(model: torch.nn.Module) -> torch.nn.Module:

@@ -261,18 +261,18 @@ def _q_proj_before() -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "values, rounds, message",
+    "values, message",
     [
-        ({"r": 4, "targets": ["critc"]}, 0, r"model\.lora\.targets=\[critc\] — list each of"),
-        ({"r": 4, "targets": []}, 0, r"model\.lora\.targets=\[\] — list each of"),
-        ({"r": 4, "targets": ["critic", "critic"]}, 0, r"targets=\[critic,critic\]"),
-        ({"r": 0, "targets": ["critic"]}, 0, r"model\.lora\.r=0 trains no adapters"),
-        ({"r": 4, "targets": ["reward_model"]}, 2, r"feedback\.rounds=2: online rounds"),
+        ({"r": 4, "targets": ["critc"]}, r"model\.lora\.targets=\[critc\] — list each of"),
+        ({"r": 4, "targets": []}, r"model\.lora\.targets=\[\] — list each of"),
+        ({"r": 4, "targets": ["critic", "critic"]}, r"targets=\[critic,critic\]"),
+        ({"r": 0, "targets": ["critic"]}, r"model\.lora\.r=0 trains no adapters"),
     ],
 )
-def test_bad_lora_targets_are_one_line(values: dict, rounds: int, message: str) -> None:
+def test_bad_lora_targets_are_one_line(values: dict, message: str) -> None:
+    # A LoRA reward model with online rounds is no longer refused: tests/test_lora_rm_rounds.py.
     with pytest.raises(ConfigError, match=message) as error:
-        check_lora(LoraConfig(**values), feedback_rounds=rounds)
+        check_lora(LoraConfig(**values))
     assert "\n" not in str(error.value)
 
 
@@ -281,13 +281,9 @@ def test_lora_targets_from_the_command_line_are_checked_before_anything_runs() -
 
     with pytest.raises(ConfigError, match=r"model\.lora\.targets=\[value\]"):
         check_hardware(compose(["algo=ppo", "model.lora.r=4", "model.lora.targets=[value]"]))
-    with pytest.raises(ConfigError, match="online rounds retrain the whole reward model"):
-        check_hardware(
-            compose(
-                ["reward=rm", "feedback.rounds=1", "model.lora.r=4"]
-                + ["model.lora.targets=[policy,reward_model]"]
-            )
-        )
+    # Online rounds retrain a LoRA reward model's adapters (tests/test_lora_rm_rounds.py).
+    rounds = ["reward=rm", "feedback.rounds=1", "model.lora.r=4"]
+    assert check_hardware(compose([*rounds, "model.lora.targets=[policy,reward_model]"]))
     # A full policy keeps its own reference copy, which placement may move; a LoRA one does not.
     placed = ["algo=ppo", "model.lora.r=4", "placement.reference=cpu"]
     assert check_hardware(compose([*placed, "model.lora.targets=[critic]"])).type == "cpu"

@@ -15,6 +15,7 @@ from alignbench import provenance
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.hardware import autocast, model_device
+from alignbench.lora import has_adapters, online_adapters, plain_copy
 from alignbench.model_folders import (
     contents_hash,
     load_scalar_model,
@@ -26,7 +27,7 @@ from alignbench.rm.evaluation import policy_ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
 from alignbench.rm.groups import group_dict, load_groups
 from alignbench.rm.selection import checked_preferences
-from alignbench.rm.stage import context_stage, load_reward_model, request_feedback
+from alignbench.rm.stage import context_stage, load_reward_model, lora_key, request_feedback
 from alignbench.rm.training import retrain_reward_model, sequence_rewards
 from alignbench.task import Task
 
@@ -97,7 +98,14 @@ class RewardModel:
         """The job's reward model: stage 2 trained from the ``feedback=`` source on the stage-1
         model's groups (or taken from the cache), frozen, on the job's device."""
         folder, info, source = context_stage(context)
-        network = load_reward_model(folder, context.sft_path).to(context.device)
+        network = load_reward_model(folder, context.sft_path)
+        if context.cfg.feedback.rounds and lora_key(context.cfg):
+            # Trained as adapters in stage 2 (cached merged): the online rounds train fresh
+            # adapters on it and the head, never the whole trunk. Seeded, so every rank and a
+            # resumed job start from the same ones (a checkpoint then restores them).
+            seed = int(context.cfg.stage.rm.seed)
+            network = online_adapters(network, context.cfg.model.lora, seed)
+        network = network.to(context.device)
         return cls(
             network,
             context.tokenizer,
@@ -154,8 +162,10 @@ class RewardModel:
 
     def export(self, folder: Path) -> Path:
         """Write the network and its tokenizer as a self-contained folder that ``reward.path``
-        (or ``algo.critic_path``) reads back (alignbench's scalar-head format)."""
-        return save_scalar_model(self.network, self.reward_tokenizer or self.tokenizer, folder)
+        (or ``algo.critic_path``) reads back (alignbench's scalar-head format); online adapters
+        folded in (a copy: the job's network keeps them)."""
+        network = plain_copy(self.network) if has_adapters(self.network) else self.network
+        return save_scalar_model(network, self.reward_tokenizer or self.tokenizer, folder)
 
     @property
     def rounds(self) -> int:

@@ -28,7 +28,7 @@ from alignbench.budget import FlopCounter
 from alignbench.cache import cached_stage, config_hash
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.hardware import autocast, model_device, stage_hardware, stage_key, stage_record
-from alignbench.lora import apply_lora_to_scalar, merge_adapters
+from alignbench.lora import apply_lora_to_scalar, make_trainable, merge_adapters
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
 from alignbench.rm.evaluation import probe_report, ranking_accuracy
 from alignbench.rm.feedback import FeedbackSource, Group
@@ -239,8 +239,9 @@ def request_feedback(
 
     def make_model() -> ScalarHeadModel:
         # Uncertainty selection trains this copy as a probe: the job's reward model is frozen
-        # between rounds, so its copy must be made trainable again.
-        return copy.deepcopy(model).requires_grad_(True)
+        # between rounds, so its copy must be made trainable again (as a round would train it:
+        # adapters and head when it has online adapters).
+        return make_trainable(copy.deepcopy(model))
 
     # Fresh groups of the current policy, always: a source's own groups (a file's) were stage
     # 2's, held-out ones included, and a source that cannot rank new ones says so (rank).

@@ -18,6 +18,7 @@ from alignbench.hardware import (
     model_device,
     scaled_step,
 )
+from alignbench.lora import make_trainable
 from alignbench.models import ScalarHeadModel, freeze
 from alignbench.rm.feedback import Group
 from alignbench.rm.groups import group_batch, ordered_pairs
@@ -144,8 +145,9 @@ def retrain_reward_model(
 ) -> dict[str, float]:
     """Online feedback: keep training the reward model on all groups so far (a quarter of the
     stage's epochs), then freeze it again; in ``precision`` (None: the autocast around the
-    call), fp16's skipped overflow steps as ``feedback/skipped_steps``."""
-    model.requires_grad_(True)
+    call), fp16's skipped overflow steps as ``feedback/skipped_steps``. A reward model with
+    online adapters trains them and its head only (the trunk's base weights never change)."""
+    make_trainable(model)
     stats = train_reward_model(
         model, tokenizer, groups, rm_cfg, epochs=max(1, rm_cfg.epochs // 4), precision=precision
     )
