@@ -249,7 +249,9 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
         rng=rng_state(run),
         loop=loop_state,
         metrics_lines=len(metrics.read_text().splitlines()) if metrics.exists() else 0,
-        fingerprint=config_fingerprint(run.cfg),
+        # The fingerprint the job started with (a Run built outside a job: the config's now).
+        fingerprint=run.fingerprint or config_fingerprint(run.cfg),
+        inputs=dict(run.inputs),
         code=dict(run.code),
     )
     if ranks is not None:

@@ -46,7 +46,7 @@ from alignbench.run import Run
 from alignbench.stages import sft_stage
 from alignbench.task import Task
 from alignbench.tuning import trial_pruner
-from alignbench.validation import check_choices, check_ranges
+from alignbench.validation import check_choices, check_plugin_configs, check_ranges
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -235,17 +235,42 @@ def _code_changes(recorded: dict[str, str] | None, current: dict[str, str]) -> s
 
 
 def _finished_summary(
-    output_dir: Path, fingerprint: str, code: dict[str, str] | None = None
+    output_dir: Path,
+    fingerprint: str,
+    code: dict[str, str] | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """The summary of a finished job with the same config in ``output_dir``, if there is one.
 
     With ``code``: a finished result of the same config made by other plugin code is refused
-    (fixed code must never reuse stale results, nor silently replace them).
+    (fixed code must never reuse stale results, nor silently replace them); so is one with
+    another fingerprint (other ``inputs``: the contents of the files the job reads).
     """
     summary = jobdir.summary_status(output_dir)
     if summary is None:
         return None
-    same = summary.get("fingerprint") == fingerprint and summary.get("status") == "finished"
+    finished = summary.get("status") == "finished"
+    same = summary.get("fingerprint") == fingerprint and finished
+    if finished and not same:
+        # The config is this one (another was refused before: jobdir.check_free), so what
+        # differs is what the fingerprint hashes besides it: the contents of the files it read
+        # (or results recorded before those were part of it). Never run over them silently.
+        recorded = summary.get("inputs")
+        keys = sorted(
+            k
+            for k in set(recorded or {}) | set(inputs or {})
+            if (recorded or {}).get(k) != (inputs or {}).get(k)
+        )
+        what = (
+            f"other contents of {', '.join(keys)}"
+            if recorded is not None and keys
+            else ("other input files, or before their contents were part of a job's identity")
+        )
+        raise ConfigError(
+            f"{output_dir} holds finished results of this config made from {what} — pass "
+            "rerun=true to run it again (the old results are moved aside), or choose another "
+            "output folder"
+        )
     if same and code is not None:
         changed = _code_changes(summary.get("code"), code)
         if changed:
@@ -306,6 +331,7 @@ class Job:
         self.claimed = claimed
         self.device: torch.device | None = None
         self.fingerprint = ""
+        self.inputs: dict[str, str] = {}
         self.code: dict[str, str] = {}
         self.resume_from: Path | None = None
         self.kept_lines = 0  # lines of metrics.jsonl written up to the checkpoint resumed from
@@ -327,6 +353,11 @@ class Job:
         check_ranges(cfg)  # the command line checked this already; library callers need it too
         check_choices(to_object(cfg))
         distributed.setup()  # a job started by accelerate launch / torchrun joins its ranks
+        # Each plugin config's own validate(), as the command line runs it: library callers and
+        # the ranks a launcher starts (which know the world size) get the same one-line refusals.
+        check_plugin_configs(
+            [to_object(cfg[group]) for group in ("algo", "task", "reward", "feedback")]
+        )
         check_data_parallel(self.registry, cfg)
         self.device = check_hardware(cfg)
         check_model_options(cfg.get("model") or {})  # before stage 1 (the command line did too)
@@ -336,6 +367,9 @@ class Job:
         )
         if not self.claimed:
             jobdir.check_free(cfg, self.output_dir)
+        # The files it reads, hashed once now: the fingerprint, the summary and every
+        # checkpoint record these, so a file edited while the job runs is not taken for them.
+        self.inputs = folder_fingerprints(cfg)
         self.fingerprint = config_fingerprint(cfg)
         self.code = plugin_code(self.registry, cfg)
 
@@ -345,7 +379,7 @@ class Job:
             return None
         # Rank 0's reading, on every rank: all of them skip the job, or none.
         return distributed.decided_on_main(
-            lambda: _finished_summary(self.output_dir, self.fingerprint, self.code)
+            lambda: _finished_summary(self.output_dir, self.fingerprint, self.code, self.inputs)
         )
 
     def claim(self) -> None:
@@ -369,6 +403,18 @@ class Job:
             saved = checkpoint.verify(self.resume_from)  # a damaged checkpoint is refused whole
             self.kept_lines = int(saved["metrics_lines"])
             if saved["fingerprint"] != self.fingerprint:
+                recorded = saved.get("inputs")
+                changed = sorted(
+                    k
+                    for k in set(recorded or {}) | set(self.inputs)
+                    if (recorded or {}).get(k) != self.inputs.get(k)
+                )
+                if recorded is not None and changed:
+                    raise ConfigError(
+                        f"{output_dir} holds a checkpoint of a job made from other contents of "
+                        f"{', '.join(changed)} (the same names, other files) — pass rerun=true "
+                        "to start over (the old results are moved aside, not deleted)"
+                    )
                 raise ConfigError(
                     f"{output_dir} holds a checkpoint of a different config — pass rerun=true to "
                     "start over (the old results are moved aside, not deleted)"
@@ -480,6 +526,8 @@ class Job:
             pm=self.registry.pm,
             groups_loader=groups_loader,
             code=self.code,
+            fingerprint=self.fingerprint,
+            inputs=self.inputs,
             precision=precision,
             # fp16's loss scaler (None for fp32 and bf16: their steps are untouched).
             scaler=grad_scaler(self.device or model_device(policy), precision),
@@ -584,7 +632,7 @@ class Job:
             "fingerprint": self.fingerprint,
             # The contents hashes of the files and folders it read (model.name_or_path, task.path,
             # a model folder, ...), so that other contents behind the same names are named.
-            **({"inputs": inputs} if (inputs := folder_fingerprints(cfg)) else {}),
+            **({"inputs": self.inputs} if self.inputs else {}),
             # What the compare report shows for this task by default (Task.headline_metrics).
             "headline_metrics": list(self.task.headline_metrics),
             "code": self.code,

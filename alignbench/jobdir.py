@@ -110,13 +110,13 @@ def saved_config(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _changed_inputs(folder: Path, cfg: DictConfig) -> list[str]:
-    """The input keys (``model.name_or_path``, ``task.path``, ...) whose files' contents differ
-    from those the folder's results recorded (none when they recorded none: older results)."""
+def changed_inputs(folder: Path, now: dict[str, str]) -> list[str]:
+    """The input keys (``model.name_or_path``, ``task.path``, ...) whose files' contents
+    (``now``: :func:`alignbench.model_folders.folder_fingerprints`) differ from those the
+    folder's results recorded (none when they recorded none: older results)."""
     recorded = (summary_status(folder) or {}).get("inputs")
     if not isinstance(recorded, dict):
         return []
-    now = folder_fingerprints(cfg)
     return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
 
 
@@ -135,10 +135,10 @@ def check_free(cfg: DictConfig, folder: Path) -> None:
         )
     changed = differing_keys(old, new)
     if not changed:
-        changed_inputs = _changed_inputs(folder, cfg)
-        if changed_inputs:
+        other = changed_inputs(folder, folder_fingerprints(cfg))
+        if other:
             raise ConfigError(
-                f"{folder} holds results made from other contents of {', '.join(changed_inputs)}"
+                f"{folder} holds results made from other contents of {', '.join(other)}"
                 " (the same names, other files) — pass rerun=true to move them aside, or choose "
                 "another hydra.sweep.dir / hydra.run.dir"
             )

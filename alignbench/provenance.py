@@ -81,12 +81,27 @@ def input_path(path: str) -> Path:
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``folder``, hidden ones left out."""
+    """``{relative path: sha256}`` of every file under ``folder``, hidden ones left out; each
+    file read once per process while its size and modification time stay (a base model's
+    folder is hashed for the job's fingerprint and for stage 1's key: gigabytes, once)."""
     return {
-        file.relative_to(folder).as_posix(): sha256_file(file)
+        file.relative_to(folder).as_posix(): _cached_sha256(file)
         for file in sorted(folder.rglob("*"))
         if file.is_file() and not any(p.startswith(".") for p in file.relative_to(folder).parts)
     }
+
+
+#: ``(resolved path, size, mtime)`` -> sha256, for :func:`folder_digest`.
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    """:func:`sha256_file`, remembered while the file's size and modification time stay."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        _FILE_HASHES[key] = sha256_file(path)
+    return _FILE_HASHES[key]
 
 
 def plugin_source(plugin: object) -> dict[str, str | None]:

@@ -53,6 +53,12 @@ class Run:
     step: int = 0
     #: The source hashes of the job's plugins (recorded in checkpoints and the summary).
     code: dict[str, str] = field(default_factory=dict)
+    #: The job's fingerprint, taken when it started (its input files hashed then): what its
+    #: checkpoints record, so a file edited mid-run cannot pass as the one it started on.
+    fingerprint: str = ""
+    #: ``{key: contents hash}`` of the files it reads (``model.name_or_path``, ``task.path``, ...)
+    #: as the job started; checkpoints record them, so a refusal can name what changed.
+    inputs: dict[str, str] = field(default_factory=dict)
     #: Loads stage 2's ranked groups by split (set by the core; see :meth:`ranked_groups`).
     groups_loader: Callable[[str], list[Group]] | None = None
     #: ``precision=``: fp32, or the autocast dtype of :meth:`autocast` (bf16, fp16).

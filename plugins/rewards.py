@@ -123,9 +123,18 @@ class LearnedReward(Reward):
         every rank, so that all score their shards with the same model."""
         if distributed.world_size() == 1:
             return self._feedback(run)
-        stats = distributed.decided_on_main(lambda: self._feedback(run))
+        if not self.reward_model.rounds:  # nothing to ask or to wait for (the same on each rank)
+            return {}
+
+        def on_main() -> tuple[dict[str, float], bool]:
+            trained_on = len(self.reward_model.groups)
+            stats = self._feedback(run)
+            # Arrived groups (and only they) retrain the network.
+            return stats, len(self.reward_model.groups) != trained_on
+
+        stats, retrained = distributed.decided_on_main(on_main)
         self.refreshed = int(distributed.broadcast(self.refreshed))
-        if stats:  # arrivals and rounds retrain the network; nothing else changes it
+        if retrained:
             distributed.broadcast_module(self.reward_model.network)
         return stats
 

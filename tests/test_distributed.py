@@ -159,12 +159,15 @@ class RewardWeights:
 
     def __init__(self) -> None:
         self.sums: list[float] = []
+        self.flops: list[float] = []
 
     @alignbench_hookimpl
     def alignbench_on_step_end(self, run: Any) -> None:
-        """Sum the reward network's parameters (they change only at online rounds)."""
+        """Sum the reward network's parameters (they change only at online rounds), and note
+        the reward model's FLOPs this rank spent so far."""
         network = run.reward.model
         self.sums.append(float(sum(p.double().sum() for p in network.parameters())))
+        self.flops.append(float(run.flops.by_model.get("reward_model", 0.0)))
 
 
 class StopAtStep:
@@ -200,7 +203,7 @@ def whole_job(
         result = run_job(cfg, where, registry=registry)
     except RuntimeError as exc:
         result = {"status": "failed", "error": str(exc)}
-    return {**result, "reward_weights": weights.sums}
+    return {**result, "reward_weights": weights.sums, "reward_flops": weights.flops}
 
 
 def _worker(rank: int, world: int, port: int, cache_dir: Path, out: Path) -> None:
@@ -330,6 +333,10 @@ def test_online_rounds_on_two_processes_keep_one_reward_model(
     )
     assert len(sums0) == 3 and sums0 == sums1
     assert sums0[0] != sums0[-1]  # a round retrained it
+    # Rank 1 only scores its shard (as rank 0 does), so it spends less on the reward model once
+    # rank 0 has sampled and retrained for a round: the round is done, and charged, once.
+    flops0, flops1 = (r["job_ppo_rm_rounds"]["reward_flops"] for r in (rank0, rank1))
+    assert flops1[-1] > 0 and flops0[-1] > flops1[-1]
     lines = (out / "job_ppo_rm_rounds" / "metrics.jsonl").read_text().splitlines()
     retrained = [m for m in map(json.loads, lines) if "feedback/rm_loss" in m]
     assert len(retrained) == 2, [sorted(m) for m in map(json.loads, lines)]

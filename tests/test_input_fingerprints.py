@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import alignbench
 from alignbench.checkpoint import config_fingerprint
 from alignbench.errors import ConfigError
 from alignbench.job import run_job
@@ -81,3 +82,71 @@ def test_results_from_other_data_are_refused_not_reported(tmp_path: Path) -> Non
     again = job("rerun=true")
     assert again["status"] == "finished"
     assert again["inputs"] != json.loads(summary)["inputs"]
+
+
+class EditThenStop:
+    """An observer that rewrites the data file after step 1 and stops the job at step 2 (after
+    step 1's checkpoint), as a user regenerating the data while a job runs, then a crash."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @alignbench.hookimpl
+    def alignbench_on_step_end(self, step: int) -> None:
+        """Edit the data at step 1, stop at step 2."""
+        if step == 1:
+            rows = facts_rows()
+            rows[0]["gold"], rows[1]["gold"] = rows[1]["gold"], rows[0]["gold"]
+            write(self.folder, rows, "qa.jsonl")
+        if step == 2:
+            raise RuntimeError("killed by the test")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_keeps_the_inputs_the_job_started_with(tmp_path: Path) -> None:
+    """The data edited while a job runs, then the job killed (no summary): its checkpoint holds
+    the fingerprint and inputs of the start, so the same command refuses to resume on the new
+    data, in one line naming task.path (before, the checkpoint re-hashed the files at save time
+    and the job resumed on other data without a word)."""
+    data = write(tmp_path, facts_rows(), "qa.jsonl")
+    small = [t for t in TINY if not t.startswith(("task.", "budget.amount"))]
+    overrides = [*small, "task=dataset", f"task.path={data}", *COLUMNS, "algo=rrhf"]
+    overrides += ["reward=exact_match", "budget.amount=3", "checkpoint_every=1"]
+    overrides += [f"cache_dir={tmp_path / 'cache'}"]
+    registry = build_registry()
+    registry.pm.register(EditThenStop(tmp_path), name="test:edit")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="killed by the test"):
+        run_job(compose(overrides, registry), out, registry=registry)
+    assert (out / "checkpoints" / "latest").is_file()
+    (out / "summary.json").unlink()  # a kill leaves none
+    registry = build_registry()
+    with pytest.raises(ConfigError, match=r"checkpoint of a job made from other contents of task"):
+        run_job(compose(overrides, registry), out, registry=registry)
+
+
+@pytest.mark.slow
+def test_finished_results_recorded_before_inputs_counted_are_not_run_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results finished when input contents were not part of the fingerprint (older code: no
+    ``inputs`` in the summary) are neither reported as this job's nor overwritten in place: one
+    line asks for rerun=true."""
+    from alignbench import checkpoint, job
+
+    data = write(tmp_path, facts_rows(), "qa.jsonl")
+    small = [t for t in TINY if not t.startswith("task.")]
+    overrides = [*small, "task=dataset", f"task.path={data}", *COLUMNS, "algo=rrhf"]
+    overrides += ["reward=exact_match", f"cache_dir={tmp_path / 'cache'}"]
+    registry = build_registry()
+    out = tmp_path / "out"
+    with monkeypatch.context() as old_code:
+        old_code.setattr(checkpoint, "folder_fingerprints", lambda cfg: {})
+        old_code.setattr(job, "folder_fingerprints", lambda cfg: {})
+        assert run_job(compose(overrides, registry), out, registry=registry)["status"] == (
+            "finished"
+        )
+    metrics = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"finished results of this config made from other"):
+        run_job(compose(overrides, registry), out, registry=registry)
+    assert (out / "metrics.jsonl").read_text() == metrics
