@@ -61,17 +61,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes in bf16 natively (compute capability 8.0 or more:
+    Ampere on). torch's ``is_bf16_supported()`` also says True where bf16 is only emulated (a T4
+    or V100, since torch 2.3), and asks about the current device rather than the job's."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """ConfigError for a precision the device cannot run (one line, before anything trains)."""
     if precision not in PRECISIONS:
         raise ConfigError(
             f"precision={precision!r} is not a choice — use one of: {', '.join(PRECISIONS)}"
         )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
         # Pre-Ampere GPUs emulate bf16 slowly or not at all: refuse it rather than crawl.
         raise ConfigError(
-            f"precision=bf16 on {torch.cuda.get_device_name()}: this GPU has no bf16 support "
-            "— use precision=fp16 (with its loss scaler) or fp32"
+            f"precision=bf16 on {torch.cuda.get_device_name(device)}: this GPU has no bf16 "
+            "support — use precision=fp16 (with its loss scaler) or fp32"
         )
     if precision == "fp16" and device.type not in ("cuda", "cpu"):
         # Autocast and the loss scaler are tested on CUDA and the CPU only.

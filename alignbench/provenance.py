@@ -30,6 +30,8 @@ SFT_SOURCES = (
     "batch.py",
     "budget.py",
     "cache.py",
+    # The training step (fp16's loss scaler) and the stage's device and precision.
+    "hardware.py",
     "models.py",
     "ops.py",
     "stages.py",
@@ -40,6 +42,10 @@ SFT_SOURCES = (
 RM_SOURCES = (
     *SFT_SOURCES,
     "crowd.py",
+    # The sampler and the static-cache decoder it runs; adapters of a LoRA reward model.
+    "decoding.py",
+    "lean_forward.py",
+    "lora.py",
     "sampling.py",
     "rm/evaluation.py",
     "rm/feedback.py",

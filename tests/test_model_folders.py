@@ -219,6 +219,25 @@ def test_another_tokenizer_scores_the_decoded_text(bpe, tmp_path: Path, template
         assert reward == pytest.approx(hf_score(folder, ids), abs=1e-5)
 
 
+def test_a_cut_off_response_stays_open_in_the_reward_models_template() -> None:
+    """Written through a reward model's chat template, a response that ended is closed by the
+    template's end of turn; one cut off by the token limit (no eos) is left open
+    (continue_final_message), so the reward model can tell it from a finished answer."""
+    from types import SimpleNamespace
+
+    from alignbench.rm.model import reward_texts
+
+    policy = facts_tokenizer()
+    rm_tokenizer = bpe_tokenizer(facts_texts(), TEMPLATE)
+    red = policy.encode("red", add_special_tokens=False)
+    texts = {}
+    for name, response in (("ended", [*red, policy.eos_token_id]), ("cut", red)):
+        batch = SimpleNamespace(rows=[ROWS[0]], token_lists=lambda r=response: [(r, [], [])])
+        texts[name] = rm_tokenizer.decode(reward_texts(batch, policy, rm_tokenizer)[0])
+    assert texts["ended"].endswith("<|im_start|>assistant\nred<|im_end|>\n")
+    assert texts["cut"].endswith("<|im_start|>assistant\nred")
+
+
 def test_the_folder_models_forwards_are_counted(bpe, tmp_path: Path) -> None:
     """Tracked like any model: 2 x (matrix parameters x tokens it reads + head x positions), on
     the RM's own tokens when it scores text (embedding lookups are not charged)."""
@@ -263,6 +282,8 @@ def test_ppo_with_a_reward_folder_runs_and_its_rewards_are_the_folders_scores(
     job.start()
     try:
         assert "stage/rm" not in job.stages and job.stages["reward/folder"]["scores"] == "text"
+        # Where the policy's answers end, for the text it writes again (set when the run starts).
+        assert run.reward.reward_model.stops == (run.tokenizer.eos_token_id,)
         hook = run.pm.hook
         batch = hook.alignbench_rollout(run=run, prompts=run.task.splits["rl"].to_list()[:3])
         batch = hook.alignbench_score(run=run, batch=batch)
@@ -270,12 +291,17 @@ def test_ppo_with_a_reward_folder_runs_and_its_rewards_are_the_folders_scores(
     finally:
         job.close()
     rm_tokenizer = run.reward.reward_model.reward_tokenizer
+    lists = batch.token_lists()
     for i, (row, answer) in enumerate(zip(batch.rows, batch.responses, strict=True)):
         conversation = [
             {"role": "user", "content": row["prompt"]},
             {"role": "assistant", "content": answer},
         ]
-        text = rm_tokenizer.apply_chat_template(conversation, tokenize=False)
+        # A response cut off by the token limit stays open in the template (no end of turn).
+        ended = lists[i][0][-1:] == [run.tokenizer.eos_token_id]
+        text = rm_tokenizer.apply_chat_template(
+            conversation, tokenize=False, continue_final_message=not ended
+        )
         expected = hf_score(folder, rm_tokenizer.encode(text, add_special_tokens=False))
         assert batch.rewards[i].item() == pytest.approx(expected, abs=1e-5)
     summary = tiny_job("algo=ppo", "reward=rm", f"reward.path={folder}", out="whole")

@@ -141,6 +141,29 @@ def test_truncation_is_visible_and_penalised(toy) -> None:
     assert step["objective/scores"] < step["objective/reward"] - 1.0
 
 
+def test_an_answer_ended_at_any_listed_eos_is_not_truncated(toy, monkeypatch) -> None:
+    """A model whose generation_config lists every token as an end id (as chat models list
+    several): each one-token answer ended, so none counts as truncated or pays the penalty
+    (compared with the tokenizer's eos alone, nearly all would)."""
+    import alignbench
+    from alignbench import sampling
+
+    def every_id(model, tokenizer) -> list[int]:
+        return [tokenizer.eos_token_id, *range(len(tokenizer))]
+
+    monkeypatch.setattr(sampling, "eos_ids", every_id)
+    monkeypatch.setattr(alignbench, "eos_ids", every_id, raising=False)
+    _, steps = toy(
+        "algo.sampling.max_new_tokens=1",
+        "algo.missing_eos_penalty=3",
+        "budget.amount=1",
+        out="listed",
+    )
+    [step] = steps
+    assert step["policy/truncated_share"] == 0.0
+    assert step["objective/scores"] == pytest.approx(step["objective/reward"])
+
+
 def test_adaptive_kl_controller_moves_beta(toy) -> None:
     """With the adaptive controller, beta moves towards the target; fixed, it does not."""
     _, adaptive = toy("algo.adaptive_kl=true", "algo.kl_horizon=100", "budget.amount=3", out="a")

@@ -113,10 +113,15 @@ def test_scaled_step_skips_an_overflow() -> None:
 
 
 def test_bf16_on_a_gpu_without_bf16_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    """A T4 (compute capability 7.5) is refused even though torch's is_bf16_supported() says
+    True there (it counts emulation); an A100 (8.0) is accepted."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
     with pytest.raises(ConfigError, match="precision=bf16 on Tesla T4: this GPU has no bf16"):
         check_precision("bf16", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    check_precision("bf16", torch.device("cuda"))
 
 
 def test_a_stage_refuses_fp16_on_mps_before_any_folder(tmp_path: Path) -> None:

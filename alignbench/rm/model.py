@@ -349,7 +349,11 @@ def reward_texts(
                 {"role": "assistant", "content": answer},
             ]
             # Rendered to text, then encoded without special tokens: the template writes its own.
-            text = reward_tokenizer.apply_chat_template(conversation, tokenize=False)
+            # A response cut off by the token limit stays open (no end-of-turn after it), so
+            # the reward model sees it unfinished, as the plain-text path does (no eos).
+            text = reward_tokenizer.apply_chat_template(
+                conversation, tokenize=False, continue_final_message=not ended
+            )
             out.append(reward_tokenizer.encode(text, add_special_tokens=False))
             continue
         # The prompt as plain text (not the policy's chat markup, nor its unknown-word tokens),
