@@ -9,10 +9,11 @@ Two recipes, each beside its own lower bound:
 each as it runs by default and with every opt-in speed switch (``fast`` rows):
 ``algo.lean_forward=true algo.fused_adamw=true`` (the scoring and training forwards through
 :mod:`alignbench.lean_forward`, AdamW's fused kernel; equal within rounding, not bit for bit:
-``tests/test_lean_forward.py``), the sampler's ``SamplingParams(draw="inverse_cdf",
-lean_prefill=True)`` (one uniform draw per token instead of ``torch.multinomial``'s one per
-vocabulary entry: the same distribution, other tokens, ``tests/test_sampling_eos.py``; the prompt
-pass through :func:`alignbench.lean_forward.prefill`), and the reward network read at each
+``tests/test_lean_forward.py``), ``algo.sampling.draw=inverse_cdf`` (one uniform draw per token
+instead of ``torch.multinomial``'s one per vocabulary entry: the same distribution, other tokens,
+``tests/test_sampling_eos.py``), the sampler's prompt pass through
+:func:`alignbench.lean_forward.prefill` (``SamplingParams(lean_prefill=True)``, set on PPO's
+sampling parameters here), and the reward network read at each
 sequence's last token alone (:func:`alignbench.lean_forward.last_values`, as a user's own
 ``Reward`` can; within 1e-5: ``tests/test_lean_forward.py``).
 
@@ -160,7 +161,9 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = Fals
         samples_per_prompt=1,
         ppo_epochs=1,
         num_minibatches=1,
-        sampling=SamplingConfig(max_new_tokens=s.new_tokens),
+        sampling=SamplingConfig(
+            max_new_tokens=s.new_tokens, draw="inverse_cdf" if fast else "multinomial"
+        ),
         ptx_coef=ptx_coef,
         ptx_batch_size=s.ptx_batch_size,
         lean_forward=fast,
@@ -180,7 +183,7 @@ def build(tmp: Path, task: Task, ptx_coef: float, s: Settings, fast: bool = Fals
     ppo.params = SamplingParams(
         max_new_tokens=s.new_tokens,
         min_new_tokens=s.new_tokens,
-        draw="inverse_cdf" if fast else "multinomial",
+        draw=config.sampling.draw,
         lean_prefill=fast,
     )
     g = torch.Generator().manual_seed(1)
@@ -527,7 +530,8 @@ def main() -> None:
     )
     plain = print_table("plain PPO (ptx_coef=0)", *times["plain"])
     flags = (
-        "algo.lean_forward=true algo.fused_adamw=true, inverse-CDF draws, lean prefill and reward"
+        "algo.lean_forward=true algo.fused_adamw=true algo.sampling.draw=inverse_cdf, "
+        "lean prefill and reward"
     )
     fast = {
         "ptx fast": print_table(f"PPO-ptx, {flags}", *times["ptx fast"]),
