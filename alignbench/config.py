@@ -396,6 +396,8 @@ def store_plugin_schema(group: str, name: str, schema: type) -> None:
 #: Algorithm options added after results existed, off by default (PPO's speed switches): left
 #: out of a config's fingerprint and record while false.
 ALGO_OFF_SWITCHES = ("lean_forward", "fused_adamw")
+#: Reward options added after results existed, off by default (``reward.lean_forward``).
+REWARD_OFF_SWITCHES = ("lean_forward",)
 #: Model-folder keys added after results existed (``algo.critic_path``, ``reward.path``): left
 #: out of a config's fingerprint and record while empty.
 MODEL_FOLDER_KEYS = (("algo", "critic_path"), ("reward", "path"))
@@ -427,6 +429,11 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
     if isinstance(algo, dict):
         plain["algo"] = {
             k: v for k, v in algo.items() if not (k in ALGO_OFF_SWITCHES and v is False)
+        }
+    reward = plain.get("reward")
+    if isinstance(reward, dict):
+        plain["reward"] = {
+            k: v for k, v in reward.items() if not (k in REWARD_OFF_SWITCHES and v is False)
         }
     # The sampler's default draw (multinomial) leaves older records alone, in every sampling node.
     for group, node in list(plain.items()):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -123,7 +123,7 @@ class PPOConfig(AlgorithmConfig):
     ptx_batch_size: int = 16
     # true = the scoring and training forwards (reference, policy, critic, ptx) of Llama-shaped
     # models run alignbench.lean_forward: the response's outputs only, the final token not fed,
-    # the last layer only where its output is read. Equal within rounding (1e-5 on logits and
+    # the last layer only where its output is read; so does the rollout's prompt pass. Equal within rounding (1e-5 on logits and
     # values, tests/test_lean_forward.py), not bit for bit, so off by default; other models (and
     # hooked, checkpointed or autocast ones) take the ordinary forward.
     lean_forward: bool = False
@@ -239,6 +239,8 @@ class PPO:
             else None
         )
         self.params = SamplingParams.from_config(config.sampling)
+        if config.lean_forward:  # the rollout's prompt pass too (lean_forward.prefill)
+            self.params = replace(self.params, lean_prefill=True)
         policy_params = list(run.policy.parameters())
         if self.value_head is not None:
             policy_params += list(self.value_head.parameters())

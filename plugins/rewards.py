@@ -69,6 +69,11 @@ class LearnedRewardConfig(RewardConfig):
     # groups): a sequence classifier with num_labels=1 or RewardModel.export's format; empty:
     # stage 2. Another tokenizer than the policy's scores the decoded text (README).
     path: str = field(default="", metadata={"model_folder": "reward"})
+    # true = score a Llama-shaped reward network at each sequence's last token alone
+    # (alignbench.lean_forward.last_values: the last layer's queries and MLP at that position;
+    # within 1e-5 of the full forward, fewer FLOPs charged); any other network, LoRA adapters,
+    # placement hooks or autocast take the full forward. Off by default (issue 17's fast path).
+    lean_forward: bool = False
 
     def validate(self) -> None:
         """A ``path`` must be a usable reward-model folder (one line, before stage 1)."""
@@ -111,6 +116,7 @@ class LearnedReward(Reward):
         run.track(self.reward_model.network, "reward_model")
         # Where the policy's responses end (a chat model may list several end ids).
         self.reward_model.stops = tuple(alignbench.eos_ids(run.policy, run.tokenizer))
+        self.reward_model.lean = self.config.lean_forward
         if distributed.is_main_process():
             self.reward_model.open_feedback(run.output_dir)
 

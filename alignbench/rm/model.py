@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from alignbench import provenance
+from alignbench import lean_forward, provenance
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.hardware import autocast, model_device
@@ -92,6 +92,8 @@ class RewardModel:
         #: eos and the model's generation_config list), set when the run starts; None: the
         #: tokenizer's eos alone. Read when responses are written again in another tokenizer.
         self.stops: tuple[int, ...] | None = None
+        #: ``reward.lean_forward``: score at the last token alone where the network allows it.
+        self.lean = False
 
     @classmethod
     def train(cls, context: PrepareContext) -> RewardModel:
@@ -184,6 +186,8 @@ class RewardModel:
         """Rewards ``[N]`` of a batch's sequences: the network's scalar at each last token
         (of the sequence written in the network's own tokens when they are not the policy's)."""
         if self.reward_tokenizer is None:
+            if self.lean and lean_forward.supports(self.network):
+                return lean_forward.last_values(self.network, batch.input_ids, batch.attention_mask)
             return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
         ids, mask = retokenized(batch, self.tokenizer, self.reward_tokenizer, self.stops)
         return sequence_rewards(self.network, ids, mask).to(batch.input_ids.device)
