@@ -4,7 +4,8 @@ A config field marks itself as such a folder with ``field(metadata={"model_folde
 (role ``reward`` or ``critic``), so the checks, the loader and the job's fingerprint find every
 one without naming the keys; a field that names any other file or folder a job reads (the base
 model, the data) marks itself ``metadata={"input": True}``, and its contents enter the
-fingerprint too (:func:`folder_fingerprints`). Three formats are read, always from a local folder (never the hub):
+fingerprint too (:func:`folder_fingerprints`). Three formats are read, always from a local
+folder (never the hub):
 
 * ``sequence_classification``: a Hugging Face ``AutoModelForSequenceClassification`` of a
   decoder architecture with ``num_labels=1`` (the common format of published reward models);

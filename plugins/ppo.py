@@ -123,9 +123,10 @@ class PPOConfig(AlgorithmConfig):
     ptx_batch_size: int = 16
     # true = the scoring and training forwards (reference, policy, critic, ptx) of Llama-shaped
     # models run alignbench.lean_forward: the response's outputs only, the final token not fed,
-    # the last layer only where its output is read; so does the rollout's prompt pass. Equal within rounding (1e-5 on logits and
-    # values, tests/test_lean_forward.py), not bit for bit, so off by default; other models (and
-    # hooked, checkpointed or autocast ones) take the ordinary forward.
+    # the last layer only where its output is read; so does the rollout's prompt pass. Equal
+    # within rounding (1e-5 on logits and values, tests/test_lean_forward.py), not bit for bit,
+    # so off by default; other models (and hooked, checkpointed or autocast ones) take the
+    # ordinary forward.
     lean_forward: bool = False
     # true = AdamW's fused kernel (one pass over the parameters) instead of foreach: equal within
     # rounding (about 1e-8 on the weights after 30 steps), not bit for bit, so off by default.
