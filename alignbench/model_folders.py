@@ -199,15 +199,15 @@ def policy_tokenizer(cfg: DictConfig, make_task: Callable[[], Task]) -> PreTrain
 # -- the config's folders ------------------------------------------------------------------------
 
 
-def model_folder_keys(cfg: DictConfig) -> dict[str, tuple[str, str]]:
-    """``{dotted key: (role, value)}`` of every non-empty field marked ``model_folder`` in the
-    config's dataclasses (``reward.path``, ``algo.critic_path``)."""
-    found: dict[str, tuple[str, str]] = {}
+def marked_fields(cfg: DictConfig, marker: str) -> dict[str, tuple[Any, str]]:
+    """``{dotted key: (marker value, field value)}`` of every non-empty field of the config's
+    dataclasses whose metadata holds ``marker`` (``model_folder``, ``input``)."""
+    found: dict[str, tuple[Any, str]] = {}
 
     def walk(node: DictConfig, prefix: str) -> None:
         schema = OmegaConf.get_type(node)
-        roles = (
-            {f.name: f.metadata.get("model_folder") for f in dataclasses.fields(schema)}
+        marks = (
+            {f.name: f.metadata.get(marker) for f in dataclasses.fields(schema)}
             if dataclasses.is_dataclass(schema)
             else {}
         )
@@ -217,11 +217,17 @@ def model_folder_keys(cfg: DictConfig) -> dict[str, tuple[str, str]]:
             value = node[key]
             if isinstance(value, DictConfig):
                 walk(value, f"{prefix}{key}.")
-            elif roles.get(str(key)) and value:
-                found[f"{prefix}{key}"] = (roles[str(key)], str(value))
+            elif marks.get(str(key)) and value:
+                found[f"{prefix}{key}"] = (marks[str(key)], str(value))
 
     walk(cfg, "")
     return found
+
+
+def model_folder_keys(cfg: DictConfig) -> dict[str, tuple[str, str]]:
+    """``{dotted key: (role, value)}`` of every non-empty field marked ``model_folder`` in the
+    config's dataclasses (``reward.path``, ``algo.critic_path``)."""
+    return marked_fields(cfg, "model_folder")
 
 
 #: ``(resolved folder, (file, size, mtime) of each file)`` -> contents hash: a checkpoint writes
@@ -259,26 +265,7 @@ def input_keys(cfg: DictConfig) -> dict[str, str]:
     """``{dotted key: value}`` of every non-empty field marked ``input`` in the config's
     dataclasses: files or folders a job reads (``model.name_or_path``, ``task.path``,
     ``feedback.path``), whose contents, not only their names, decide its numbers."""
-    found: dict[str, str] = {}
-
-    def walk(node: DictConfig, prefix: str) -> None:
-        schema = OmegaConf.get_type(node)
-        marked = (
-            {f.name for f in dataclasses.fields(schema) if f.metadata.get("input")}
-            if dataclasses.is_dataclass(schema)
-            else set()
-        )
-        for key in node:
-            if OmegaConf.is_missing(node, key):
-                continue
-            value = node[key]
-            if isinstance(value, DictConfig):
-                walk(value, f"{prefix}{key}.")
-            elif str(key) in marked and value:
-                found[f"{prefix}{key}"] = str(value)
-
-    walk(cfg, "")
-    return found
+    return {key: value for key, (_, value) in marked_fields(cfg, "input").items()}
 
 
 def folder_fingerprints(cfg: DictConfig) -> dict[str, str]:
