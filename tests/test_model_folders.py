@@ -219,6 +219,19 @@ def test_another_tokenizer_scores_the_decoded_text(bpe, tmp_path: Path, template
         assert reward == pytest.approx(hf_score(folder, ids), abs=1e-5)
 
 
+def test_a_text_longer_than_the_reward_models_positions_is_one_line(bpe, tmp_path: Path) -> None:
+    """Written in the reward model's tokens, a sequence longer than its positions is refused in
+    one line naming reward.path and the fixes, not an index error deep inside the model."""
+    from alignbench.errors import DataError
+
+    folder = save_classifier(tmp_path / "rm", bpe_tokenizer(facts_texts(), None))
+    rm = RewardModel.from_folder(folder, facts_tokenizer())
+    rm.network.trunk.config.max_position_embeddings = 4
+    with pytest.raises(DataError, match=r"reward.path=.*more than its 4 positions") as info:
+        rm.score_texts([ROWS[0]], ["red"])
+    assert "\n" not in str(info.value)
+
+
 def test_a_cut_off_response_stays_open_in_the_reward_models_template() -> None:
     """Written through a reward model's chat template, a response that ended is closed by the
     template's end of turn; one cut off by the token limit (no eos) is left open

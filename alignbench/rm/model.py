@@ -14,6 +14,7 @@ import torch
 from alignbench import lean_forward, provenance
 from alignbench.batch import Batch, collate, encode_responses
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.errors import DataError
 from alignbench.hardware import autocast, model_device
 from alignbench.lora import has_adapters, online_adapters, plain_copy
 from alignbench.model_folders import (
@@ -190,6 +191,15 @@ class RewardModel:
                 return lean_forward.last_values(self.network, batch.input_ids, batch.attention_mask)
             return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
         ids, mask = retokenized(batch, self.tokenizer, self.reward_tokenizer, self.stops)
+        # A sequence longer than the network's positions fails deep inside the model: one line.
+        limit = _max_positions(self.network)
+        if limit is not None and ids.shape[1] > limit:
+            raise DataError(
+                f"reward.path={str(self.folder)!r}: a prompt and response written in the reward "
+                f"model's tokens take {ids.shape[1]} tokens, more than its {limit} positions — "
+                "lower algo.sampling.max_new_tokens or use shorter prompts (task data), or a "
+                "reward model with a longer context"
+            )
         return sequence_rewards(self.network, ids, mask).to(batch.input_ids.device)
 
     def score_texts(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
@@ -372,6 +382,17 @@ def reward_texts(
             ids.append(reward_tokenizer.eos_token_id)
         out.append(ids)
     return out
+
+
+def _max_positions(network: torch.nn.Module) -> int | None:
+    """The most positions the network's trunk takes (``max_position_embeddings`` or GPT-2's
+    ``n_positions``), None when its config says none."""
+    config = getattr(getattr(network, "trunk", network), "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def retokenized(
