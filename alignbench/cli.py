@@ -46,7 +46,13 @@ from alignbench.errors import (
     UnknownName,
 )
 from alignbench.hardware import check_hardware
-from alignbench.job import _check_hook_names, check_data_parallel, check_multi_turn, run_job
+from alignbench.job import (
+    _check_hook_names,
+    check_data_parallel,
+    check_multi_turn,
+    check_placed_models,
+    run_job,
+)
 from alignbench.model_folders import check_model_folders
 from alignbench.model_options import check_model_options
 from alignbench.models import check_loadable
@@ -365,6 +371,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_choices(typed)
             check_ranges(cfg)
             check_hardware(cfg)
+            check_placed_models(registry, cfg)
             check_model_options(cfg.model)
             tuning.check_metric(cfg.optimized_metric)
             tuning.check_pruning(cfg)

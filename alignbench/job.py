@@ -36,7 +36,12 @@ from alignbench.model_folders import check_model_folders, folder_fingerprints
 from alignbench.model_options import apply_model_options, check_model_options
 from alignbench.models import load_pretrained, save_pretrained
 from alignbench.observers import ProgressBar, ResultsWriter, WandbLogger
-from alignbench.placement import apply_placement, check_placement, placed_models
+from alignbench.placement import (
+    apply_placement,
+    check_placed_roles,
+    check_placement,
+    placed_models,
+)
 from alignbench.provenance import git_commit, sha256_file
 from alignbench.registry import Registry, build_registry, hook_typos, implementers, load_plugin_dirs
 from alignbench.reward import PrepareContext, Reward
@@ -112,6 +117,18 @@ def _check_hook_names(registry: Registry, cls: type) -> None:
     typos = hook_typos(registry.pm, cls)
     if typos:
         raise PluginError(f"{cls.__qualname__}: {typos[0]}")
+
+
+def check_placed_models(registry: Registry, cfg: DictConfig) -> None:
+    """``placement.<model>=<device>`` of a model this job will not have (RRHF's critic, a rule
+    reward's model) is one line before stage 1, as the algorithm and reward classes declare it
+    (``model_roles``); a model of a plugin that declares nothing is checked once it is built."""
+    devices = check_placement(cfg.get("placement") or {})
+    if not devices:
+        return
+    algorithm = registry.get("algo", cfg.algo.name).cls
+    reward = registry.get("reward", cfg.reward.name).cls
+    check_placed_roles(devices, algorithm, to_object(cfg.algo), reward, to_object(cfg.reward))
 
 
 def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> None:
@@ -360,6 +377,7 @@ class Job:
         )
         check_data_parallel(self.registry, cfg)
         self.device = check_hardware(cfg)
+        check_placed_models(self.registry, cfg)  # not when the algorithm is built, after stage 1
         check_model_options(cfg.get("model") or {})  # before stage 1 (the command line did too)
         # reward.path / algo.critic_path: each folder usable, a critic on the policy's tokens.
         check_model_folders(

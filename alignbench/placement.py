@@ -7,6 +7,10 @@ device at its boundary (forward hooks), so no algorithm needs to know. Gradients
 the move, so a placed critic still trains. FLOPs are counted from tokens and parameters, so the
 budget does not depend on where a model runs. Empty (the default) is the job's device: nothing is
 moved, nothing hooked.
+
+Which models a job will have is declared by its plugins (``model_roles(config)`` on the algorithm
+and the reward class), so that placing one it lacks is refused from the config alone, before
+stage 1 trains; a plugin that declares nothing is checked when the algorithm is built.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from typing import Any
 
 import torch
 
-from alignbench.errors import ConfigError
+from alignbench.errors import ConfigError, PluginError
 
 #: The models that can be placed: the frozen reference, the learned reward model, the critic.
 ROLES = ("reference", "reward", "critic")
+#: The roles an algorithm's ``model_roles`` may name (its ``reference`` and ``critic``), and a
+#: reward's (its ``model``).
+ALGORITHM_ROLES = ("reference", "critic")
+REWARD_ROLES = ("reward",)
 
 
 def resolve_placement_device(role: str, name: str) -> torch.device:
@@ -63,6 +71,52 @@ def check_placement(placement: Mapping[str, Any], lora: bool = False) -> dict[st
             "weights (adapters off), it cannot live elsewhere — drop placement.reference"
         )
     return devices
+
+
+def declared_roles(owner: type, config: Any, roles: tuple[str, ...]) -> frozenset[str] | None:
+    """The models ``owner`` (an algorithm or reward class) declares it has for ``config``: its
+    classmethod ``model_roles(config)``; None where it declares nothing (checked once built)."""
+    declare = getattr(owner, "model_roles", None)
+    declared = declare(config) if callable(declare) else None
+    if declared is None:
+        return None
+    if not isinstance(declared, set | frozenset | list | tuple) or set(declared) - set(roles):
+        raise PluginError(
+            f"{owner.__qualname__}.model_roles returned {declared!r} — return a set of "
+            f"{', '.join(roles)} (the models it has), or None (not declared)"
+        )
+    return frozenset(declared)
+
+
+def missing_model(role: str, device: Any, algo: str, reward: str) -> ConfigError:
+    """The one-line refusal of ``placement.<role>=<device>`` when the job has no such model."""
+    owner = f"reward={reward}" if role in REWARD_ROLES else f"algo={algo}"
+    return ConfigError(
+        f"placement.{role}={device} but this job ({owner}) has no {role} model — "
+        f"drop placement.{role}"
+    )
+
+
+def check_placed_roles(
+    placement: Mapping[str, torch.device],
+    algorithm: type,
+    algo_config: Any,
+    reward: type,
+    reward_config: Any,
+) -> None:
+    """Refuse (one line, before stage 1) a placed model that the job's algorithm or reward
+    declares it will not have; a role whose plugin declares nothing is left to
+    :func:`apply_placement`."""
+    has: dict[str, bool | None] = {}  # None: not declared
+    for owner, config, owned in (
+        (algorithm, algo_config, ALGORITHM_ROLES),
+        (reward, reward_config, REWARD_ROLES),
+    ):
+        roles = declared_roles(owner, config, owned)
+        has.update({role: None if roles is None else role in roles for role in owned})
+    for role, device in placement.items():
+        if has[role] is False:
+            raise missing_model(role, device, algo_config.name, reward_config.name)
 
 
 def move(obj: Any, device: torch.device) -> Any:
@@ -117,11 +171,9 @@ def apply_placement(run: Any, algorithm: Any, placement: Mapping[str, torch.devi
         return
     models = placed_models(run, algorithm)
     algo = getattr(getattr(run, "config", None), "name", type(algorithm).__name__)
+    reward = getattr(getattr(run.reward, "config", None), "name", type(run.reward).__name__)
     for role, device in placement.items():
         model = models[role]
-        if model is None:
-            raise ConfigError(
-                f"placement.{role}={device} but this job (algo={algo}) has no {role} model — "
-                f"drop placement.{role}"
-            )
+        if model is None:  # a plugin that declares no model_roles: refused only now
+            raise missing_model(role, device, algo, reward)
         place_model(model, device, run.device)

@@ -99,6 +99,13 @@ class Reward:
             return None
         return "it has a before_step hook, so it may update itself during training"
 
+    @classmethod
+    def model_roles(cls, config: RewardConfig) -> frozenset[str] | None:
+        """``{"reward"}`` when this reward, configured by ``config``, will hold a network as its
+        ``model`` (what ``placement.reward`` moves), ``frozenset()`` when it will not; None (the
+        default): not declared, so ``placement.reward`` is checked only once the run is built."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What of the reward changes during RL, saved in every checkpoint (tensors, numbers,
         strings, and lists and dicts of them); nothing by default."""

@@ -52,6 +52,11 @@ class BestOfN:
     #: questions, the answers are gathered (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: BestOfNConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: nothing (best-of-N builds no model of its own)."""
+        return frozenset()
+
     def __init__(self, run: Run, config: BestOfNConfig) -> None:
         self.config = config
         self.params = SamplingParams.from_config(config.sampling)

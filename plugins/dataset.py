@@ -566,6 +566,11 @@ class LengthReward(Reward):
 
     config: LengthConfig
 
+    @classmethod
+    def model_roles(cls, config: RewardConfig) -> frozenset[str]:
+        """No model for ``placement.reward`` to move: a rule."""
+        return frozenset()
+
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """``-per_word * |words - target|`` of each response."""
         c = self.config

@@ -632,6 +632,11 @@ class _DialogueReward(Reward):
     multi_turn: ClassVar[bool] = True
     config: DialogueRewardConfig
 
+    @classmethod
+    def model_roles(cls, config: RewardConfig) -> frozenset[str]:
+        """No model for ``placement.reward`` to move: a rule over the task's gold reading."""
+        return frozenset()
+
     def __init__(self, config: DialogueRewardConfig, task: Task) -> None:
         super().__init__(config, task)
         if not isinstance(task, DialogueTask):

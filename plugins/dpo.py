@@ -110,6 +110,11 @@ class DPO:
     #: pairs, the loss is a mean over every rank's pairs (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: DPOConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: the frozen reference of DPO's implicit reward."""
+        return frozenset({"reference"})
+
     def __init__(self, run: Run, config: DPOConfig) -> None:
         self.config = config
         self.rows, self.chosen, self.rejected = [], [], []

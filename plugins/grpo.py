@@ -110,6 +110,11 @@ class GRPO:
     #: (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: GRPOConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: the reference, when there is a KL term (``beta > 0``)."""
+        return frozenset({"reference"} if config.beta > 0 else ())
+
     def __init__(self, run: Run, config: GRPOConfig) -> None:
         config.validate()
         self.config = config

@@ -94,6 +94,11 @@ class OnlineDPO:
     #: the loss is a mean over every rank's pairs (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: OnlineDPOConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: the frozen reference of DPO's implicit reward."""
+        return frozenset({"reference"})
+
     def __init__(self, run: Run, config: OnlineDPOConfig) -> None:
         self.config = config
         self.reference = run.load_sft_model("reference")

@@ -213,6 +213,12 @@ class PPO:
     #: normalised and metrics averaged over the global batch (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: PPOConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: the reference (KL anchor), and the critic when it is its
+        own network (``critic=separate``; a shared one is a head on the policy)."""
+        return frozenset({"reference", "critic"} if config.critic == "separate" else {"reference"})
+
     def __init__(self, run: Run, config: PPOConfig) -> None:
         if config.critic not in ("separate", "shared"):
             raise ConfigError(f"algo.critic={config.critic!r} — use separate or shared")

@@ -99,6 +99,11 @@ class ReinforcePP:
     #: averaged over it (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: ReinforcePPConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: the reference, when there is a KL term (``beta > 0``)."""
+        return frozenset({"reference"} if config.beta > 0 else ())
+
     def __init__(self, run: Run, config: ReinforcePPConfig) -> None:
         config.validate()
         self.config = config

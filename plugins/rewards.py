@@ -36,6 +36,11 @@ class AbstentionReward(Reward):
 
     config: AbstentionConfig
 
+    @classmethod
+    def model_roles(cls, config: RewardConfig) -> frozenset[str]:
+        """No model for ``placement.reward`` to move: a rule."""
+        return frozenset()
+
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """The configured value of each response's gold label."""
         values = {CORRECT: self.config.correct, ABSTAIN: self.config.abstain}
@@ -52,6 +57,11 @@ class ExactMatchConfig(RewardConfig):
 
 class ExactMatchReward(Reward):
     """1 if the gold judge says correct, else 0."""
+
+    @classmethod
+    def model_roles(cls, config: RewardConfig) -> frozenset[str]:
+        """No model for ``placement.reward`` to move: a rule."""
+        return frozenset()
 
     def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
         """1.0 for each correct response, 0.0 for the rest."""
@@ -91,6 +101,11 @@ class LearnedReward(Reward):
     """
 
     uses_feedback = True
+
+    @classmethod
+    def model_roles(cls, config: RewardConfig) -> frozenset[str]:
+        """Its reward model (stage 2's, or ``reward.path``'s) is what ``placement.reward`` moves."""
+        return frozenset({"reward"})
 
     def prepare(self, context: PrepareContext) -> dict[str, Any]:
         """Train the reward model (stage 2, cached) before the run, or read it from

@@ -89,6 +89,12 @@ class RRHF:
     #: rank's prompts, the SFT loss over every rank's best tokens (alignbench.distributed).
     data_parallel = True
 
+    @classmethod
+    def model_roles(cls, config: RRHFConfig) -> frozenset[str]:
+        """What ``placement.*`` may move: nothing (the SFT sampler of ``sft_model_samples`` is not a
+        reference)."""
+        return frozenset()
+
     def __init__(self, run: Run, config: RRHFConfig) -> None:
         self.config = config
         if self.group_size(run) < 1:
