@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -144,19 +145,67 @@ class Batch:
         return values.view(len(self.prompts), self.group_size)
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt: one user turn through the tokenizer's chat template, ending
-    where the assistant's answer starts, when it has one; else the text as it is."""
+#: The key of a prompt row that holds its conversation: the messages before the answer
+#: (``system`` / ``user`` / ``assistant``, ending with the user's turn the policy answers). A row
+#: without one is a single user turn, ``row["prompt"]``.
+CONVERSATION = "conversation"
+
+
+def prompt_messages(row: dict[str, Any], prompt_key: str = "prompt") -> list[dict[str, str]]:
+    """The conversation a prompt row stands for: its ``conversation`` when it has one, else
+    one user turn holding ``row[prompt_key]``."""
+    conversation = row.get(CONVERSATION) if prompt_key == "prompt" else None
+    return list(conversation) if conversation else [{"role": "user", "content": row[prompt_key]}]
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """A conversation as plain text, for a tokenizer without a chat template: a single user
+    message is its text as it is; otherwise one ``Role: content`` line per message and a last
+    line ``Assistant:`` where the answer starts."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "Assistant:"])
+
+
+def prompt_text(row: dict[str, Any], prompt_key: str = "prompt") -> str:
+    """The prompt row as plain text (:func:`plain_prompt` of :func:`prompt_messages`): what a
+    tokenizer without a chat template encodes; ``row["prompt"]`` for a single user turn."""
+    return plain_prompt(prompt_messages(row, prompt_key))
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list[dict[str, str]]]
+) -> list[list[int]]:
+    """Token ids of each prompt, ending where the assistant's answer starts: a text is one user
+    turn, a list of messages a conversation (see :data:`CONVERSATION`); rendered through the
+    tokenizer's chat template when it has one, else as :func:`plain_prompt` text."""
+    conversations = [
+        p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts
+    ]
     if getattr(tokenizer, "chat_template", None):
         # Rendered to text, then encoded without adding special tokens: a template that writes
         # its own bos token would otherwise get a second one.
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts
+        texts = [
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
         ]
-    return [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    else:
+        texts = [plain_prompt(c) for c in conversations]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+def row_prompts(
+    rows: list[dict[str, Any]], prompt_key: str = "prompt"
+) -> list[str | list[dict[str, str]]]:
+    """What :func:`encode_prompts` takes for prompt rows: each row's text, or its conversation
+    where it has one."""
+    return [
+        prompt_messages(row)
+        if prompt_key == "prompt" and row.get(CONVERSATION)
+        else row[prompt_key]
+        for row in rows
+    ]
 
 
 #: Stands in for an assistant reply when a chat template renders the turn that follows it.
@@ -293,7 +342,7 @@ def collate(
             f"{len(response_ids)} responses for {len(prompts)} prompts × K={group_size}"
         )
     pad = tokenizer.pad_token_id
-    prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
+    prompt_ids = encode_prompts(tokenizer, row_prompts(prompts, prompt_key))
     p_ids, p_mask = pad_prompts([p for p in prompt_ids for _ in range(group_size)], pad)
     n, length = len(response_ids), max(1, max(len(r) for r in response_ids))
     r_ids = torch.full((n, length), pad, dtype=torch.long)

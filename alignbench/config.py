@@ -401,6 +401,14 @@ REWARD_OFF_SWITCHES = ("lean_forward",)
 #: Model-folder keys added after results existed (``algo.critic_path``, ``reward.path``): left
 #: out of a config's fingerprint and record while empty.
 MODEL_FOLDER_KEYS = (("algo", "critic_path"), ("reward", "path"))
+#: Task keys added after results existed (task=dataset's conversations: ``task.system_prompt``,
+#: ``task.columns.messages`` / ``system``), with their unset value: left out of a config's
+#: fingerprint, stage keys and record while unset.
+TASK_UNSET_KEYS = (
+    (("system_prompt",), ""),
+    (("columns", "messages"), None),
+    (("columns", "system"), None),
+)
 
 
 def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
@@ -446,7 +454,28 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
         node = plain.get(group)
         if isinstance(node, dict) and node.get(key) == "":
             plain[group] = {k: v for k, v in node.items() if k != key}
+    if isinstance(plain.get("task"), dict):
+        plain["task"] = omit_unset_task_keys(plain["task"])
     return plain
+
+
+def omit_unset_task_keys(task: dict[str, Any]) -> dict[str, Any]:
+    """A plain task node without the :data:`TASK_UNSET_KEYS` that hold their unset value."""
+    for path, unset in TASK_UNSET_KEYS:
+        *parents, key = path
+        node = task
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node or node[key] != unset:
+            continue
+        # Copied on the way down: the caller's dict is left as it was.
+        task = dict(task)
+        inner = task
+        for parent in parents:
+            inner[parent] = dict(inner[parent])
+            inner = inner[parent]
+        inner.pop(key)
+    return task
 
 
 def to_object(node: DictConfig) -> Any:

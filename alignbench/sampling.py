@@ -29,6 +29,7 @@ from alignbench.batch import (
     encode_prompts,
     encode_user_turn,
     pad_prompts,
+    row_prompts,
 )
 from alignbench.config import SamplingConfig
 from alignbench.decoding import StaticCacheDecoder, decoder
@@ -241,7 +242,7 @@ def sample(
 ) -> Batch:
     """Generate ``num_samples`` responses per prompt row, as a prompt-major Batch."""
     params = params or SamplingParams()
-    prompt_ids = encode_prompts(tokenizer, [row[prompt_key] for row in prompts])
+    prompt_ids = encode_prompts(tokenizer, row_prompts(prompts, prompt_key))
     ids, prompt_mask, r_ids, r_mask, logprobs = generate(
         model,
         [p for p in prompt_ids for _ in range(num_samples)],

@@ -20,7 +20,7 @@ from alignbench.cache import _move_aside as _move_aside  # re-exported: they liv
 from alignbench.cache import cached_stage, config_hash
 from alignbench.cache import file_lock as file_lock
 from alignbench.cache import torch_threads as torch_threads
-from alignbench.config import SFTStageConfig, to_object
+from alignbench.config import SFTStageConfig, omit_unset_task_keys, to_object
 from alignbench.errors import DataError
 from alignbench.hardware import (
     autocast,
@@ -159,7 +159,8 @@ def sft_stage(
             for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
             if k not in ("lora", "gradient_checkpointing", "compile")
         },
-        cfg.task,
+        # New task keys while unset leave the key of an SFT model trained before they existed.
+        omit_unset_task_keys(OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True)),
         cfg.stage.sft,
         SFT_STAGE_VERSION,
         model_files(cfg.model.name_or_path),

@@ -6,7 +6,11 @@
 which column holds what; a role left unset uses the column of its own name when the data has
 one. The roles:
 
-* ``prompt`` (required): the question or instruction;
+* ``prompt``: the question or instruction (one user turn);
+* ``messages``: instead of a prompt, a conversation: a list of ``{"role", "content"}`` messages
+  (``system`` / ``user`` / ``assistant``) ending with the user's turn, which the policy answers
+  (a CSV cell holds the list as JSON text); a row without one reads the prompt column;
+* ``system``: a system prompt for the row (unless its messages have their own);
 * ``response``: a demonstration (SFT trains on it);
 * ``answer``: the gold answer, a string or a list of accepted strings (rule rewards, accuracy);
 * ``chosen`` / ``rejected``: a preference pair; ``responses`` / ``ranking``: K responses and
@@ -20,6 +24,12 @@ prompt is both trained on and evaluated): ``dev_size`` and ``test_size`` prompts
 SFT part's prompts only with ``rl_includes_sft``. A row's demonstration is its ``response``,
 else its ``chosen``, else the best of its ranking, else its (first) gold answer.
 
+``system_prompt`` is the system message of every prompt that has none of its own. A prompt is
+then rendered as a conversation: through the model's chat template, or without one as plain
+text (``alignbench.plain_prompt``: one ``Role: content`` line per message, then
+``Assistant:``). Results show it as ``system: … | user: … | assistant: … | user: …`` (a prompt of
+one user message as its text; ``system_prompt``, being in the config, is not repeated).
+
 Every row is checked when the command starts, before any folder is created: an unreadable file,
 a missing column, an empty prompt or a malformed ranking is one line naming the file, the row
 (1 = the first record) and the column.
@@ -28,6 +38,7 @@ a missing column, an empty prompt or a malformed ranking is one line naming the 
 from __future__ import annotations
 
 import contextlib
+import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +63,9 @@ from alignbench import (
     TaskConfig,
     input_path,
     normalize_answer,
+    plain_prompt,
     ranking_to_preference,
+    transcript,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +80,20 @@ SUFFIXES = {
     ".pq": "parquet",
 }
 SPLITS = ("sft", "rl", "dev", "test")
-ROLES = ("prompt", "response", "answer", "chosen", "rejected", "responses", "ranking", "split")
+ROLES = (
+    "prompt",
+    "messages",
+    "system",
+    "response",
+    "answer",
+    "chosen",
+    "rejected",
+    "responses",
+    "ranking",
+    "split",
+)
+#: The roles of a conversation's messages; a system message comes first.
+MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -75,6 +101,10 @@ class ColumnsConfig:
     """Which column holds each role; unset (null) = the column named like the role, if any."""
 
     prompt: str = "prompt"
+    # A conversation (list of {role, content}, ending with the user's turn) instead of a prompt.
+    messages: str | None = None
+    # The row's system prompt.
+    system: str | None = None
     response: str | None = None
     answer: str | None = None
     chosen: str | None = None
@@ -106,6 +136,8 @@ class DatasetConfig(TaskConfig):
     abstention: str = ""
     # Read only the first this-many records (0 = all): a quick trial on a large file.
     max_rows: int = 0
+    # The system message of every prompt without one of its own ("" = none).
+    system_prompt: str = ""
 
     def validate(self) -> None:
         """Read and check the whole file now: a bad row is one line before anything runs."""
@@ -181,12 +213,16 @@ def read_table(path: Path, fmt: str) -> Dataset:
 def resolve_columns(path: Path, table: Dataset, columns: ColumnsConfig) -> dict[str, str]:
     """``{role: column}`` for every role the data has; a column named in config must exist."""
     present = set(table.column_names)
+    has_messages = (columns.messages or "messages") in present
     resolved: dict[str, str] = {}
     for role in ROLES:
         named = getattr(columns, role)
         if named is None:
             if role in present:
                 resolved[role] = role
+            continue
+        # Conversations need no prompt column (the default name, left as it is).
+        if role == "prompt" and named == "prompt" and named not in present and has_messages:
             continue
         if named not in present:
             raise DataError(
@@ -209,13 +245,86 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def check_row(where: str, row: dict[str, Any], cols: dict[str, str]) -> dict[str, Any]:
-    """One record as ``{prompt, response, answers, pair, responses, ranking, split}``, checked."""
-    prompt = row[cols["prompt"]]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError(f"{where}: column {cols['prompt']!r} (prompt) is missing or empty")
+def check_messages(where: str, column: str, value: Any) -> list[dict[str, str]]:
+    """A ``messages`` cell as checked ``{role, content}`` messages (contents stripped): a list
+    (or its JSON text) of system / user / assistant messages, a system message only first,
+    ending with the user's turn."""
+    fix = "give a list of {role, content} messages ending with the user's turn"
+    if isinstance(value, str):
+        try:  # a CSV cell holds the list as JSON text
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(
+                f"{where}: column {column!r} (messages) is text, not a list of messages — {fix}"
+            ) from None
+    if not isinstance(value, list) or not value:
+        what = "an empty list" if isinstance(value, list) else f"not a list ({value!r:.40})"
+        raise DataError(f"{where}: column {column!r} (messages) is {what} — {fix}")
+    messages = []
+    for number, message in enumerate(value, 1):
+        at = f"{where}: column {column!r} (messages), message {number}"
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
+            raise DataError(f'{at} is not {{"role": ..., "content": ...}} with text values — {fix}')
+        role, content = message["role"], message["content"].strip()
+        if role not in MESSAGE_ROLES:
+            raise DataError(f"{at} has role {role!r} — use one of: {', '.join(MESSAGE_ROLES)}")
+        if not content:
+            raise DataError(f"{at} ({role}) has empty content — write the message or drop it")
+        if role == "system" and number > 1:
+            raise DataError(f"{at} is a system message after the first — move it to the start")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "user":
+        raise DataError(
+            f"{where}: column {column!r} (messages) ends with the {messages[-1]['role']}'s "
+            "message — a prompt ends with the user's turn (the answer goes in the response, or "
+            "chosen / rejected, column)"
+        )
+    return messages
+
+
+def check_prompt(
+    where: str, row: dict[str, Any], cols: dict[str, str], system_prompt: str = ""
+) -> tuple[str, list[dict[str, str]] | None]:
+    """The row's prompt as ``(text, conversation)``: its messages, else its prompt as one user
+    turn, its system prompt first; ``text`` names it in splits and results (one user message:
+    its content; else :func:`alignbench.transcript`, without the task-wide ``system_prompt``).
+    ``conversation`` is None when the data has no conversations (no messages or system column,
+    no ``system_prompt``): the prompt is then one user turn, as always."""
+    value = row.get(cols["messages"]) if "messages" in cols else None
+    if value is not None:
+        conversation = check_messages(where, cols["messages"], value)
+    else:
+        prompt = row.get(cols["prompt"]) if "prompt" in cols else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            column = f"column {cols['prompt']!r} (prompt)" if "prompt" in cols else "no prompt"
+            also = f" and column {cols['messages']!r} (messages)" if "messages" in cols else ""
+            raise DataError(f"{where}: {column}{also} is missing or empty")
+        conversation = [{"role": "user", "content": prompt.strip()}]
+    if "system" in cols:
+        system = row.get(cols["system"])
+        if system is not None and not isinstance(system, str):
+            raise DataError(f"{where}: column {cols['system']!r} (system) must be text")
+        if system and system.strip() and conversation[0]["role"] != "system":
+            conversation = [{"role": "system", "content": system.strip()}, *conversation]
+    text = conversation[0]["content"] if len(conversation) == 1 else transcript(conversation)
+    if system_prompt.strip() and conversation[0]["role"] != "system":
+        conversation = [{"role": "system", "content": system_prompt.strip()}, *conversation]
+    chat = "messages" in cols or "system" in cols or bool(system_prompt.strip())
+    return text, conversation if chat else None
+
+
+def check_row(
+    where: str, row: dict[str, Any], cols: dict[str, str], system_prompt: str = ""
+) -> dict[str, Any]:
+    """One record as ``{prompt, conversation, response, answers, ranked, split}``, checked."""
+    prompt, conversation = check_prompt(where, row, cols, system_prompt)
     out: dict[str, Any] = {
-        "prompt": prompt.strip(),
+        "prompt": prompt,
+        "conversation": conversation,
         "answers": [],
         "ranked": None,
         "split": None,
@@ -316,7 +425,10 @@ def _load(path: Path, config: DatasetConfig) -> LoadedData:
     if config.max_rows:
         table = table.select(range(min(config.max_rows, len(table))))
     cols = resolve_columns(path, table, config.columns)
-    records = [check_row(f"{path}: row {i + 1}", row, cols) for i, row in enumerate(table)]
+    records = [
+        check_row(f"{path}: row {i + 1}", row, cols, config.system_prompt)
+        for i, row in enumerate(table)
+    ]
     if not records:
         raise DataError(f"{path}: no rows — the file is empty")
     prompts = list(dict.fromkeys(r["prompt"] for r in records))
@@ -378,12 +490,16 @@ class DatasetTask(Task):
     def _row(record: dict[str, Any]) -> dict[str, Any]:
         """A split row: the prompt, its demonstration and its gold answers (first in ``answer``)."""
         answers = record["answers"]
-        return {
+        row = {
             "prompt": record["prompt"],
             "response": record["response"],
             "answers": answers,
             "answer": answers[0] if answers else "",
         }
+        # Only data with conversations has the key: single-turn rows stay as they always were.
+        if record["conversation"] is not None:
+            row["conversation"] = record["conversation"]
+        return row
 
     def _prompt_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One row per prompt (a prompt's accepted answers merged over its records)."""
@@ -408,7 +524,9 @@ class DatasetTask(Task):
         splits = {"sft": sft, "rl": rl, "rl_eval": rl[:size]}
         for name in ("dev", "test"):
             splits[name] = self._prompt_rows(data.rows(name))[:size]
-        empty = {"prompt": [], "response": [], "answers": [], "answer": []}
+        empty: dict[str, list] = {"prompt": [], "response": [], "answers": [], "answer": []}
+        if any(r["conversation"] is not None for r in data.records):
+            empty["conversation"] = []
         return {
             name: Dataset.from_list(rows) if rows else Dataset.from_dict(empty)
             for name, rows in splits.items()
@@ -423,7 +541,11 @@ class DatasetTask(Task):
         """Every word of every prompt, response, answer and ranked response (built-in model)."""
         words: dict[str, None] = {}
         for record in self.data.records:
-            texts = [record["prompt"], record["response"], *record["answers"]]
+            # A conversation as a plain tokenizer reads it: its role lines included.
+            prompt = record["prompt"]
+            if record["conversation"] is not None:
+                prompt = plain_prompt(record["conversation"])
+            texts = [prompt, record["response"], *record["answers"]]
             if record["ranked"] is not None:
                 texts += record["ranked"][0]
             for text in texts:

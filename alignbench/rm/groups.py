@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from alignbench.batch import Batch, collate, encode_responses
+from alignbench.batch import Batch, collate, encode_responses, prompt_text
 from alignbench.config import Decoding, FeedbackConfig
 from alignbench.errors import DataError
 from alignbench.hardware import model_device
@@ -141,7 +141,8 @@ def check_vocabulary(tokenizer: PreTrainedTokenizerBase, groups: list[Group]) ->
         return
     for group in groups:
         unknown: list[str] = []
-        for text in [group.row["prompt"], *group.responses]:
+        # The prompt as a plain tokenizer reads it (a conversation with its role lines).
+        for text in [prompt_text(group.row), *group.responses]:
             for word in text.split():
                 if unk in tokenizer(word, add_special_tokens=False)["input_ids"]:
                     unknown.append(word)

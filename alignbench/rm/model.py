@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from alignbench import lean_forward, provenance
-from alignbench.batch import Batch, collate, encode_responses
+from alignbench.batch import Batch, collate, encode_responses, prompt_messages, prompt_text
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.errors import DataError
 from alignbench.hardware import autocast, model_device
@@ -347,8 +347,9 @@ def reward_texts(
     stops: Collection[int] | None = None,
 ) -> list[list[int]]:
     """Each sequence of ``batch`` as ``reward_tokenizer`` writes it: with a chat template, the
-    row's prompt as the user's turn and the decoded response as the assistant's, rendered by
-    that template; without one, the prompt's text followed by the response as the policy's
+    row's prompt (its conversation, or one user turn) and the decoded response as the
+    assistant's turn, rendered by that template; without one, the prompt's text
+    (:func:`~alignbench.batch.prompt_text`) followed by the response as the policy's
     decoding continues it, and the reward model's eos after a response that ended (how
     alignbench's reward models see a finished answer). A response ended when its last token is
     one of ``stops`` (default: the policy tokenizer's eos)."""
@@ -358,10 +359,7 @@ def reward_texts(
         ended = bool(response) and response[-1] in ends
         if getattr(reward_tokenizer, "chat_template", None):
             answer = policy_tokenizer.decode(response, skip_special_tokens=True).strip()
-            conversation = [
-                {"role": "user", "content": row["prompt"]},
-                {"role": "assistant", "content": answer},
-            ]
+            conversation = [*prompt_messages(row), {"role": "assistant", "content": answer}]
             # Rendered to text, then encoded without special tokens: the template writes its own.
             # A response cut off by the token limit stays open (no end-of-turn after it), so
             # the reward model sees it unfinished, as the plain-text path does (no eos).
@@ -372,12 +370,13 @@ def reward_texts(
             continue
         # The prompt as plain text (not the policy's chat markup, nor its unknown-word tokens),
         # then the response as it continues that text when decoded (its spacing included).
-        prompt = policy_tokenizer.encode(row["prompt"], add_special_tokens=False)
+        text = prompt_text(row)
+        prompt = policy_tokenizer.encode(text, add_special_tokens=False)
         before = policy_tokenizer.decode(prompt, skip_special_tokens=True)
         joint = policy_tokenizer.decode(prompt + response, skip_special_tokens=True)
         answer = policy_tokenizer.decode(response, skip_special_tokens=True).strip()
         rest = joint[len(before) :] if joint.startswith(before) else f" {answer}"
-        ids = reward_tokenizer.encode(row["prompt"] + rest)
+        ids = reward_tokenizer.encode(text + rest)
         if ended and reward_tokenizer.eos_token_id is not None:
             ids.append(reward_tokenizer.eos_token_id)
         out.append(ids)
