@@ -232,7 +232,7 @@ def model_folder_keys(cfg: DictConfig) -> dict[str, tuple[str, str]]:
 
 #: ``(resolved folder, (file, size, mtime) of each file)`` -> contents hash: a checkpoint writes
 #: the fingerprint every time, and a large reward model is not read again unless it changed.
-_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+_HASHES: dict[tuple[str, tuple[tuple[Any, ...], ...]], str] = {}
 
 
 def contents_hash(folder: Path) -> str:
@@ -242,9 +242,7 @@ def contents_hash(folder: Path) -> str:
         for f in folder.rglob("*")
         if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts)
     )
-    stamp = tuple(
-        (f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files
-    )
+    stamp = tuple((f.relative_to(folder).as_posix(), *provenance.file_stamp(f)) for f in files)
     key = (str(folder.resolve()), stamp)
     if key not in _HASHES:
         digest = provenance.folder_digest(folder)
@@ -253,9 +251,9 @@ def contents_hash(folder: Path) -> str:
 
 
 def file_hash(path: Path) -> str:
-    """The sha256 of a file's bytes, read once per process while its size and mtime stay."""
-    stat = path.stat()
-    key = (str(path.resolve()), ((path.name, stat.st_size, stat.st_mtime_ns),))
+    """The sha256 of a file's bytes, read once per process while its
+    :func:`~alignbench.provenance.file_stamp` stays."""
+    key = (str(path.resolve()), ((path.name, *provenance.file_stamp(path)),))
     if key not in _HASHES:
         _HASHES[key] = provenance.sha256_file(path)
     return _HASHES[key]

@@ -97,14 +97,21 @@ def folder_digest(folder: Path) -> dict[str, str]:
     }
 
 
-#: ``(resolved path, size, mtime)`` -> sha256, for :func:`folder_digest`.
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+#: ``(resolved path, file_stamp)`` -> sha256, for :func:`folder_digest`.
+_FILE_HASHES: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """What tells a file's contents may have changed without reading them: size, modification
+    and change times, inode. The change time too, because ``cp -p``, ``rsync -t`` or ``tar x``
+    can rewrite a file and put its old mtime back; nothing can set ctime back."""
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def _cached_sha256(path: Path) -> str:
-    """:func:`sha256_file`, remembered while the file's size and modification time stay."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    """:func:`sha256_file`, remembered while the file's :func:`file_stamp` stays."""
+    key = (str(path.resolve()), file_stamp(path))
     if key not in _FILE_HASHES:
         _FILE_HASHES[key] = sha256_file(path)
     return _FILE_HASHES[key]

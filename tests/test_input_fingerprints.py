@@ -150,3 +150,22 @@ def test_finished_results_recorded_before_inputs_counted_are_not_run_over(
     with pytest.raises(ConfigError, match=r"finished results of this config made from other"):
         run_job(compose(overrides, registry), out, registry=registry)
     assert (out / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_rewrite_that_puts_the_old_mtime_back_is_hashed_again(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -t`` or ``tar x`` can rewrite a file with its old size and mtime: the
+    remembered hash is not reused (the change time moved), in a file and in a folder."""
+    import os
+
+    from alignbench.model_folders import contents_hash, file_hash
+    from alignbench.provenance import sha256_file
+
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"gold": "aaaa"}\n')
+    stat = path.stat()
+    first, folder_first = file_hash(path), contents_hash(tmp_path)
+    path.write_text('{"gold": "bbbb"}\n')  # the same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert file_hash(path) == sha256_file(path) != first
+    assert contents_hash(tmp_path) != folder_first

@@ -196,16 +196,39 @@ def test_flops_are_charged_as_the_forward_with_the_same_inputs_and_outputs(model
     assert all(total[name] == 3 * forward[name] > 0 for name in forward)
 
 
+#: The pinned PPO runs, and one with a reward model (reward.lean_forward reads it lean too).
+TOLERANCE_RUNS = {
+    **PPO_RUNS,
+    "reward_model": ["reward=rm", "algo.ptx_coef=0", "algo.ppo_epochs=1", "algo.num_minibatches=1"],
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(PPO_RUNS))
-def test_ppo_steps_are_within_the_tolerance(tmp_path: Path, cache_dir: Path, name: str) -> None:
-    """Every step metric of two tiny PPO steps with the lean forward and fused AdamW is within
-    1e-3 relative (1e-5 absolute) of the default's, with the largest gap printed."""
+@pytest.mark.parametrize("name", list(TOLERANCE_RUNS))
+def test_ppo_steps_are_within_the_tolerance(
+    tmp_path: Path, cache_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step metric of two tiny PPO steps with the lean forward and fused AdamW (and, with a
+    reward model, ``reward.lean_forward``) is within 1e-3 relative (1e-5 absolute) of the
+    default's, with the largest gap printed; the lean paths did run."""
+    overrides = TOLERANCE_RUNS[name]
     fast = ["algo.lean_forward=true", "algo.fused_adamw=true"]
-    if "reward=rm" in PPO_RUNS[name]:  # the reward model read at the last token alone, too
+    if "reward=rm" in overrides:  # the reward model read at the last token alone, too
         fast.append("reward.lean_forward=true")
-    plain = run_ppo(tmp_path, cache_dir, name, PPO_RUNS[name])
-    lean = run_ppo(tmp_path, cache_dir, f"{name}_fast", [*PPO_RUNS[name], *fast])
+    plain = run_ppo(tmp_path, cache_dir, name, overrides)
+    calls = {"prefill": 0, "last_values": 0, "lean_logits": 0}
+    for fn in calls:
+        original = getattr(lean_forward, fn)
+
+        def counted(*args: Any, _fn: str = fn, _original: Any = original, **kwargs: Any) -> Any:
+            calls[_fn] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(lean_forward, fn, counted)
+    lean = run_ppo(tmp_path, cache_dir, f"{name}_fast", [*overrides, *fast])
+    # A lean switch that silently fell back to the ordinary forward would pass the tolerance.
+    assert calls["prefill"] >= 2 and calls["lean_logits"] >= 2, calls
+    assert (calls["last_values"] >= 2) == ("reward=rm" in overrides), calls
     assert len(plain) == len(lean) == 2
     worst = (0.0, "")
     for step, (a, b) in enumerate(zip(plain, lean, strict=True)):

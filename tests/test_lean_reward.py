@@ -49,3 +49,35 @@ def test_the_switch_is_recorded_only_when_on() -> None:
     on = compose(["algo=ppo", "reward=rm", "reward.lean_forward=true"], registry)
     assert flat_config(on)["reward.lean_forward"] is True
     assert config_fingerprint(on) != config_fingerprint(default)
+
+
+@pytest.mark.slow
+def test_texts_scored_lean_go_to_the_reward_models_device(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation's texts are collated on the CPU: the lean read moves them to the network's
+    device first, as the full read does (on a GPU they failed at the first evaluation)."""
+    import alignbench.rm.model as rm_model
+    from alignbench import lean_forward
+
+    registry = build_registry()
+    cfg = compose([*TINY, f"cache_dir={cache_dir}", "algo=ppo", "reward=rm"], registry)
+    job = Job(cfg, tmp_path / "job", registry)
+    run = job.build()
+    job.start()
+    try:
+        model = run.reward.reward_model
+        model.lean = True
+        seen: list[torch.device] = []
+        # A stand-in device: on this CPU-only machine, "meta" shows where the ids were sent.
+        monkeypatch.setattr(rm_model, "model_device", lambda network: torch.device("meta"))
+        monkeypatch.setattr(
+            lean_forward,
+            "last_values",
+            lambda network, ids, mask: seen.append(ids.device) or torch.zeros(ids.shape[0]),
+        )
+        rows = run.task.splits["rl"].to_list()[:2]
+        assert model.score_texts(rows, ["a", "b"]) == [0.0, 0.0]
+    finally:
+        job.close()
+    assert seen == [torch.device("meta")]

@@ -5,12 +5,14 @@ is not the CPU in fp32 (every default key stays what it was)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import alignbench.rm.selection as selection
@@ -386,3 +388,33 @@ def test_online_retraining_runs_in_the_jobs_precision(monkeypatch: pytest.Monkey
         assert seen and set(seen) == {(True, dtype)}
         assert ("feedback/skipped_steps" in stats) == (precision == "fp16")
         assert all(p.dtype == torch.float32 and not p.requires_grad for p in network.parameters())
+
+
+def test_the_default_draw_leaves_the_reward_model_key_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """feedback.sampling.draw=multinomial (the default) keys stage 2 as the config did before the
+    key existed, so caches made then are still found; inverse_cdf samples other groups: another
+    key."""
+    cfg = _cfg(tmp_path / "cache", *RM)
+    task = _task(cfg)
+    source = build_registry().get("feedback", cfg.feedback.name).cls(to_object(cfg.feedback), task)
+    sft_path = tmp_path / "sft"
+    sft_path.mkdir()
+    (sft_path / "stage.json").write_text('{"provenance": {"files": {}}}')
+
+    def key(config: Any) -> str:
+        return _key(
+            monkeypatch,
+            rm_stage,
+            lambda: rm_stage.reward_model_stage(config, task, source, sft_path, "sft-key"),
+        )
+
+    default = key(cfg)
+    # The config as it was before `draw` existed (untyped: a schema node keeps its keys).
+    before = OmegaConf.create(OmegaConf.to_container(cfg))
+    del before.feedback.sampling["draw"]
+    assert "draw" in cfg.feedback.sampling and key(before) == default
+    other = copy.deepcopy(cfg)
+    other.feedback.sampling.draw = "inverse_cdf"
+    assert key(other) != default

@@ -188,7 +188,10 @@ class RewardModel:
         (of the sequence written in the network's own tokens when they are not the policy's)."""
         if self.reward_tokenizer is None:
             if self.lean and lean_forward.supports(self.network):
-                return lean_forward.last_values(self.network, batch.input_ids, batch.attention_mask)
+                # As sequence_rewards: texts scored at evaluation are collated on the CPU.
+                device = model_device(self.network)
+                ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+                return lean_forward.last_values(self.network, ids, mask)
             return sequence_rewards(self.network, batch.input_ids, batch.attention_mask)
         ids, mask = retokenized(batch, self.tokenizer, self.reward_tokenizer, self.stops)
         # A sequence longer than the network's positions fails deep inside the model: one line.

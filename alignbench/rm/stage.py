@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from alignbench import provenance
 from alignbench.budget import FlopCounter
 from alignbench.cache import cached_stage, config_hash
-from alignbench.config import FeedbackConfig, RMStageConfig, to_object
+from alignbench.config import FeedbackConfig, RMStageConfig, omit_off_switches, to_object
 from alignbench.hardware import autocast, model_device, stage_hardware, stage_key, stage_record
 from alignbench.lora import apply_lora_to_scalar, make_trainable, merge_adapters
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
@@ -105,6 +105,8 @@ def reward_model_stage(
     # Online-round keys (rounds, delay) change RL, not this stage: a sweep over them shares one
     # reward model.
     feedback = OmegaConf.to_container(cfg.feedback, resolve=True, enum_to_str=True)
+    # The sampler's default draw is left out, as in fingerprints: keys made before it existed hold.
+    feedback = omit_off_switches({"feedback": feedback})["feedback"]
     online_only = (*ONLINE_ONLY_KEYS, *source.online_keys)
     key = config_hash(
         sft_key,
