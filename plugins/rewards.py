@@ -129,6 +129,8 @@ class LearnedReward(Reward):
         ranking page) learns the job's folder, where it exchanges groups and labels (rank 0's
         folder: only rank 0 asks for feedback)."""
         run.track(self.reward_model.network, "reward_model")
+        # An online round's selection (a probe, embeddings) runs on copies: charged here too.
+        self.reward_model.flops = run.flops
         # Where the policy's responses end (a chat model may list several end ids).
         self.reward_model.stops = tuple(alignbench.eos_ids(run.policy, run.tokenizer))
         self.reward_model.lean = self.config.lean_forward

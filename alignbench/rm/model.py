@@ -13,6 +13,7 @@ import torch
 
 from alignbench import lean_forward, provenance
 from alignbench.batch import Batch, collate, encode_responses, prompt_messages, prompt_text
+from alignbench.budget import FlopCounter
 from alignbench.config import FeedbackConfig, RMStageConfig, to_object
 from alignbench.errors import DataError
 from alignbench.hardware import autocast, model_device
@@ -95,6 +96,10 @@ class RewardModel:
         self.stops: tuple[int, ...] | None = None
         #: ``reward.lean_forward``: score at the last token alone where the network allows it.
         self.lean = False
+        #: The job's FLOP counter (set when the run starts): what an online round's selection
+        #: runs on a copy of the network (uncertainty's probe, diversity's embeddings) is
+        #: charged to it as ``reward_model``, like the network's own passes. None: not charged.
+        self.flops: FlopCounter | None = None
 
     @classmethod
     def train(cls, context: PrepareContext) -> RewardModel:
@@ -255,6 +260,7 @@ class RewardModel:
                 self.config,
                 self.rng,
                 self.generator,
+                self.flops,
             )
         for group in fresh:
             group.extras["requested_at"] = step

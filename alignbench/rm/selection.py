@@ -4,6 +4,11 @@ Under a label budget, ``feedback.selection`` decides which candidate groups a fe
 asked to rank: the first ones (``random``: the pool is already shuffled), those spread widest over
 the prompts (``diversity``: greedy k-center on the trunk's embeddings), or those the current
 reward model is least sure of (``uncertainty``).
+
+What an active selection runs is compute like any other, charged to the FLOP counter it is given
+(``flops``) under the reward model's name: the uncertainty probe's training and scoring (a
+reward model, 2N per token forward and 4N backward) and diversity's embeddings (the trunk's
+forward, 2N per token without the head). Random selection runs no model.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from alignbench.budget import FlopCounter
 from alignbench.config import FeedbackConfig, RMStageConfig, Selection
 from alignbench.errors import ConfigError, PluginError
 from alignbench.hardware import model_device
@@ -26,6 +32,11 @@ from alignbench.task import Task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+#: The counter's name for what selection runs: the probe is a reward model, the embeddings its
+#: trunk's (the same name on every process, so per-model FLOPs sum over ranks).
+CHARGED_AS = "reward_model"
 
 
 def _confidence(scores: list[float]) -> float:
@@ -113,10 +124,17 @@ def label_groups(
     make_model: Any,
     tokenizer: PreTrainedTokenizerBase,
     rng: np.random.Generator,
+    flops: FlopCounter | None = None,
 ) -> list[Group]:
     """Choose ``fb.labels`` groups of the pool by ``fb.selection``; the source ranks them
-    (``source=None``: chosen only, left unlabelled, for a deferred source to label later)."""
+    (``source=None``: chosen only, left unlabelled, for a deferred source to label later).
+
+    ``make_model`` gives a reward model of its own (not tracked by any counter); the passes the
+    selection runs on it are charged to ``flops`` as ``reward_model`` (None: not charged)."""
     budget = min(fb.labels, len(pool))
+
+    def charged(model: torch.nn.Module) -> torch.nn.Module:
+        return flops.track(model, CHARGED_AS) if flops is not None else model
 
     def ask(groups: list[Group]) -> list[Group]:
         if source is None:
@@ -128,7 +146,10 @@ def label_groups(
     if fb.selection == Selection.random:
         return ask(pool[:budget])
     if fb.selection == Selection.diversity:
-        chosen = _k_center(_embeddings(make_model(), tokenizer, pool), budget, rng)
+        model = make_model()
+        # The embeddings are the trunk's forward alone (no head): it is the part charged.
+        charged(model.trunk)
+        chosen = _k_center(_embeddings(model, tokenizer, pool), budget, rng)
         return ask([pool[i] for i in chosen])
     if source is None:  # validation refuses this first (the page source's config)
         raise ConfigError(
@@ -138,7 +159,7 @@ def label_groups(
     # Uncertainty: a quarter of the budget at random, a reward model on it, then its doubts.
     seed_count = max(2, budget // 4)
     seed, rest = ask(pool[:seed_count]), pool[seed_count:]
-    probe = make_model()
+    probe = charged(make_model())
     train_reward_model(probe, tokenizer, seed, rm_cfg, epochs=max(1, rm_cfg.epochs // 2))
     confidence = [_confidence(s) for s in score_groups(probe, tokenizer, rest)]
     doubtful = [rest[i] for i in np.argsort(confidence)[: budget - seed_count]]
@@ -155,13 +176,17 @@ def collect_feedback(
     make_model: Any,
     rng: np.random.Generator,
     generator: torch.Generator,
+    flops: FlopCounter | None = None,
 ) -> list[Group]:
-    """Labelled groups: the source's own, or sampled from ``policy`` and selected for labelling."""
+    """Labelled groups: the source's own, or sampled from ``policy`` and selected for labelling
+    (the selection's passes charged to ``flops``: :func:`label_groups`)."""
     own = source.load_groups()
     if own is not None:
         check_vocabulary(tokenizer, own)
         return own
-    return choose_groups(policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator)
+    return choose_groups(
+        policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator, flops
+    )
 
 
 def candidate_groups(
@@ -192,10 +217,12 @@ def choose_groups(
     make_model: Any,
     rng: np.random.Generator,
     generator: torch.Generator,
+    flops: FlopCounter | None = None,
 ) -> list[Group]:
     """Groups sampled from ``policy`` and selected for labelling: ranked by ``source`` (the
     groups it left unlabelled dropped), or still unlabelled with ``source=None`` (a deferred
-    source's online round: the labels come later)."""
+    source's online round: the labels come later); the selection's passes charged to
+    ``flops`` (:func:`label_groups`)."""
     pool = candidate_groups(policy, tokenizer, task, fb, rng, generator)
-    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng)
+    groups = label_groups(pool, source, fb, rm_cfg, make_model, tokenizer, rng, flops)
     return groups if source is None else [g for g in groups if g.preference is not None]

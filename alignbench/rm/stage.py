@@ -26,7 +26,13 @@ from safetensors.torch import load_file, save_file
 from alignbench import provenance
 from alignbench.budget import FlopCounter
 from alignbench.cache import cached_stage, config_hash
-from alignbench.config import FeedbackConfig, RMStageConfig, omit_off_switches, to_object
+from alignbench.config import (
+    FeedbackConfig,
+    RMStageConfig,
+    Selection,
+    omit_off_switches,
+    to_object,
+)
 from alignbench.hardware import autocast, model_device, stage_hardware, stage_key, stage_record
 from alignbench.lora import apply_lora_to_scalar, make_trainable, merge_adapters
 from alignbench.models import ScalarHeadModel, build_model, freeze, load_pretrained, random_like
@@ -78,6 +84,15 @@ def lora_key(cfg: DictConfig) -> list[dict[str, Any]]:
     return [{"lora": {k: settings[k] for k in ("r", "alpha", "dropout", "target_modules")}}]
 
 
+def flops_key(feedback: dict[str, Any]) -> list[dict[str, str]]:
+    """Extra parts of the stage's key for a stage whose recorded FLOPs grew when what it runs
+    was first charged in full: diversity selection's embeddings (none for other selections, so
+    their keys are what they always were)."""
+    if feedback.get("selection") == Selection.diversity.value:
+        return [{"flops": "selection_charged"}]
+    return []
+
+
 def load_reward_model(path: Path, sft_path: Path) -> ScalarHeadModel:
     """A frozen trained reward model from the stage's cache folder."""
     model = ScalarHeadModel(load_pretrained(sft_path)[0])
@@ -118,6 +133,7 @@ def reward_model_stage(
         provenance.STAGE_THREADS,
         # A reward model trained as adapters is another model: never the full one's cache.
         *lora_key(cfg),
+        *flops_key(feedback),
         # So is one built on a GPU or in bf16/fp16 (nothing added on the CPU in fp32).
         *stage_key(device, precision),
     )
@@ -133,20 +149,19 @@ def reward_model_stage(
 
         def make_model() -> ScalarHeadModel:
             # Initialised on the CPU (the same weights on every device), trained on the device.
-            model = new_reward_model(sft_path, cfg, tokenizer).to(device)
-            return flops.track(model, "reward_model")
+            return new_reward_model(sft_path, cfg, tokenizer).to(device)
 
         # Sampling, and choosing what to label (an uncertainty probe trains under it), in the
-        # job's precision.
+        # job's precision; the selection's passes are charged to the stage's FLOPs.
         with autocast(device, precision):
             groups = collect_feedback(
-                policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator
+                policy, tokenizer, task, source, fb, rm_cfg, make_model, rng, generator, flops
             )
         order = rng.permutation(len(groups))
         held = max(1, round(len(groups) * rm_cfg.heldout_share)) if len(groups) > 1 else 0
         heldout = [groups[i] for i in order[:held]]
         train = [groups[i] for i in order[held:]]
-        model = make_model()
+        model = flops.track(make_model(), "reward_model")
         stats = train_reward_model(
             model, tokenizer, train, rm_cfg, heldout=heldout, precision=precision
         )
@@ -234,10 +249,13 @@ def request_feedback(
     rm_cfg: RMStageConfig,
     rng: np.random.Generator,
     generator: torch.Generator,
+    flops: FlopCounter | None = None,
 ) -> list[Group]:
     """Online feedback: fresh groups from the current policy, ranked by the source (not yet
     trained on: with ``feedback.delay`` they arrive later); a deferred source's groups are
-    chosen unlabelled (it labels them later: :meth:`FeedbackSource.collect`)."""
+    chosen unlabelled (it labels them later: :meth:`FeedbackSource.collect`). The selection's
+    passes on its copy of ``model`` (uncertainty's probe, diversity's embeddings) are charged
+    to ``flops`` (the job's counter) as ``reward_model``."""
 
     def make_model() -> ScalarHeadModel:
         # Uncertainty selection trains this copy as a probe: the job's reward model is frozen
@@ -248,7 +266,9 @@ def request_feedback(
     # Fresh groups of the current policy, always: a source's own groups (a file's) were stage
     # 2's, held-out ones included, and a source that cannot rank new ones says so (rank).
     ranker = None if source.deferred else source
-    return choose_groups(policy, tokenizer, task, ranker, fb, rm_cfg, make_model, rng, generator)
+    return choose_groups(
+        policy, tokenizer, task, ranker, fb, rm_cfg, make_model, rng, generator, flops
+    )
 
 
 def refresh_reward_model(
@@ -263,10 +283,14 @@ def refresh_reward_model(
     rng: np.random.Generator,
     generator: torch.Generator,
     precision: str = "fp32",
+    flops: FlopCounter | None = None,
 ) -> dict[str, float]:
     """Online feedback: rank fresh groups from the current policy; train on all groups so far
-    (sampling on the policy's device, training on the reward model's, both in ``precision``)."""
+    (sampling on the policy's device, training on the reward model's, both in ``precision``;
+    the selection's passes charged to ``flops``: :func:`request_feedback`)."""
     with autocast(model_device(policy), precision):
-        fresh = request_feedback(model, policy, tokenizer, task, source, fb, rm_cfg, rng, generator)
+        fresh = request_feedback(
+            model, policy, tokenizer, task, source, fb, rm_cfg, rng, generator, flops
+        )
     groups.extend(fresh)
     return retrain_reward_model(model, tokenizer, groups, rm_cfg, precision)
