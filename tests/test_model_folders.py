@@ -251,6 +251,30 @@ def test_a_cut_off_response_stays_open_in_the_reward_models_template() -> None:
     assert texts["cut"].endswith("<|im_start|>assistant\nred")
 
 
+def test_a_template_that_rewrites_a_cut_off_reply_still_leaves_it_open() -> None:
+    """A template that rewrites replies (here: drops "red"), for which continue_final_message
+    fails with a multi-line error: the cut-off reply follows the text the template writes before
+    a reply; a template that writes no reply at all is refused in one line."""
+    from types import SimpleNamespace
+
+    from alignbench.errors import DataError
+    from alignbench.rm.model import reward_texts
+
+    policy = facts_tokenizer()
+    rm_tokenizer = bpe_tokenizer(
+        facts_texts(),
+        TEMPLATE.replace("m['content']", "m['content'] | replace('red', '')"),
+    )
+    cut = policy.encode("red", add_special_tokens=False)
+    batch = SimpleNamespace(rows=[ROWS[0]], token_lists=lambda: [(cut, [], [])])
+    text = rm_tokenizer.decode(reward_texts(batch, policy, rm_tokenizer)[0])
+    assert text.endswith("<|im_start|>assistant\nred")
+    silent = bpe_tokenizer(facts_texts(), TEMPLATE.replace("m['content']", "''"))
+    with pytest.raises(DataError, match="does not write the assistant's reply") as info:
+        reward_texts(batch, policy, silent)
+    assert "\n" not in str(info.value)
+
+
 def test_the_folder_models_forwards_are_counted(bpe, tmp_path: Path) -> None:
     """Tracked like any model: 2 x (matrix parameters x tokens it reads + head x positions), on
     the RM's own tokens when it scores text (embedding lookups are not charged)."""

@@ -372,9 +372,10 @@ def reward_texts(
             # Rendered to text, then encoded without special tokens: the template writes its own.
             # A response cut off by the token limit stays open (no end-of-turn after it), so
             # the reward model sees it unfinished, as the plain-text path does (no eos).
-            text = reward_tokenizer.apply_chat_template(
-                conversation, tokenize=False, continue_final_message=not ended
-            )
+            if ended:
+                text = reward_tokenizer.apply_chat_template(conversation, tokenize=False)
+            else:
+                text = open_reply(reward_tokenizer, conversation)
             out.append(reward_tokenizer.encode(text, add_special_tokens=False))
             continue
         # The prompt as plain text (not the policy's chat markup, nor its unknown-word tokens),
@@ -401,6 +402,36 @@ def _max_positions(network: torch.nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+#: Stands in for a reply while a chat template renders the text before it (:func:`open_reply`).
+_REPLY = "ALIGNBENCHOPENREPLY"
+
+
+def open_reply(tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, str]]) -> str:
+    """A conversation ending in an unfinished assistant reply, as ``tokenizer``'s chat template
+    writes it up to the reply's last character (no end-of-turn after it).
+
+    ``continue_final_message`` does this, but fails (a multi-line error, mid-run) when the
+    template rewrites a reply so that its text no longer appears (one that strips or replaces
+    tags, say); then the template renders a stand-in reply and the text before the stand-in is
+    followed by the reply as generated. A template that drops the reply is refused in one line.
+    """
+    try:
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, continue_final_message=True
+        )
+    except ValueError:
+        pass
+    stand_in = [*conversation[:-1], {"role": "assistant", "content": _REPLY}]
+    text = tokenizer.apply_chat_template(stand_in, tokenize=False)
+    if _REPLY not in text:
+        raise DataError(
+            "the reward model's chat template does not write the assistant's reply into its "
+            "text — use a reward model whose template keeps the reply, or one without a chat "
+            "template"
+        )
+    return text[: text.rindex(_REPLY)] + conversation[-1]["content"]
 
 
 def retokenized(
