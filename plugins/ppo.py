@@ -471,7 +471,16 @@ class PPO:
                 yield epoch, rows, present
 
     def _targets(self, batch: Batch, old_values: torch.Tensor) -> Targets:
-        """The rollout's values with the GAE advantages and returns computed from them."""
+        """The rollout's values with the GAE advantages and returns computed from them, in fp32.
+
+        Under fp16 autocast the critic's values come out of its head in fp16, and GAE and the
+        whitening would run in fp16 too: a small spread of advantages (a zero-init critic, a
+        reward that barely varies) squares to 0 there, ``var + 1e-8`` stays 0 (1e-8 is below
+        fp16's smallest number) and whitening divides by 0 (inf advantages, a NaN policy loss).
+        The CPU's autocast runs ``pow`` and ``rsqrt`` in fp16, CUDA's in fp32, but advantages and
+        returns are fp16 on both (and several processes whiten in x's dtype on either), so the
+        targets are fp32 everywhere (a no-op in fp32 and the same tensors)."""
+        old_values = old_values.float()
         return Targets(
             old_values, *self._advantages(batch.extras["token_rewards"], old_values, batch)
         )

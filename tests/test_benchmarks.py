@@ -87,6 +87,33 @@ def test_gpu_smoke_builds_stages_1_and_2_on_the_cpu_in_bf16() -> None:
         assert float(cells[1]) > 0 and float(cells[2]) > 0  # seconds, FLOPs
 
 
+@pytest.mark.slow
+def test_gpu_smoke_runs_ppo_in_fp16_on_the_cpu() -> None:
+    """--smoke --precision fp16: the PPO step ends with finite statistics (it stopped on a NaN
+    policy loss: fp16 GAE and whitening of a zero critic's tiny advantages, now fp32)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_smoke.py",
+            "--smoke",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp16",
+            "--algos",
+            "ppo",
+            "--skip-stages",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert any(line.startswith("| ppo |") for line in done.stdout.splitlines()), done.stdout
+
+
 def test_gpu_smoke_check_stage_refuses_what_a_stage_must_not_leave(tmp_path: Path) -> None:
     """The stage check fails on bf16 or non-finite cached weights, a record of another device or
     precision, and a cache hit; it passes the default record on the CPU in fp32."""

@@ -160,3 +160,97 @@ def test_a_skipped_batch_puts_the_loss_scale_back() -> None:
     assert fake.skipped_steps == 1 and fake.scaler.get_scale() == 32768.0
     restore(fake, None, saved)
     assert fake.skipped_steps == 0 and fake.scaler.get_scale() == 65536.0
+
+
+# -- fp16 PPO targets: GAE and whitening in fp32 -------------------------------------------------
+
+
+def _ppo_targets(spread: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's targets (advantages, returns) for a zero-init critic head's values (under CPU
+    autocast to ``precision``) and last-token rewards ``spread``."""
+    from alignbench_plugins.ppo import PPO, PPOConfig
+
+    ppo = object.__new__(PPO)  # _targets reads only the recipe card
+    ppo.config = PPOConfig()
+    rows, length = len(spread), 4
+    token_rewards = torch.zeros(rows, length)
+    token_rewards[:, -1] = spread
+    batch = SimpleNamespace(
+        response_mask=torch.ones(rows, length, dtype=torch.long),
+        turns=None,
+        extras={"token_rewards": token_rewards},
+    )
+    head = torch.nn.Linear(8, 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    hidden = torch.randn(rows, length, 8, generator=torch.Generator().manual_seed(0))
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        values = head(hidden).squeeze(-1)  # the critic's values, as autocast gives them
+        targets = ppo._targets(batch, values)
+    return targets.advantages, targets.returns
+
+
+def test_fp16_ppo_advantages_stay_finite_for_a_small_spread() -> None:
+    """A zero-init critic and rewards that differ by ~1e-4 (gpu_smoke's random reward network):
+    in fp16 the advantages' variance underflowed to 0 and whitening made them inf (a NaN policy
+    loss). GAE and whitening now run in fp32: finite, and equal to the fp32 run's."""
+    spread = torch.tensor([1.2e-4, -1.9e-4, 0.5e-4, 0.0])
+    advantages, returns = _ppo_targets(spread, "fp16")
+    assert advantages.dtype == returns.dtype == torch.float32
+    assert torch.isfinite(advantages).all() and torch.isfinite(returns).all()
+    reference = _ppo_targets(spread, "fp32")
+    assert torch.equal(advantages, reference[0]) and torch.equal(returns, reference[1])
+
+
+def test_fp16_ppo_advantages_of_equal_rewards_are_zero() -> None:
+    """Every reward equal (the variance exactly 0): zero advantages, as in fp32, not 0 x inf."""
+    advantages, _ = _ppo_targets(torch.zeros(4), "fp16")
+    assert torch.equal(advantages, torch.zeros_like(advantages))
+
+
+CONSTANT_REWARD = '''
+from dataclasses import dataclass
+
+import alignbench
+from alignbench import Reward, RewardConfig
+
+
+@dataclass
+class ConstantConfig(RewardConfig):
+    pass
+
+
+class Constant(Reward):
+    """The same score for every response: nothing to learn, every advantage ~0."""
+
+    def score(self, rows, responses):
+        return [0.0 for _ in responses]
+
+
+@alignbench.hookimpl
+def alignbench_register_rewards(register):
+    register("constant", Constant, ConstantConfig)
+'''
+
+
+@pytest.mark.slow
+def test_fp16_ppo_job_with_a_constant_reward_finishes(tiny_job, tmp_path: Path) -> None:
+    """A whole fp16 PPO job on a reward that never varies (advantages from the KL alone, ~0)
+    ends with finite losses; it stopped at step 1 with 'loss/policy is not finite (nan)'."""
+    from alignbench.registry import build_registry
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "constant.py").write_text(CONSTANT_REWARD)
+    summary = tiny_job(
+        "algo=ppo",
+        "algo.samples_per_prompt=2",
+        "reward=constant",
+        "precision=fp16",
+        registry=build_registry([str(folder)]),
+    )
+    assert summary["status"] == "finished"
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x) for x in lines if json.loads(x)["kind"] == "step"]
+    assert len(steps) == 2 and all(math.isfinite(s["loss/policy"]) for s in steps)
