@@ -278,11 +278,15 @@ def _finished_summary(
             for k in set(recorded or {}) | set(inputs or {})
             if (recorded or {}).get(k) != (inputs or {}).get(k)
         )
-        what = (
-            f"other contents of {', '.join(keys)}"
-            if recorded is not None and keys
-            else ("other input files, or before their contents were part of a job's identity")
-        )
+        if recorded and keys:
+            what = f"other contents of {', '.join(keys)}"
+        elif not recorded and inputs:
+            what = "input files not recorded (made before their contents were part of its identity)"
+        else:  # the same inputs: only the recorded fingerprint says they differ
+            what = (
+                f"the same inputs but fingerprint {summary.get('fingerprint')} (this job's: "
+                f"{fingerprint})"
+            )
         raise ConfigError(
             f"{output_dir} holds finished results of this config made from {what} — pass "
             "rerun=true to run it again (the old results are moved aside), or choose another "

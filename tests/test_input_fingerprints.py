@@ -147,9 +147,18 @@ def test_finished_results_recorded_before_inputs_counted_are_not_run_over(
             "finished"
         )
     metrics = (out / "metrics.jsonl").read_text()
-    with pytest.raises(ConfigError, match=r"finished results of this config made from other"):
+    with pytest.raises(
+        ConfigError, match=r"finished results of this config made from input files not recorded"
+    ):
         run_job(compose(overrides, registry), out, registry=registry)
     assert (out / "metrics.jsonl").read_text() == metrics
+    # The same inputs recorded, another fingerprint (a summary edited by hand, say): both named.
+    summary = json.loads((out / "summary.json").read_text())
+    summary["inputs"] = alignbench.model_folders.folder_fingerprints(compose(overrides, registry))
+    summary["fingerprint"] = "0123456789abcdef"
+    (out / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match=r"the same inputs but fingerprint 0123456789abcdef"):
+        run_job(compose(overrides, registry), out, registry=registry)
 
 
 def test_a_rewrite_that_puts_the_old_mtime_back_is_hashed_again(tmp_path: Path) -> None:
