@@ -67,6 +67,10 @@ class FlopCounter:
         self.by_model: dict[str, float] = {}
         self._paused = 0
         self._handles: list[Any] = []
+        # What each tracked model is charged as ``(name, body, head)``: for charge_forward.
+        self._tracked: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[str, int, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._tallies: list[dict[str, float]] = []
         # Models whose checkpointed layers' recomputation is being counted.
         self._recounted: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
@@ -75,6 +79,7 @@ class FlopCounter:
         """Charge every forward (and the backward through its output) of ``model`` to ``name``."""
         body, head = _matmul_parameters(model)
         self.by_model.setdefault(name, 0.0)
+        self._tracked.setdefault(model, []).append((name, body, head))
         tracked = weakref.ref(model)
 
         def on_forward(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -123,6 +128,13 @@ class FlopCounter:
         if not self._paused:
             self._charge(name, flops)
 
+    def charge_forward(self, model: torch.nn.Module, tokens: int, projected: int) -> None:
+        """Charge a forward of ``model`` over ``tokens`` positions, ``projected`` of them through
+        the output head, exactly as its forward hook would (to every name it is tracked under;
+        nothing if untracked): what an external engine ran on the model's behalf."""
+        for name, body, head in self._tracked.get(model, ()):
+            self.charge(name, 2.0 * (body * tokens + head * projected))
+
     def _charge(self, name: str, flops: float) -> None:
         if self._tallies:  # measured, not spent: see measured()
             self._tallies[-1][name] = self._tallies[-1].get(name, 0.0) + flops
@@ -155,6 +167,7 @@ class FlopCounter:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._tracked.clear()
 
 
 @dataclass

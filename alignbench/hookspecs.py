@@ -7,6 +7,8 @@ Three kinds of hooks, in the order a run calls them:
 * **Per step** (``firstresult``): ``rollout`` → ``score`` → ``update``, answered by the one
   algorithm instance registered for the run (the core asserts there is exactly one).
 * **Observers** (every implementer is called): step ends, evaluations, the end of the run.
+* **Inference engine** (``firstresult``, optional, one plugin at most): ``generate`` answers
+  :meth:`alignbench.Run.sample`'s decoding with an external engine (vLLM, ...).
 
 Implement a hook with ``@alignbench.hookimpl`` on a function of a module or a method of an
 object, with the same name and any subset of the arguments. ``docs/plugins.md`` is the guide.
@@ -20,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
+
     from alignbench.batch import Batch
     from alignbench.run import Run
+    from alignbench.sampling import SamplingParams
 
 PROJECT = "alignbench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -127,6 +132,37 @@ def alignbench_respond(run: Run, rows: list[dict[str, Any]]) -> list[str] | None
     processes (a ``data_parallel`` algorithm) it is called on every rank with the same ``rows``:
     answer ``distributed.shard(rows)`` and return every rank's answers
     (``distributed.gather``), in order; the FLOPs of every rank are counted.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference-engine hook: firstresult, optional, implemented by at most one plugin module (the
+# core refuses two at start-up). Without it the built-in sampler decodes, as if it did not exist.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def alignbench_generate(
+    run: Run,
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    num_samples: int,
+    params: SamplingParams,
+    source: str,
+) -> list[list[int]] | None:
+    """Decode with an external inference engine: called by every ``run.sample`` (single-turn).
+
+    ``prompt_ids`` are the token ids of each prompt row (chat template applied, unpadded);
+    return ``num_samples`` response token-id lists per prompt, prompt-major (``len(prompt_ids)
+    * num_samples`` lists), each ending at its first id of ``alignbench.eos_ids(model,
+    run.tokenizer)`` or at ``params.max_new_tokens`` tokens, with no eos before
+    ``params.min_new_tokens``; sample with ``params`` (``greedy``, ``temperature``, ``top_k``,
+    ``top_p``). Return None to let the built-in sampler decode. The core builds the Batch, with
+    log-probs from ``model``'s own forward, and charges the budget what the built-in sampler
+    would have spent on the same tokens; a wrong answer is one PluginError naming the plugin.
+    ``model`` is the live model being sampled (``run.policy`` changes every step): the engine
+    must load its current weights before generating, or it samples a stale policy. The engine's
+    own random state is outside ``seed=``. Not called on a multi-turn task (refused at start-up).
     """
 
 

@@ -226,12 +226,20 @@ class Run:
         source: str = "policy",
     ) -> Batch:
         """Sample ``num_samples`` responses per prompt from ``model`` with the run's generator:
-        on a multi-turn task, whole conversations with the task's user (:func:`converse`)."""
+        on a multi-turn task, whole conversations with the task's user (:func:`converse`);
+        through an external inference engine where a plugin implements ``alignbench_generate``
+        (:meth:`_engine`)."""
         # The sampler imports transformers' modelling code (seconds): only when sampling.
         from alignbench.sampling import converse, sample
 
+        engine = self._engine(model, prompts, num_samples, params, source)
         # A hand-built Run (benchmarks) may have no task: single-turn.
         if getattr(self.task, "multi_turn", False):
+            if engine is not None:
+                raise PluginError(
+                    "alignbench_generate (an external inference engine) answers single turns; "
+                    "this task is multi-turn — remove the engine plugin or use a single-turn task"
+                )
             return converse(
                 model,
                 self.tokenizer,
@@ -243,8 +251,63 @@ class Run:
                 source=source,
             )
         return sample(
-            model, self.tokenizer, prompts, num_samples, params, self.generator, source=source
+            model,
+            self.tokenizer,
+            prompts,
+            num_samples,
+            params,
+            self.generator,
+            source=source,
+            engine=engine,
         )
+
+    def _engine(
+        self,
+        model: PreTrainedModel,
+        prompts: list[dict[str, Any]],
+        num_samples: int,
+        params: SamplingParams,
+        source: str,
+    ) -> Callable[[list[list[int]]], Batch | None] | None:
+        """The sampler's ``engine`` when a plugin implements ``alignbench_generate`` (None: the
+        built-in sampler alone, as if the hook did not exist). Its Batch is charged to the
+        budget as the built-in sampler's passes over the same tokens, whatever the engine ran."""
+        hook = getattr(self.pm.hook, "alignbench_generate", None)
+        names = [impl.plugin_name for impl in hook.get_hookimpls()] if hook is not None else []
+        if not names:
+            return None
+        from alignbench.sampling import engine_batch, sampler_forwards
+
+        def engine(prompt_ids: list[list[int]]) -> Batch | None:
+            # Paused: an engine that runs a tracked model itself is not charged for its passes.
+            with self.flops.paused():
+                responses = hook(
+                    run=self,
+                    model=model,
+                    prompt_ids=[list(ids) for ids in prompt_ids],
+                    num_samples=num_samples,
+                    params=params,
+                    source=source,
+                )
+                if responses is None:
+                    return None
+                batch = engine_batch(
+                    model,
+                    self.tokenizer,
+                    prompts,
+                    prompt_ids,
+                    responses,
+                    num_samples,
+                    params,
+                    source,
+                    engine=", ".join(names),
+                )
+            shape = batch.num_sequences, batch.prompt_length, batch.response_mask.shape[1]
+            for tokens, projected in sampler_forwards(*shape):
+                self.flops.charge_forward(model, tokens, projected)
+            return batch
+
+        return engine
 
     def join(self, prompts: list[dict[str, Any]], parts: list[Batch]) -> Batch:
         """One prompt-major Batch of the candidates of several Batches over the same prompts

@@ -14,7 +14,7 @@ which token is drawn. Deterministic under a ``torch.Generator``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +33,9 @@ from alignbench.batch import (
 )
 from alignbench.config import SamplingConfig
 from alignbench.decoding import StaticCacheDecoder, decoder
+from alignbench.errors import PluginError
 from alignbench.hardware import model_device
-from alignbench.models import position_ids
+from alignbench.models import position_ids, response_logits
 from alignbench.task import Task
 
 if TYPE_CHECKING:  # annotations only: importing them loads transformers' modelling code (~3 s)
@@ -239,10 +240,16 @@ def sample(
     generator: torch.Generator | None = None,
     prompt_key: str = "prompt",
     source: str = "policy",
+    engine: Engine | None = None,
 ) -> Batch:
-    """Generate ``num_samples`` responses per prompt row, as a prompt-major Batch."""
+    """Generate ``num_samples`` responses per prompt row, as a prompt-major Batch (``engine``:
+    an external inference engine's answer for the prompts' token ids, when it gives one)."""
     params = params or SamplingParams()
     prompt_ids = encode_prompts(tokenizer, row_prompts(prompts, prompt_key))
+    if engine is not None:  # alignbench_generate; None from it: decode here
+        batch = engine(prompt_ids)
+        if batch is not None:
+            return batch
     ids, prompt_mask, r_ids, r_mask, logprobs = generate(
         model,
         [p for p in prompt_ids for _ in range(num_samples)],
@@ -261,6 +268,144 @@ def sample(
         responses=decode_responses(tokenizer, r_ids, r_mask),
         sources=[source] * ids.shape[0],
         logprobs=logprobs,
+    )
+
+
+# -- an external inference engine (the ``alignbench_generate`` hook) ----------------------------
+
+#: ``engine(prompt_ids)``: the Batch of an external engine's responses to the prompts' token ids
+#: (one list per prompt row), or None to decode here. :meth:`alignbench.Run.sample` builds it.
+Engine = Callable[[list[list[int]]], Batch | None]
+
+
+def sampler_forwards(
+    sequences: int, prompt_length: int, response_length: int
+) -> list[tuple[int, int]]:
+    """The forwards :func:`generate` runs for a batch of this shape, as ``(tokens fed, positions
+    projected)``: the prompt pass (every position fed, the last one projected), then one decode
+    step per response token but the last (it is never fed back)."""
+    prompt = [(sequences * prompt_length, sequences)]
+    return prompt + [(sequences, sequences)] * max(0, response_length - 1)
+
+
+def _engine_error(engine: str, problem: str) -> PluginError:
+    """One line naming the engine plugin and what is wrong with its answer."""
+    return PluginError(f"alignbench_generate of {engine} {problem}")
+
+
+def checked_responses(
+    responses: Any,
+    sequences: int,
+    vocab_size: int,
+    params: SamplingParams,
+    eos: Sequence[int],
+    engine: str,
+) -> list[list[int]]:
+    """An engine's response token lists, checked (else one line naming ``engine`` and the
+    problem) and each cut after its first eos, as the built-in sampler ends a response."""
+    if not isinstance(responses, list | tuple) or not all(
+        isinstance(r, list | tuple) for r in responses
+    ):
+        raise _engine_error(
+            engine,
+            f"returned {type(responses).__name__}, not a list of token-id lists — return one "
+            "list of ints per response (or None to use the built-in sampler)",
+        )
+    if len(responses) != sequences:
+        raise _engine_error(
+            engine,
+            f"returned {len(responses)} responses for {sequences} — num_samples per prompt, "
+            "prompt-major (vLLM: n=num_samples)",
+        )
+    stops = set(eos)
+    out = []
+    for i, response in enumerate(responses):
+        if not response:
+            raise _engine_error(engine, f"returned an empty response (#{i}) — at least one token")
+        if len(response) > params.max_new_tokens:
+            raise _engine_error(
+                engine,
+                f"returned {len(response)} tokens in response #{i}, over "
+                f"max_new_tokens={params.max_new_tokens} (vLLM: max_tokens)",
+            )
+        bad = [t for t in response if isinstance(t, bool) or not isinstance(t, int | np.integer)]
+        if bad:
+            raise _engine_error(
+                engine, f"returned {bad[0]!r} in response #{i} — token ids must be ints"
+            )
+        outside = [t for t in response if not 0 <= t < vocab_size]
+        if outside:
+            raise _engine_error(
+                engine,
+                f"returned token id {outside[0]} in response #{i}, outside the model's "
+                f"vocabulary of {vocab_size} — is the engine serving another tokenizer?",
+            )
+        ends = [t for t, token in enumerate(response) if int(token) in stops]
+        if ends and ends[0] < params.min_new_tokens:
+            raise _engine_error(
+                engine,
+                f"ended response #{i} with eos id {response[ends[0]]} at token {ends[0] + 1}, "
+                f"before min_new_tokens={params.min_new_tokens} (vLLM: min_tokens)",
+            )
+        out.append([int(t) for t in (response[: ends[0] + 1] if ends else response)])
+    return out
+
+
+@torch.no_grad()
+def engine_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[dict[str, Any]],
+    prompt_ids: list[list[int]],
+    responses: Any,
+    num_samples: int,
+    params: SamplingParams,
+    source: str = "policy",
+    engine: str = "an engine",
+) -> Batch:
+    """The Batch :func:`sample` returns, for response token ids an external engine generated
+    (``num_samples`` per prompt, prompt-major): checked by :func:`checked_responses`, laid out
+    and padded as the sampler does, and its log-probs computed by one forward of ``model`` (the
+    sampler's: ``log_softmax`` of the unfiltered logits over temperature, eos banned before
+    ``min_new_tokens``), whatever the engine's own numerics were."""
+    rows = [p for p in prompt_ids for _ in range(num_samples)]
+    vocab_size = int(model.config.vocab_size)
+    eos = eos_ids(model, tokenizer)
+    tokens = checked_responses(responses, len(rows), vocab_size, params, eos, engine)
+    pad = tokenizer.pad_token_id
+    ids, prompt_mask = pad_prompts(rows, pad)
+    length = max(len(t) for t in tokens)
+    r_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    r_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, response in enumerate(tokens):
+        r_ids[i, : len(response)] = torch.tensor(response)
+        r_mask[i, : len(response)] = 1
+    device = model_device(model)
+    ids, prompt_mask, r_ids, r_mask = (t.to(device) for t in (ids, prompt_mask, r_ids, r_mask))
+    input_ids = torch.cat([ids, r_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, r_mask], dim=1)
+    was_training = model.training
+    model.eval()  # dropout off, as the sampler's
+    with torch.inference_mode():
+        logits = response_logits(model, input_ids, attention_mask, ids.shape[1]).float()
+        banned = min(params.min_new_tokens, length)
+        if banned and eos:
+            logits[:, :banned, eos] = float("-inf")
+        if not params.greedy and params.temperature != 1.0:
+            logits = logits / params.temperature
+        picked = torch.log_softmax(logits, -1).gather(-1, r_ids[..., None])[..., 0]
+        picked = picked.masked_fill(r_mask == 0, 0.0)
+    model.train(was_training)
+    return Batch(
+        prompts=list(prompts),
+        group_size=num_samples,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        prompt_length=ids.shape[1],
+        response_mask=r_mask,
+        responses=decode_responses(tokenizer, r_ids, r_mask),
+        sources=[source] * len(rows),
+        logprobs=picked.clone(),  # out of inference mode: a tensor a training forward can use
     )
 
 
