@@ -188,7 +188,10 @@ def test_every_hookspec_is_documented_and_typed(name: str) -> None:
     assert not untyped, f"{name}: parameters without a type annotation: {untyped}"
     assert signature.return_annotation is not signature.empty, f"{name} has no return annotation"
     # The annotations must also resolve (names imported only for type checkers included).
-    hints = typing.get_type_hints(function, localns={"Batch": Batch, "Run": Run})
+    from alignbench.sampling import SamplingParams
+
+    names = {"Batch": Batch, "Run": Run, "SamplingParams": SamplingParams, "torch": torch}
+    hints = typing.get_type_hints(function, localns=names)
     assert set(hints) == {*signature.parameters, "return"}
 
 
