@@ -49,6 +49,7 @@ from alignbench.hardware import check_hardware
 from alignbench.job import (
     _check_hook_names,
     check_data_parallel,
+    check_engine,
     check_multi_turn,
     check_placed_models,
     run_job,
@@ -367,6 +368,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_known_keys(typed)
             _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
             check_multi_turn(registry, typed.algo.name, typed.task.name, typed.reward.name)
+            check_engine(registry, typed.task.name)
             check_data_parallel(registry, cfg)
             check_choices(typed)
             check_ranges(cfg)

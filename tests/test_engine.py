@@ -416,3 +416,22 @@ def test_eos_ids_is_what_the_engine_is_told_to_stop_at(model_and_tokenizer) -> N
     model, tokenizer = model_and_tokenizer
     assert alignbench.eos_ids(model, tokenizer) == eos_ids(model, tokenizer)
     assert len(eos_ids(model, tokenizer)) == 2
+
+
+def test_an_engine_on_a_multi_turn_task_is_one_line_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m alignbench task=dialogue plugin_dirs=[<engine>]`: exit 2, one line naming
+    the engine plugin and the fix, no results folder (no stage 1 trained)."""
+    from alignbench.cli import main
+
+    plugins = tmp_path / "engine_plugins"
+    plugins.mkdir()
+    (plugins / "hf_engine.py").write_text(ENGINE_PLUGIN, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    overrides = ["task=dialogue", "reward=turn", "algo=ppo", f"plugin_dirs=[{plugins}]"]
+    assert main([*overrides, "logger=none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task=dialogue is multi-turn and file:" in err[0], err
+    assert "remove the engine plugin or use a single-turn task" in err[0]
+    assert not (tmp_path / "results").exists()
