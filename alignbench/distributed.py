@@ -180,6 +180,8 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     positions of every rank's ``x`` (exactly ``ops.masked_whiten`` with one process)."""
     if world_size() == 1:
         return ops.masked_whiten(x, mask, shift_mean)
+    if x.dtype in (torch.float16, torch.bfloat16):  # as ops.masked_whiten: fp32, then back
+        return masked_whiten(x.float(), mask, shift_mean).to(x.dtype)
     valid = mask.bool()
     kept = torch.where(valid, x, torch.zeros_like(x)).double()
     count, first = _all_reduce(torch.stack([valid.double().sum(), kept.sum()])).tolist()

@@ -80,8 +80,12 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     ``(x - mean) / sqrt(var + 1e-8)`` with mean and unbiased variance taken over ``mask == 1``;
     with ``shift_mean=False`` the mean is added back, so only the scale changes (used for
     rewards, whose sign carries meaning). Padded positions are returned as 0.
-    Source: the advantage whitening of Ziegler et al. 2019 / TRL ``masked_whiten``.
+    Source: the advantage whitening of Ziegler et al. 2019 / TRL ``masked_whiten``. Half
+    precision inputs are whitened in fp32 and returned in their dtype: in fp16 a small variance
+    underflows to 0 and the 1e-8 is 0 too, so the division was by zero (inf advantages).
     """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return masked_whiten(x.float(), mask, shift_mean).to(x.dtype)
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:

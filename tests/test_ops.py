@@ -112,6 +112,18 @@ def test_masked_whiten_keep_mean(dtype):
     check(valid.std(), 1.0, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_masked_whiten_of_a_tiny_spread_in_half_precision_is_finite(dtype):
+    """Values 1e-4 apart in fp16: the variance underflows to 0 there (and so does the 1e-8),
+    which divided by zero; whitened in fp32, the result is fp32's, in the input's dtype."""
+    x = torch.tensor([[0.0, 1e-4, 2e-4, 0.0]], dtype=dtype)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    out = masked_whiten(x, mask)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    expected = masked_whiten(x.float(), mask).to(dtype)
+    assert torch.equal(out, expected)
+
+
 # --------------------------------------------------------------------------- gae
 
 
