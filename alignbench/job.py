@@ -173,6 +173,23 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
         )
 
 
+def check_engine(registry: Registry, task: str) -> None:
+    """At most one plugin implements ``alignbench_generate`` (firstresult would let one of two
+    answer silently), and none on a multi-turn task (it answers single turns)."""
+    names = implementers(registry.pm, "alignbench_generate")
+    if len(names) > 1:
+        raise PluginError(
+            f"alignbench_generate is implemented by {', '.join(names)} — one external inference "
+            "engine at a time: keep one of these plugins"
+        )
+    if names and getattr(registry.get("task", task).cls, "multi_turn", False):
+        raise ConfigError(
+            f"task={task} is multi-turn and {names[0]} (alignbench_generate, an external "
+            "inference engine) samples single turns — remove the engine plugin or use a "
+            "single-turn task"
+        )
+
+
 def check_data_parallel(registry: Registry, cfg: DictConfig) -> None:
     """On several processes (``accelerate launch`` / ``torchrun``): an algorithm that declares
     ``data_parallel = True``, prompts that split evenly over the ranks, ``on_nonfinite=stop``
@@ -380,6 +397,7 @@ class Job:
             [to_object(cfg[group]) for group in ("algo", "task", "reward", "feedback")]
         )
         check_data_parallel(self.registry, cfg)
+        check_engine(self.registry, cfg.task.name)  # after plugin_dirs: its engine is loaded
         self.device = check_hardware(cfg)
         check_placed_models(self.registry, cfg)  # not when the algorithm is built, after stage 1
         check_model_options(cfg.get("model") or {})  # before stage 1 (the command line did too)
