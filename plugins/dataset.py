@@ -98,7 +98,8 @@ MESSAGE_ROLES = ("system", "user", "assistant")
 
 @dataclass
 class ColumnsConfig:
-    """Which column holds each role; unset (null) = the column named like the role, if any."""
+    """Which column holds each role; unset (null) = the column named like the role, if any;
+    "" = none (a column named like the role is not read)."""
 
     prompt: str = "prompt"
     # A conversation (list of {role, content}, ending with the user's turn) instead of a prompt.
@@ -213,10 +214,14 @@ def read_table(path: Path, fmt: str) -> Dataset:
 def resolve_columns(path: Path, table: Dataset, columns: ColumnsConfig) -> dict[str, str]:
     """``{role: column}`` for every role the data has; a column named in config must exist."""
     present = set(table.column_names)
-    has_messages = (columns.messages or "messages") in present
+    has_messages = columns.messages != "" and (columns.messages or "messages") in present
     resolved: dict[str, str] = {}
     for role in ROLES:
         named = getattr(columns, role)
+        if named == "" and role != "prompt":
+            # Off: a column named like the role is not read (a `messages` or `system` column
+            # kept in a file for another purpose, say).
+            continue
         if named is None:
             if role in present:
                 resolved[role] = role

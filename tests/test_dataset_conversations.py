@@ -360,3 +360,35 @@ def test_conversations_train_sft_rm_ppo_end_to_end(tmp_path: Path, model: str) -
     # The results name each prompt by its readable transcript.
     written = "".join(p.read_text() for p in (tmp_path / "ppo").rglob("*.jsonl"))
     assert "user: i am " in written and "| assistant: hello " in written
+
+
+def test_an_empty_column_name_switches_a_role_off(tmp_path: Path) -> None:
+    """A file whose `messages` and `system` columns serve another purpose (here: a transcript
+    ending with the answer, and a label) is read as before with task.columns.messages='' and
+    task.columns.system='': prompts and responses from their own columns, no conversation."""
+    from alignbench_plugins.dataset import ColumnsConfig
+
+    rows = [
+        {
+            "prompt": f"q{i} ?",
+            "response": "a",
+            "messages": [
+                {"role": "user", "content": f"q{i} ?"},
+                {"role": "assistant", "content": "a"},
+            ],
+            "system": "gpt-4",
+        }
+        for i in range(9)
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    task = make_task(
+        path,
+        columns=ColumnsConfig(messages="", system=""),
+        dev_size=0,
+        test_size=0,
+        sft_share=1.0,
+        rl_includes_sft=True,
+    )
+    got = task.splits["sft"].to_list()
+    assert {r["prompt"] for r in got} == {f"q{i} ?" for i in range(9)}
+    assert all("conversation" not in r for r in got)
