@@ -302,6 +302,14 @@ class FileFeedback(FeedbackSource):
                 f"{where}: 'ranking' must list every response index once, best first "
                 f"(a permutation of 0..{len(responses) - 1})"
             )
+        if prompt not in by_prompt and any("conversation" in r for r in by_prompt.values()):
+            # A bare row would lose the conversation (and task.system_prompt) the policy is
+            # given: the reward model would learn on other prompts than RL scores.
+            raise DataError(
+                f"{where}: prompt {prompt[:60]!r} is none of the task's prompts, whose rows are "
+                "conversations (messages, a system column or task.system_prompt) — use the "
+                "prompt as the task writes it (its transcript in results), or drop the line"
+            )
         row = by_prompt.get(prompt, {"prompt": prompt})
         gold = None
         if prompt in by_prompt:

@@ -392,3 +392,28 @@ def test_an_empty_column_name_switches_a_role_off(tmp_path: Path) -> None:
     got = task.splits["sft"].to_list()
     assert {r["prompt"] for r in got} == {f"q{i} ?" for i in range(9)}
     assert all("conversation" not in r for r in got)
+
+
+def test_a_ranking_of_an_unknown_prompt_is_refused_when_prompts_are_conversations(
+    tmp_path: Path,
+) -> None:
+    """feedback=file: a ranked prompt that is none of the task's rows would be a bare prompt,
+    without the system prompt the policy is given; refused in one line (a known one is read)."""
+    from alignbench.errors import DataError
+    from alignbench_plugins.feedback import FileConfig, FileFeedback
+
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": f"q{i} ?", "answer": "a"} for i in range(9)]
+    )
+    task = make_task(path, system_prompt=SYSTEM, dev_size=0, test_size=0)
+    known = task.splits["rl"].to_list()[0]["prompt"]
+    rankings = tmp_path / "r.jsonl"
+    line = {"responses": ["a", "b"], "ranking": [0, 1]}
+    rankings.write_text(json.dumps({"prompt": known, **line}) + "\n")
+    source = FileFeedback(FileConfig(name="file", path=str(rankings)), task)
+    [group] = source.load_groups()
+    assert group.row["conversation"][0] == {"role": "system", "content": SYSTEM}
+    rankings.write_text(json.dumps({"prompt": "never asked ?", **line}) + "\n")
+    with pytest.raises(DataError, match=r"r.jsonl:1: prompt 'never asked \?' is none") as info:
+        source.load_groups()
+    assert "\n" not in str(info.value)
