@@ -338,6 +338,72 @@ def check_model_folders(cfg: DictConfig, make_task: Callable[[], Task]) -> None:
         algo = cfg.get("algo", {})
         if algo.get("critic") == "separate" and algo.get("critic_init") == "reward_model":
             policy_vocabulary_of(path, key)  # the critic starts as a copy of this model
+    check_policy_prompts(cfg, make_task)
+
+
+def check_policy_prompts(cfg: DictConfig, make_task: Callable[[], Task]) -> None:
+    """Every prompt of the task as the policy's tokenizer will write it, before stage 1: a chat
+    template that refuses one (many refuse a system role, or turns that do not alternate) and a
+    prompt that with the longest response is longer than the model's positions are one line,
+    not an error inside stage 1 (or a position embedding read past its end). Only for a model
+    from a folder or the task's data: the built-in model on a built-in task fits by design."""
+    name = cfg.model.get("name_or_path") or ""
+    if not name and cfg.task.get("name") != "dataset":
+        return
+    from alignbench.batch import encode_prompts, row_prompts
+    from alignbench.models import check_loadable
+
+    if name:
+        local = provenance.input_path(name)
+        check_loadable(local if local.is_dir() else name)  # a missing folder: its own one line
+    task = make_task()
+    if getattr(task, "multi_turn", False):
+        return  # a dialogue's later turns are written while it runs
+    tokenizer = policy_tokenizer(cfg, lambda: task)
+    if str(cfg.model.get("chat_template", "auto")) == "none":
+        tokenizer.chat_template = None
+    rows = {row["prompt"]: row for split in task.splits.values() for row in split.to_list()}
+    where = f"model.name_or_path={name!r}" if name else "the built-in model"
+    lengths = []
+    for row in rows.values():
+        try:
+            [ids] = encode_prompts(tokenizer, row_prompts([row]))
+        except Exception as exc:  # jinja2's TemplateError, or the template's own raise_exception
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"{where}: its chat template refuses the prompt {row['prompt'][:80]!r} ({why}) "
+                "— leave out what it refuses (task.system_prompt='', task.columns.system=''), "
+                "or write prompts as plain text (model.chat_template=none)"
+            ) from None
+        lengths.append(len(ids))
+    limit = (
+        positions_of(folder_config(provenance.input_path(name), "model.name_or_path"))
+        if name
+        else int(cfg.model.get("max_position_embeddings") or 0) or None
+    )
+    longest = max(
+        int(cfg.get(group, {}).get("sampling", {}).get("max_new_tokens", 0) or 0)
+        for group in ("algo", "feedback")
+    )
+    longest = max(longest, int(cfg.get("eval", {}).get("max_new_tokens", 0) or 0))
+    if limit is not None and lengths and max(lengths) + longest > limit:
+        raise ConfigError(
+            f"{where}: the longest prompt takes {max(lengths)} tokens, and with {longest} new "
+            f"tokens more than the model's {limit} positions — use shorter prompts "
+            "(task.max_rows, or trim the data), fewer new tokens (algo.sampling.max_new_tokens, "
+            "eval.max_new_tokens), or a model with a longer context"
+            + ("" if name else f" (model.max_position_embeddings={max(lengths) + longest})")
+        )
+
+
+def positions_of(config: Any) -> int | None:
+    """The most positions a model config allows (``max_position_embeddings``, or GPT-2's
+    ``n_positions``); None when it says none."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 # -- loading and saving --------------------------------------------------------------------------
