@@ -401,9 +401,9 @@ REWARD_OFF_SWITCHES = ("lean_forward",)
 #: Model-folder keys added after results existed (``algo.critic_path``, ``reward.path``): left
 #: out of a config's fingerprint and record while empty.
 MODEL_FOLDER_KEYS = (("algo", "critic_path"), ("reward", "path"))
-#: Task keys added after results existed (task=dataset's conversations: ``task.system_prompt``,
+#: task=dataset's keys added after results existed (its conversations: ``task.system_prompt``,
 #: ``task.columns.messages`` / ``system``), with their unset value: left out of a config's
-#: fingerprint, stage keys and record while unset.
+#: fingerprint, stage keys and record while unset (another task's fields are left alone).
 TASK_UNSET_KEYS = (
     (("system_prompt",), ""),
     (("columns", "messages"), None),
@@ -460,7 +460,10 @@ def omit_off_switches(plain: dict[str, Any]) -> dict[str, Any]:
 
 
 def omit_unset_task_keys(task: dict[str, Any]) -> dict[str, Any]:
-    """A plain task node without the :data:`TASK_UNSET_KEYS` that hold their unset value."""
+    """A plain task node without the :data:`TASK_UNSET_KEYS` that hold their unset value (of
+    ``task=dataset`` only: another task's fields of the same names were always keyed)."""
+    if task.get("name") != "dataset":
+        return task
     for path, unset in TASK_UNSET_KEYS:
         *parents, key = path
         node = task

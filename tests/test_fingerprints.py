@@ -57,3 +57,14 @@ def test_the_samplers_draw_is_recorded_only_when_not_the_default() -> None:
         on = compose(["algo=ppo", "reward=rm", f"{key}=inverse_cdf"], registry)
         assert flat_config(on)[key] == "inverse_cdf"
         assert config_fingerprint(on) != config_fingerprint(default)
+
+
+def test_only_the_dataset_tasks_new_keys_are_left_out_while_unset() -> None:
+    """task=dataset's conversation keys are left out of fingerprints and stage keys while unset;
+    another task's fields of the same names (a plugin's) were always keyed and still are."""
+    from alignbench.config import omit_unset_task_keys
+
+    dataset = {"name": "dataset", "system_prompt": "", "columns": {"messages": None, "x": 1}}
+    assert omit_unset_task_keys(dataset) == {"name": "dataset", "columns": {"x": 1}}
+    other = {"name": "my_task", "system_prompt": "", "columns": {"messages": None}}
+    assert omit_unset_task_keys(other) == other
