@@ -77,7 +77,20 @@ def declared_roles(owner: type, config: Any, roles: tuple[str, ...]) -> frozense
     """The models ``owner`` (an algorithm or reward class) declares it has for ``config``: its
     classmethod ``model_roles(config)``; None where it declares nothing (checked once built)."""
     declare = getattr(owner, "model_roles", None)
-    declared = declare(config) if callable(declare) else None
+    if declare is None:
+        return None
+    fix = "make it a @classmethod model_roles(cls, config) returning a set of roles, or None"
+    if not callable(declare):
+        # An attribute is not a declaration the core calls: silently ignoring it would leave
+        # the plugin's author believing the check runs.
+        raise PluginError(f"{owner.__qualname__}.model_roles is {declare!r}, not callable — {fix}")
+    try:
+        declared = declare(config)
+    except TypeError as exc:  # an instance method called on the class, say
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise PluginError(
+            f"{owner.__qualname__}.model_roles(config) failed ({why}) — {fix}"
+        ) from None
     if declared is None:
         return None
     if not isinstance(declared, set | frozenset | list | tuple) or set(declared) - set(roles):

@@ -303,6 +303,24 @@ def _had(models: dict[str, torch.nn.Module | None]) -> frozenset[str]:
     return frozenset(role for role, model in models.items() if model is not None)
 
 
+def test_a_model_roles_that_is_not_a_classmethod_is_one_line() -> None:
+    """An instance method (called on the class it misses its config) and a plain attribute are
+    refused naming the fix, not a raw TypeError nor silently taken as undeclared."""
+
+    class Method:
+        def model_roles(self, config: object) -> set[str]:
+            return {"critic"}
+
+    class Attribute:
+        model_roles = frozenset({"critic"})
+
+    algo = SimpleNamespace(name="mine")
+    for owner, why in ((Method, "failed"), (Attribute, "not callable")):
+        with pytest.raises(PluginError, match=rf"{owner.__name__}.model_roles.*{why}") as info:
+            declared_roles(owner, algo, ("reference", "critic"))
+        assert "@classmethod" in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [[f"algo={name}", *v] for name, variants in ALGORITHM_VARIANTS.items() for v in variants],
