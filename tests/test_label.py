@@ -333,3 +333,31 @@ def test_export_groups_samples_from_the_sft_model(tmp_path: Path) -> None:
     groups = read_groups(out)
     assert len(groups) == 5 and all(len(g.responses) == 3 for g in groups)
     assert all(g.sources is not None and g.row["prompt"] == g.prompt for g in groups)
+
+
+def test_the_page_shows_a_conversations_every_message_system_prompt_first(
+    tmp_path: Path,
+) -> None:
+    """A group whose row is a conversation (task=dataset: messages, task.system_prompt) is shown
+    as the policy was given it, one `Role: content` line per message; a plain prompt as it is."""
+    conversation = [
+        {"role": "system", "content": "answer in one word"},
+        {"role": "user", "content": "i am kemi ."},
+        {"role": "assistant", "content": "hello kemi ."},
+        {"role": "user", "content": "what colour is my car ?"},
+    ]
+    chat = {"id": "c", "prompt": "user: i am kemi . | …", "responses": ["red", "blue"]}
+    plain = {"id": "p", "prompt": "what colour is zorbia ?", "responses": ["red", "blue"]}
+    path = tmp_path / "groups.jsonl"
+    lines = [{**chat, "row": {"prompt": chat["prompt"], "conversation": conversation}}, plain]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    groups = read_groups(path)
+    session = LabelSession(
+        groups, RankingStore(tmp_path / "r.jsonl"), GroupOrder(groups, "file"), "ann"
+    )
+    assert session.state("ann")["group"]["prompt"] == (
+        "System: answer in one word\nUser: i am kemi .\nAssistant: hello kemi .\n"
+        "User: what colour is my car ?"
+    )
+    session.decide("ann", "c", "rank", [0, 1], 1.0, "")
+    assert session.state("ann")["group"]["prompt"] == plain["prompt"]

@@ -22,11 +22,22 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from alignbench.batch import CONVERSATION, plain_prompt, prompt_messages
 from alignbench.errors import DataError
 from alignbench.label.groups import LabelGroup
 from alignbench.label.online import ARRIVED, read_arrived, read_requests
 from alignbench.label.order import GroupOrder
 from alignbench.label.store import RankingStore
+
+
+def shown_prompt(group: LabelGroup) -> str:
+    """The prompt as a person ranking should read it: a conversation's every message, its
+    system prompt (``task.system_prompt`` included) first, one ``Role: content`` line each, as
+    the policy was given it; otherwise the prompt's text."""
+    if not group.row.get(CONVERSATION):
+        return group.prompt
+    lines = plain_prompt(prompt_messages(group.row)).split("\n")
+    return "\n".join(lines[:-1] if lines[-1] == "Assistant:" else lines)
 
 
 class LabelSession:
@@ -93,7 +104,7 @@ class LabelSession:
         mine = [d for d in self.store.decisions if d.annotator == annotator]
         shown = None
         if group is not None:
-            shown = {"id": group.id, "prompt": group.prompt, "responses": group.responses}
+            shown = {"id": group.id, "prompt": shown_prompt(group), "responses": group.responses}
             if group.due is not None:
                 shown.update(requested_at=group.requested_at, due=group.due)
         return {
