@@ -50,6 +50,7 @@ from alignbench.job import (
     _check_hook_names,
     check_data_parallel,
     check_engine,
+    check_gold_answers,
     check_multi_turn,
     check_placed_models,
     run_job,
@@ -384,6 +385,10 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_plugin_configs([typed.algo, typed.task, typed.reward, typed.feedback])
             # reward.path / algo.critic_path: each folder usable, a critic on the policy's tokens.
             check_model_folders(cfg, lambda t=typed.task: registry.get("task", t.name).cls(t))
+            # A rule reward on data without gold answers: before stage 1, not at its evaluation.
+            check_gold_answers(
+                registry, cfg, lambda t=typed.task: registry.get("task", t.name).cls(t)
+            )
             Budget.from_config(to_object(cfg.budget))
 
 

@@ -28,7 +28,7 @@ from alignbench.budget import Budget, FlopCounter, set_threads
 from alignbench.checkpoint import config_fingerprint
 from alignbench.config import BudgetConfig, to_object
 from alignbench.defaults import DefaultScore
-from alignbench.errors import ConfigError, Interrupted, PluginError
+from alignbench.errors import ConfigError, DataError, Interrupted, PluginError
 from alignbench.hardware import check_hardware, grad_scaler, model_device, place
 from alignbench.loop import run_loop
 from alignbench.lora import apply_lora, export_lora, is_lora
@@ -188,6 +188,32 @@ def check_engine(registry: Registry, task: str) -> None:
             "inference engine) samples single turns — remove the engine plugin or use a "
             "single-turn task"
         )
+
+
+def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[[], Task]) -> None:
+    """A reward that judges against gold answers (``needs_gold = True`` on its class) on a task
+    whose scored prompts lack them (``Task.missing_gold``) is one line before stage 1 (it failed
+    at the first evaluation). A reward or task that declares nothing is not checked."""
+    reward_cls = registry.get("reward", cfg.reward.name).cls
+    task_cls = registry.get("task", cfg.task.name).cls
+    if not getattr(reward_cls, "needs_gold", False):
+        return
+    if getattr(task_cls, "missing_gold", Task.missing_gold) is Task.missing_gold:
+        return  # the task cannot say: left to the judge, as before (nothing built here)
+    why = make_task().missing_gold()
+    if not why:
+        return
+    multi = bool(getattr(task_cls, "multi_turn", False))
+    fitting = [
+        f"reward={name}"
+        for name in registry.names("reward")
+        if not getattr(registry.get("reward", name).cls, "needs_gold", False)
+        and bool(getattr(registry.get("reward", name).cls, "multi_turn", False)) == multi
+    ]
+    raise DataError(
+        f"reward={cfg.reward.name} judges responses against gold answers, but {why}; or use a "
+        f"reward that needs none ({', '.join(fitting) or 'none is registered'})"
+    )
 
 
 def check_data_parallel(registry: Registry, cfg: DictConfig) -> None:
@@ -404,6 +430,11 @@ class Job:
         # reward.path / algo.critic_path: each folder usable, a critic on the policy's tokens.
         check_model_folders(
             cfg, lambda: self.registry.get("task", cfg.task.name).cls(to_object(cfg.task))
+        )
+        check_gold_answers(  # a rule reward on data without gold: before stage 1 trains
+            self.registry,
+            cfg,
+            lambda: self.registry.get("task", cfg.task.name).cls(to_object(cfg.task)),
         )
         if not self.claimed:
             jobdir.check_free(cfg, self.output_dir)

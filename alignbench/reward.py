@@ -70,6 +70,10 @@ class Reward:
     #: True for a reward that scores conversations (:meth:`score_turns`); a multi-turn task
     #: accepts only such rewards, checked before stage 1 trains.
     multi_turn: ClassVar[bool] = False
+    #: True for a reward that judges responses against the task's gold answers
+    #: (``task.judge``): a task whose scored prompts lack them (:meth:`Task.missing_gold`) is
+    #: refused before stage 1 trains. Undeclared (False): never refused up front.
+    needs_gold: ClassVar[bool] = False
 
     def __init__(self, config: RewardConfig, task: Task) -> None:
         self.config = config

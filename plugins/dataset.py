@@ -6,15 +6,23 @@
 which column holds what; a role left unset uses the column of its own name when the data has
 one. The roles:
 
-* ``prompt``: the question or instruction (one user turn);
+* ``prompt``: the question or instruction (one user turn), or a list of messages ending with
+  the user's turn;
 * ``messages``: instead of a prompt, a conversation: a list of ``{"role", "content"}`` messages
   (``system`` / ``user`` / ``assistant``) ending with the user's turn, which the policy answers
-  (a CSV cell holds the list as JSON text); a row without one reads the prompt column;
+  (a CSV cell holds the list as JSON text); a row without one reads the prompt column. Ending
+  with the assistant's answer, it is a demonstration: the prompt is everything before it, the
+  answer its ``response`` (a row with a response cell too is refused as ambiguous);
 * ``system``: a system prompt for the row (unless its messages have their own);
 * ``response``: a demonstration (SFT trains on it);
 * ``answer``: the gold answer, a string or a list of accepted strings (rule rewards, accuracy);
 * ``chosen`` / ``rejected``: a preference pair; ``responses`` / ``ranking``: K responses and
-  their indices best first (``feedback=dataset`` trains the reward model and DPO on them);
+  their indices best first (``feedback=dataset`` trains the reward model and DPO on them). Each
+  answer is text, or a message list: the whole conversation (the prompt's messages, then the
+  assistant's answer) or the answer alone (one assistant message, beside the row's prompt).
+  Without a prompt or messages cell the prompt is the conversation the answers share before
+  their final assistant turns (refused when they differ); with one, the messages before an
+  answer must be that prompt (refused as ambiguous otherwise);
 * ``split``: ``sft`` / ``rl`` / ``dev`` / ``test`` per row, to split the data yourself.
 
 Without a split column the data is split by *prompt* (a prompt's rows stay together, so no
@@ -226,8 +234,14 @@ def resolve_columns(path: Path, table: Dataset, columns: ColumnsConfig) -> dict[
             if role in present:
                 resolved[role] = role
             continue
-        # Conversations need no prompt column (the default name, left as it is).
-        if role == "prompt" and named == "prompt" and named not in present and has_messages:
+        # Conversations need no prompt column (the default name, left as it is), nor do
+        # answers that are whole conversations (the prompt is the messages before the answer).
+        if (
+            role == "prompt"
+            and named == "prompt"
+            and named not in present
+            and (has_messages or _answers_are_conversations(table, columns))
+        ):
             continue
         if named not in present:
             raise DataError(
@@ -245,96 +259,263 @@ def resolve_columns(path: Path, table: Dataset, columns: ColumnsConfig) -> dict[
     return resolved
 
 
+def _answers_are_conversations(table: Dataset, columns: ColumnsConfig) -> bool:
+    """The first filled ``chosen`` (or ``responses``, ``response``) cell is a message list: the
+    rows' prompts are read from their answers' conversations."""
+    for role in ("chosen", "responses", "response"):
+        named = getattr(columns, role)
+        name = role if named is None else named
+        if not name or name not in table.column_names:
+            continue
+        value = next((v for v in table[name] if v is not None), None)
+        if role == "responses" and isinstance(value, list) and value:
+            value = value[0]
+        if _message_list(value) is not None:
+            return True
+    return False
+
+
 def _text(value: Any) -> str:
     """A cell as stripped text ('' for a missing cell)."""
     return value.strip() if isinstance(value, str) else ""
 
 
-def check_messages(where: str, column: str, value: Any) -> list[dict[str, str]]:
-    """A ``messages`` cell as checked ``{role, content}`` messages (contents stripped): a list
-    (or its JSON text) of system / user / assistant messages, a system message only first,
-    ending with the user's turn."""
-    fix = "give a list of {role, content} messages ending with the user's turn"
-    if isinstance(value, str):
-        try:  # a CSV cell holds the list as JSON text
-            value = json.loads(value)
+def _message_list(value: Any) -> list | None:
+    """``value`` when it is a list (of messages, checked later), or the list its text holds
+    when that is JSON of a list of objects with a ``role`` (a CSV cell); None for other text."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
         except ValueError:
-            raise DataError(
-                f"{where}: column {column!r} (messages) is text, not a list of messages — {fix}"
-            ) from None
+            return None
+        if (
+            isinstance(parsed, list)
+            and parsed
+            and all(isinstance(m, dict) and "role" in m for m in parsed)
+        ):
+            return parsed
+    return None
+
+
+def _checked_messages(at: str, value: Any, fix: str) -> list[dict[str, str]]:
+    """``value`` as ``{role, content}`` messages (contents stripped), ``at`` naming the cell: a
+    non-empty list of system / user / assistant messages, a system message only first."""
     if not isinstance(value, list) or not value:
         what = "an empty list" if isinstance(value, list) else f"not a list ({value!r:.40})"
-        raise DataError(f"{where}: column {column!r} (messages) is {what} — {fix}")
+        raise DataError(f"{at} is {what} — {fix}")
     messages = []
     for number, message in enumerate(value, 1):
-        at = f"{where}: column {column!r} (messages), message {number}"
+        here = f"{at}, message {number}"
         if (
             not isinstance(message, dict)
             or not isinstance(message.get("role"), str)
             or not isinstance(message.get("content"), str)
         ):
-            raise DataError(f'{at} is not {{"role": ..., "content": ...}} with text values — {fix}')
+            raise DataError(
+                f'{here} is not {{"role": ..., "content": ...}} with text values — {fix}'
+            )
         role, content = message["role"], message["content"].strip()
         if role not in MESSAGE_ROLES:
-            raise DataError(f"{at} has role {role!r} — use one of: {', '.join(MESSAGE_ROLES)}")
+            raise DataError(f"{here} has role {role!r} — use one of: {', '.join(MESSAGE_ROLES)}")
         if not content:
-            raise DataError(f"{at} ({role}) has empty content — write the message or drop it")
+            raise DataError(f"{here} ({role}) has empty content — write the message or drop it")
         if role == "system" and number > 1:
-            raise DataError(f"{at} is a system message after the first — move it to the start")
+            raise DataError(f"{here} is a system message after the first — move it to the start")
         messages.append({"role": role, "content": content})
+    return messages
+
+
+def _cell_messages(where: str, column: str, role: str, value: Any, fix: str) -> list:
+    """A ``messages`` / ``prompt`` cell's checked messages (JSON text in a CSV cell)."""
+    if isinstance(value, str):
+        try:  # a CSV cell holds the list as JSON text
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(
+                f"{where}: column {column!r} ({role}) is text, not a list of messages — {fix}"
+            ) from None
+    return _checked_messages(f"{where}: column {column!r} ({role})", value, fix)
+
+
+def check_messages(
+    where: str, column: str, value: Any, role: str = "messages"
+) -> list[dict[str, str]]:
+    """A prompt's conversation cell as checked ``{role, content}`` messages (contents
+    stripped): a list (or its JSON text) of system / user / assistant messages, a system
+    message only first, ending with the user's turn."""
+    fix = "give a list of {role, content} messages ending with the user's turn"
+    messages = _cell_messages(where, column, role, value, fix)
     if messages[-1]["role"] != "user":
         raise DataError(
-            f"{where}: column {column!r} (messages) ends with the {messages[-1]['role']}'s "
+            f"{where}: column {column!r} ({role}) ends with the {messages[-1]['role']}'s "
             "message — a prompt ends with the user's turn (the answer goes in the response, or "
             "chosen / rejected, column)"
         )
     return messages
 
 
-def check_prompt(
-    where: str, row: dict[str, Any], cols: dict[str, str], system_prompt: str = ""
-) -> tuple[str, list[dict[str, str]] | None]:
-    """The row's prompt as ``(text, conversation)``: its messages, else its prompt as one user
-    turn, its system prompt first; ``text`` names it in splits and results (one user message:
-    its content; else :func:`alignbench.transcript`, without the task-wide ``system_prompt``).
-    ``conversation`` is None when the data has no conversations (no messages or system column,
-    no ``system_prompt``): the prompt is then one user turn, as always."""
+def split_answer(at: str, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """``(prompt, answer)`` of checked messages ending with the assistant's answer: the messages
+    before it (empty when the cell is the answer alone) and its content; ``at`` names the cell."""
+    last = messages[-1]["role"]
+    if last != "assistant":
+        raise DataError(
+            f"{at} ends with the {last}'s message — a conversation with an answer ends with "
+            "the assistant's message (the answer)"
+        )
+    before = messages[:-1]
+    if before and before[-1]["role"] != "user":
+        raise DataError(
+            f"{at}: its answer (the last message) follows the {before[-1]['role']}'s message, "
+            "not the user's turn — one answer per conversation: drop or merge the extra "
+            "assistant message"
+        )
+    return before, messages[-1]["content"]
+
+
+def _own_prompt(
+    where: str, row: dict[str, Any], cols: dict[str, str]
+) -> tuple[list[dict[str, str]] | None, str, str, bool]:
+    """The row's own prompt as ``(messages, answer, column, listed)``: its ``messages`` cell
+    (split before a final assistant answer, returned as ``answer``), else its ``prompt`` cell
+    (text as one user turn, or a message list); ``listed``: read from a message list.
+    ``(None, "", "", False)`` when it has neither."""
     value = row.get(cols["messages"]) if "messages" in cols else None
     if value is not None:
-        conversation = check_messages(where, cols["messages"], value)
-    else:
-        prompt = row.get(cols["prompt"]) if "prompt" in cols else None
-        if not isinstance(prompt, str) or not prompt.strip():
-            column = f"column {cols['prompt']!r} (prompt)" if "prompt" in cols else "no prompt"
-            also = f" and column {cols['messages']!r} (messages)" if "messages" in cols else ""
-            raise DataError(f"{where}: {column}{also} is missing or empty")
-        conversation = [{"role": "user", "content": prompt.strip()}]
-    if "system" in cols:
-        system = row.get(cols["system"])
-        if system is not None and not isinstance(system, str):
-            raise DataError(f"{where}: column {cols['system']!r} (system) must be text")
-        if system and system.strip() and conversation[0]["role"] != "system":
-            conversation = [{"role": "system", "content": system.strip()}, *conversation]
+        column = cols["messages"]
+        fix = (
+            "give a list of {role, content} messages ending with the user's turn (a prompt) "
+            "or with the assistant's answer after it (a demonstration)"
+        )
+        messages = _cell_messages(where, column, "messages", value, fix)
+        if messages[-1]["role"] == "user":
+            return messages, "", column, True
+        at = f"{where}: column {column!r} (messages)"
+        if messages[-1]["role"] != "assistant":
+            raise DataError(
+                f"{at} ends with the {messages[-1]['role']}'s message — a prompt ends with the "
+                "user's turn (a demonstration: the assistant's answer after it)"
+            )
+        before, answer = split_answer(at, messages)
+        if not before:
+            raise DataError(
+                f"{at} is the assistant's answer alone — put the user's turn (the prompt) before it"
+            )
+        return before, answer, column, True
+    prompt = row.get(cols["prompt"]) if "prompt" in cols else None
+    listed = _message_list(prompt)
+    if listed is not None:
+        messages = check_messages(where, cols["prompt"], listed, role="prompt")
+        return messages, "", cols["prompt"], True
+    if isinstance(prompt, str) and prompt.strip():
+        return [{"role": "user", "content": prompt.strip()}], "", cols["prompt"], False
+    return None, "", "", False
+
+
+def conversation_answers(
+    where: str,
+    cells: list[tuple[str, Any]],
+    prompts: list[list[dict[str, str]]],
+    prompt_column: str,
+) -> tuple[list[dict[str, str]] | None, list[str]] | None:
+    """The answers of answer cells that are message lists, as ``(prompt, answers)``; None when
+    every cell is text (read as before). ``cells`` are ``(name, value)``; ``prompts`` the forms
+    of the row's own prompt (none: the answers' shared messages before them are the prompt).
+
+    A cell is either the whole conversation (the prompt's messages, then the assistant's answer)
+    or only the answer (one assistant message; the prompt is the row's own). Refused in one
+    line: text beside lists, different conversations before the answers, messages before an
+    answer that are not the row's prompt, an answer alone on a row without a prompt."""
+    lists = [_message_list(value) for _, value in cells]
+    if all(found is None for found in lists):
+        return None
+    if None in lists:
+        text = cells[lists.index(None)][0]
+        listed = cells[next(i for i, f in enumerate(lists) if f is not None)][0]
+        raise DataError(
+            f"{where}: {listed} is a list of messages and {text} is text — give every answer "
+            "as a message list (the conversation, then the answer) or every one as text"
+        )
+    fix = (
+        "give the conversation ending with the assistant's answer, or the answer alone "
+        '([{"role": "assistant", "content": ...}])'
+    )
+    shared: list[dict[str, str]] | None = None
+    shared_name = ""
+    answers = []
+    for (name, _), value in zip(cells, lists, strict=True):
+        at = f"{where}: {name}"
+        before, answer = split_answer(at, _checked_messages(at, value, fix))
+        answers.append(answer)
+        if not before:
+            continue  # the answer alone: its prompt is the row's own
+        if prompts:
+            if before not in prompts:
+                raise DataError(
+                    f"{at} holds messages before its answer that are not the row's prompt "
+                    f"(column {prompt_column!r}) — ambiguous: give the prompt's messages then "
+                    "the answer, or the answer alone, or drop the prompt column "
+                    "(task.columns.prompt='' / task.columns.messages='')"
+                )
+        elif shared is None:
+            shared, shared_name = before, name
+        elif before != shared:
+            differs = next(
+                (i for i, (a, b) in enumerate(zip(before, shared, strict=False)) if a != b),
+                min(len(before), len(shared)),
+            )
+            raise DataError(
+                f"{where}: {shared_name} and {name} hold different conversations before their "
+                f"answers (message {differs + 1} differs) — the answers to one prompt share its "
+                "messages: fix the row, or split it into one row per prompt"
+            )
+    if not prompts and shared is None:
+        raise DataError(
+            f"{where}: {cells[0][0]} is the assistant's answer alone and the row has no prompt "
+            "— give the whole conversation (its messages, then the answer) or map a prompt "
+            "column (task.columns.prompt=<column>)"
+        )
+    return shared, answers
+
+
+def _conversation(
+    own: list[dict[str, str]], system: str, system_prompt: str
+) -> tuple[str, list[dict[str, str]]]:
+    """``(text, conversation)`` of a prompt's messages: the row's system prompt first, then the
+    task-wide one, unless it has its own; ``text`` names it (without the task-wide one)."""
+    conversation = own
+    if system and conversation[0]["role"] != "system":
+        conversation = [{"role": "system", "content": system}, *conversation]
     text = conversation[0]["content"] if len(conversation) == 1 else transcript(conversation)
     if system_prompt.strip() and conversation[0]["role"] != "system":
         conversation = [{"role": "system", "content": system_prompt.strip()}, *conversation]
-    chat = "messages" in cols or "system" in cols or bool(system_prompt.strip())
-    return text, conversation if chat else None
+    return text, conversation
 
 
 def check_row(
     where: str, row: dict[str, Any], cols: dict[str, str], system_prompt: str = ""
 ) -> dict[str, Any]:
-    """One record as ``{prompt, conversation, response, answers, ranked, split}``, checked."""
-    prompt, conversation = check_prompt(where, row, cols, system_prompt)
-    out: dict[str, Any] = {
-        "prompt": prompt,
-        "conversation": conversation,
-        "answers": [],
-        "ranked": None,
-        "split": None,
-        "where": where,
-    }
+    """One record as ``{prompt, conversation, response, answers, ranked, split}``, checked.
+
+    The prompt is the row's ``messages``, else its ``prompt``, else the messages its
+    ``chosen`` / ``rejected`` (or ``responses``) conversations share before their answers; its
+    system prompt goes first. ``prompt`` (text) names it in splits and results (one user message:
+    its content; else :func:`alignbench.transcript`, without the task-wide ``system_prompt``).
+    ``conversation`` is None when the prompt is one user turn from text and the data has no
+    system prompts (no system column, no ``system_prompt``) nor messages column."""
+    own, final_answer, prompt_column, listed = _own_prompt(where, row, cols)
+    system = row.get(cols["system"]) if "system" in cols else None
+    if system is not None and not isinstance(system, str):
+        raise DataError(f"{where}: column {cols['system']!r} (system) must be text")
+    system = (system or "").strip()
+    # The forms the answers' conversations may repeat the prompt in: with its system column's
+    # message first or without it.
+    prompts = [] if own is None else [own]
+    if own is not None and system and own[0]["role"] != "system":
+        prompts.append([{"role": "system", "content": system}, *own])
+    out: dict[str, Any] = {"answers": [], "ranked": None, "split": None, "where": where}
     answer = row.get(cols["answer"]) if "answer" in cols else None
     if isinstance(answer, str):
         out["answers"] = [answer.strip()] if answer.strip() else []
@@ -344,23 +525,40 @@ def check_row(
         raise DataError(
             f"{where}: column {cols['answer']!r} (answer) must be a string or a list of strings"
         )
+    from_answers, answers_column = None, ""
     if "chosen" in cols:
-        chosen, rejected = _text(row[cols["chosen"]]), _text(row[cols["rejected"]])
-        if bool(chosen) != bool(rejected):
-            lack = "rejected" if chosen else "chosen"
+        chosen, rejected = row[cols["chosen"]], row[cols["rejected"]]
+        filled = {"chosen": chosen, "rejected": rejected}
+        filled = {k: v for k, v in filled.items() if _text(v) or _message_list(v) is not None}
+        if len(filled) == 1:
+            lack = "rejected" if "chosen" in filled else "chosen"
             raise DataError(f"{where}: column {cols[lack]!r} ({lack}) is missing or empty")
-        if chosen:
-            out["ranked"] = ([chosen, rejected], [1.0, 0.0])
+        if filled:
+            cells = [(f"column {cols[k]!r} ({k})", row[cols[k]]) for k in ("chosen", "rejected")]
+            found = conversation_answers(where, cells, prompts, prompt_column)
+            if found is None:
+                pair = [_text(chosen), _text(rejected)]
+            else:
+                (from_answers, pair), answers_column = found, cols["chosen"]
+            out["ranked"] = (pair, [1.0, 0.0])
     if "responses" in cols and row[cols["responses"]] is not None:
         responses, ranking = row[cols["responses"]], row[cols["ranking"]]
-        if (
+        column = cols["responses"]
+        found = None
+        if isinstance(responses, list) and len(responses) >= 2:
+            cells = [
+                (f"column {column!r} (responses), response {i}", value)
+                for i, value in enumerate(responses, 1)
+            ]
+            found = conversation_answers(where, cells, prompts, prompt_column)
+        if found is None and (
             not isinstance(responses, list)
             or len(responses) < 2
             or not all(isinstance(r, str) and r.strip() for r in responses)
         ):
             raise DataError(
-                f"{where}: column {cols['responses']!r} (responses) must be a list of at least "
-                "2 non-empty strings"
+                f"{where}: column {column!r} (responses) must be a list of at least "
+                "2 non-empty strings (or of message lists)"
             )
         if (
             not isinstance(ranking, list)
@@ -373,8 +571,49 @@ def check_row(
             )
         if out["ranked"] is not None:
             raise DataError(f"{where}: both a chosen/rejected pair and a ranking — keep one")
-        out["ranked"] = ([r.strip() for r in responses], ranking_to_preference(ranking))
-    demo = _text(row.get(cols["response"])) if "response" in cols else ""
+        if found is None:
+            texts = [r.strip() for r in responses]
+        else:
+            (from_answers, texts), answers_column = found, column
+        out["ranked"] = (texts, ranking_to_preference(ranking))
+    demo = ""
+    if "response" in cols and row[cols["response"]] is not None:
+        # A demonstration as a message list follows the same rules, its prompt the row's own
+        # or the one the preference answers share.
+        shared = [from_answers] if from_answers is not None else []
+        cell = [(f"column {cols['response']!r} (response)", row[cols["response"]])]
+        found = conversation_answers(
+            where, cell, prompts or shared, prompt_column or answers_column
+        )
+        if found is None:
+            demo = _text(row[cols["response"]])
+        else:
+            before, [demo] = found
+            from_answers = from_answers or before
+    if own is None:
+        if from_answers is None:
+            column = f"column {cols['prompt']!r} (prompt)" if "prompt" in cols else "no prompt"
+            also = f" and column {cols['messages']!r} (messages)" if "messages" in cols else ""
+            if not also and "prompt" not in cols:
+                raise DataError(
+                    f"{where}: no prompt — no prompt column, and no conversation in the "
+                    "answers to read it from: give the answers as message lists ending with "
+                    "the answer, or map a prompt column (task.columns.prompt=<column>)"
+                )
+            raise DataError(f"{where}: {column}{also} is missing or empty")
+        own, listed = from_answers, True
+    out["prompt"], out["conversation"] = _conversation(own, system, system_prompt)
+    # Conversations anywhere in the data make every prompt one (see _load).
+    out["chat"] = listed or "messages" in cols or "system" in cols or bool(system_prompt.strip())
+    if final_answer:
+        if demo:
+            raise DataError(
+                f"{where}: column {cols['messages']!r} (messages) ends with the assistant's "
+                f"answer and column {cols['response']!r} (response) has one too — ambiguous: "
+                "drop the final assistant message, or the response (task.columns.response='' "
+                "reads none)"
+            )
+        demo = final_answer
     if not demo and out["ranked"] is not None:
         texts, preference = out["ranked"]
         demo = texts[int(np.argmax(preference))]
@@ -436,6 +675,12 @@ def _load(path: Path, config: DatasetConfig) -> LoadedData:
     ]
     if not records:
         raise DataError(f"{path}: no rows — the file is empty")
+    # Conversations in any row (a messages or system column, task.system_prompt, message-list
+    # prompts or answers): every prompt carries its conversation (one user turn renders as its
+    # text); none: single-turn rows stay as they always were, without the key.
+    if not any([r.pop("chat") for r in records]):
+        for record in records:
+            record["conversation"] = None
     prompts = list(dict.fromkeys(r["prompt"] for r in records))
     split_of: dict[str, str] = {}
     if "split" in cols:
@@ -573,6 +818,28 @@ class DatasetTask(Task):
         if self.abstention and text == normalize_answer(self.abstention):
             return ABSTAIN
         return WRONG
+
+    def missing_gold(self) -> str | None:
+        """The RL and evaluation prompts (what a reward scores) without a gold answer, with
+        the fix; None when each has one."""
+        path = self.data.path
+        if not any(r["answers"] for r in self.data.records):
+            return (
+                f"{path} has no gold answers (no answer column, or every cell empty) — map "
+                "them with task.columns.answer=<column>"
+            )
+        names = ("rl", *self.eval_sets.values())
+        scored = {prompt for name in names for prompt in self.splits[name]["prompt"]}
+        gold = {r["prompt"] for r in self.data.records if r["answers"]}
+        lacking = [r for r in self.data.records if r["prompt"] in scored - gold]
+        if not lacking:
+            return None
+        count = len({r["prompt"] for r in lacking})
+        return (
+            f"{count} of the {len(scored)} RL and evaluation prompts of {path} have none (the "
+            f"first: {lacking[0]['where'].removeprefix(f'{path}: ')}) — give each an answer "
+            "(task.columns.answer), or hold them out with a split column"
+        )
 
     def gold_utility(self, row: dict[str, Any], response: str) -> float | None:
         """1 for an accepted answer, 0 for the abstention phrase, -1 otherwise; None without

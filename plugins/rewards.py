@@ -35,6 +35,7 @@ class AbstentionReward(Reward):
     """Correct answer high, "I don't know" low, wrong answer strongly negative."""
 
     config: AbstentionConfig
+    needs_gold = True
 
     @classmethod
     def model_roles(cls, config: RewardConfig) -> frozenset[str]:
@@ -57,6 +58,8 @@ class ExactMatchConfig(RewardConfig):
 
 class ExactMatchReward(Reward):
     """1 if the gold judge says correct, else 0."""
+
+    needs_gold = True
 
     @classmethod
     def model_roles(cls, config: RewardConfig) -> frozenset[str]:

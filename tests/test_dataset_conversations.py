@@ -232,7 +232,11 @@ BAD = [
     ([{"role": "bot", "content": "x"}], "message 1 has role 'bot' — use one of: system, user"),
     ([{"role": "user", "content": " "}], "message 1 (user) has empty content"),
     ([{"role": "user"}], 'message 1 is not {"role": ..., "content": ...}'),
-    (MESSAGES[:3], "ends with the assistant's message — a prompt ends with the user's turn"),
+    # Ending with the assistant's answer is a demonstration (see test_dataset_chat_formats.py);
+    # two answers in a row, an answer alone or a system message alone are not.
+    ([*MESSAGES[1:3], MESSAGES[2]], "its answer (the last message) follows the assistant's"),
+    ([MESSAGES[2]], "is the assistant's answer alone — put the user's turn"),
+    ([MESSAGES[0]], "ends with the system's message — a prompt ends with the user's turn"),
     ([MESSAGES[1], MESSAGES[0], MESSAGES[3]], "message 2 is a system message after the first"),
 ]
 
@@ -241,7 +245,7 @@ BAD = [
 def test_a_bad_conversation_is_one_line_naming_file_and_row(
     tmp_path: Path, bad: Any, expected: str
 ) -> None:
-    """Not a list, an unknown role, empty content, not ending with the user: file, row 3."""
+    """Not a list, an unknown role, empty content, no user turn before the end: file, row 3."""
     good = conversation_rows()[:2]
     path = write_jsonl(tmp_path / "bad.jsonl", [*good, {**good[0], "messages": bad}])
     with pytest.raises(DataError) as info:
