@@ -456,8 +456,7 @@ def conversation_answers(
                 raise DataError(
                     f"{at} holds messages before its answer that are not the row's prompt "
                     f"(column {prompt_column!r}) — ambiguous: give the prompt's messages then "
-                    "the answer, or the answer alone, or drop the prompt column "
-                    "(task.columns.prompt='' / task.columns.messages='')"
+                    'the answer, or the answer alone ([{"role": "assistant", "content": ...}])'
                 )
         elif shared is None:
             shared, shared_name = before, name
