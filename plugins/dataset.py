@@ -301,7 +301,18 @@ def _message_list(value: Any) -> list | None:
 
 def _checked_messages(at: str, value: Any, fix: str) -> list[dict[str, str]]:
     """``value`` as ``{role, content}`` messages (contents stripped), ``at`` naming the cell: a
-    non-empty list of system / user / assistant messages, a system message only first."""
+    non-empty list of system / user / assistant messages, a system message only first. The
+    columnar form ``{"role": [...], "content": [...]}`` (a ``Sequence`` of a struct feature, as
+    ``datasets`` returns one read from parquet or ``save_to_disk``) is read as that list."""
+    if (
+        isinstance(value, dict)
+        and set(value) == {"role", "content"}
+        and all(isinstance(v, list) for v in value.values())
+        and len(value["role"]) == len(value["content"])
+    ):
+        value = [
+            {"role": r, "content": c} for r, c in zip(value["role"], value["content"], strict=True)
+        ]
     if not isinstance(value, list) or not value:
         what = "an empty list" if isinstance(value, list) else f"not a list ({value!r:.40})"
         raise DataError(f"{at} is {what} — {fix}")
@@ -507,7 +518,10 @@ def check_row(
     own, final_answer, prompt_column, listed = _own_prompt(where, row, cols)
     system = row.get(cols["system"]) if "system" in cols else None
     if system is not None and not isinstance(system, str):
-        raise DataError(f"{where}: column {cols['system']!r} (system) must be text")
+        raise DataError(
+            f"{where}: column {cols['system']!r} (system) must be text — write the system "
+            "prompt as text, or leave the cell empty"
+        )
     system = (system or "").strip()
     # The forms the answers' conversations may repeat the prompt in: with its system column's
     # message first or without it.
@@ -531,7 +545,10 @@ def check_row(
         filled = {k: v for k, v in filled.items() if _text(v) or _message_list(v) is not None}
         if len(filled) == 1:
             lack = "rejected" if "chosen" in filled else "chosen"
-            raise DataError(f"{where}: column {cols[lack]!r} ({lack}) is missing or empty")
+            raise DataError(
+                f"{where}: column {cols[lack]!r} ({lack}) is missing or empty — fill it, or "
+                f"leave the row's {cols['chosen']!r} and {cols['rejected']!r} both empty"
+            )
         if filled:
             cells = [(f"column {cols[k]!r} ({k})", row[cols[k]]) for k in ("chosen", "rejected")]
             found = conversation_answers(where, cells, prompts, prompt_column)
@@ -599,7 +616,10 @@ def check_row(
                     "answers to read it from: give the answers as message lists ending with "
                     "the answer, or map a prompt column (task.columns.prompt=<column>)"
                 )
-            raise DataError(f"{where}: {column}{also} is missing or empty")
+            raise DataError(
+                f"{where}: {column}{also} is missing or empty — fill the row's prompt (or "
+                "messages), or drop the row"
+            )
         own, listed = from_answers, True
     out["prompt"], out["conversation"] = _conversation(own, system, system_prompt)
     # Conversations anywhere in the data make every prompt one (see _load).

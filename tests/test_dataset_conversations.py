@@ -421,3 +421,39 @@ def test_a_ranking_of_an_unknown_prompt_is_refused_when_prompts_are_conversation
     with pytest.raises(DataError, match=r"r.jsonl:1: prompt 'never asked \?' is none") as info:
         source.load_groups()
     assert "\n" not in str(info.value)
+
+
+def test_a_columnar_messages_feature_is_read_as_its_messages(tmp_path: Path) -> None:
+    """A messages column saved as a Sequence of {role, content} (datasets gives each cell as
+    {"role": [...], "content": [...]}) is the same conversation as the list of messages."""
+    import datasets
+
+    rows = conversation_rows()[:9]
+    features = datasets.Features(
+        {
+            "messages": datasets.Sequence(
+                {"role": datasets.Value("string"), "content": datasets.Value("string")}
+            ),
+            "answer": datasets.Value("string"),
+        }
+    )
+    columnar = [
+        {
+            "messages": {
+                "role": [m["role"] for m in r["messages"]],
+                "content": [m["content"] for m in r["messages"]],
+            },
+            "answer": r["answer"],
+        }
+        for r in rows
+    ]
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(columnar, features=features).save_to_disk(str(folder))
+    assert isinstance(datasets.load_from_disk(str(folder))[0]["messages"], dict)
+    plain = write_jsonl(
+        tmp_path / "p.jsonl", [{k: r[k] for k in ("messages", "answer")} for r in rows]
+    )
+    options = dict(dev_size=0, test_size=0)
+    got = make_task(folder, **options).splits["rl"].to_list()
+    want = make_task(plain, **options).splits["rl"].to_list()
+    assert [r["conversation"] for r in got] == [r["conversation"] for r in want]
