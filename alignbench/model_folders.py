@@ -376,6 +376,7 @@ def check_policy_prompts(cfg: DictConfig, make_task: Callable[[], Task]) -> None
                 "or write prompts as plain text (model.chat_template=none)"
             ) from None
         lengths.append(len(ids))
+    _check_reward_template(cfg, tokenizer, list(rows.values()))
     limit = (
         positions_of(folder_config(provenance.input_path(name), "model.name_or_path"))
         if name
@@ -394,6 +395,35 @@ def check_policy_prompts(cfg: DictConfig, make_task: Callable[[], Task]) -> None
             "eval.max_new_tokens), or a model with a longer context"
             + ("" if name else f" (model.max_position_embeddings={max(lengths) + longest})")
         )
+
+
+def _check_reward_template(
+    cfg: DictConfig, policy: PreTrainedTokenizerBase, rows: list[dict[str, Any]]
+) -> None:
+    """A reward model from ``reward.path`` that reads the policy's text through its own chat
+    template (another tokenizer): each prompt, with a reply, rendered by that template as it
+    will score it; a template that refuses one is one line now, not an error at the first
+    score after stage 1 (many refuse a system role)."""
+    from alignbench.batch import prompt_messages
+
+    value = (cfg.get("reward") or {}).get("path") or ""
+    if not value:
+        return
+    reward = folder_tokenizer(provenance.input_path(value), "reward.path")
+    if not getattr(reward, "chat_template", None) or same_vocabulary(reward, policy):
+        return  # scored on the policy's own tokens: no template of its own is used
+    for row in rows:
+        conversation = [*prompt_messages(row), {"role": "assistant", "content": "yes"}]
+        try:
+            reward.apply_chat_template(conversation, tokenize=False)
+        except Exception as exc:  # jinja2's TemplateError, or the template's raise_exception
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"reward.path={value!r}: its chat template refuses the prompt "
+                f"{row['prompt'][:80]!r} ({why}) — leave out what it refuses "
+                "(task.system_prompt='', task.columns.system=''), or use a reward model whose "
+                "template takes it"
+            ) from None
 
 
 def positions_of(config: Any) -> int | None:

@@ -115,3 +115,24 @@ def test_the_command_stops_before_any_folder(tmp_path: Path, capsys, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "its chat template refuses the prompt" in err[0]
     assert set(tmp_path.iterdir()) == before
+
+
+def test_a_reward_models_template_that_refuses_the_system_prompt_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """reward.path with its own tokenizer reads the policy's text through its chat template:
+    one that refuses the system prompt is refused at start-up, not at the first score."""
+    from tests.test_model_folders import save_classifier
+
+    tokenizer = chat_tokenizer()
+    tokenizer.chat_template = NO_SYSTEM
+    folder = save_classifier(tmp_path / "rm", tokenizer)
+    reward = ["reward=rm", f"reward.path={folder}", "algo=ppo"]
+    message = refused(tmp_path, *reward, "task.system_prompt=be brief")
+    assert message.startswith(f"reward.path='{folder}': its chat template refuses the prompt")
+    # Without the system prompt the same reward model is accepted.
+    from alignbench.model_folders import check_policy_prompts
+
+    registry = build_registry()
+    cfg = compose(overrides(tmp_path, *reward), registry)
+    check_policy_prompts(cfg, lambda: registry.get("task", "dataset").cls(_task_config(cfg)))
