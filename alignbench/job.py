@@ -43,7 +43,15 @@ from alignbench.placement import (
     placed_models,
 )
 from alignbench.provenance import git_commit, sha256_file
-from alignbench.registry import Registry, build_registry, hook_typos, implementers, load_plugin_dirs
+from alignbench.registry import (
+    Registry,
+    build_registry,
+    engine_implementations,
+    engine_plugins,
+    hook_typos,
+    implementers,
+    load_plugin_dirs,
+)
 from alignbench.reward import PrepareContext, Reward
 from alignbench.rm.feedback import Group
 from alignbench.rm.stage import stage_groups
@@ -176,7 +184,7 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
 def check_engine(registry: Registry, task: str) -> None:
     """At most one plugin implements ``alignbench_generate`` (firstresult would let one of two
     answer silently), and none on a multi-turn task (it answers single turns)."""
-    names = implementers(registry.pm, "alignbench_generate")
+    names = engine_plugins(registry.pm)
     if len(names) > 1:
         raise PluginError(
             f"alignbench_generate is implemented by {', '.join(names)} — one external inference "
@@ -271,6 +279,11 @@ def plugin_code(registry: Registry, cfg: DictConfig) -> dict[str, str]:
     }
     if any(getattr(classes[role], "uses_feedback", False) for role in ("reward", "algo")):
         classes["feedback"] = registry.get("feedback", cfg.feedback.name).cls
+    # An external inference engine samples the job's responses: its code is the job's too (a
+    # result made with the built-in sampler is not one made through an engine, nor the
+    # reverse). Only when there is one, so other jobs' records stay as they were.
+    for name, plugin in engine_implementations(registry.pm):
+        classes[f"engine:{name}"] = plugin if inspect.ismodule(plugin) else type(plugin)
     out = {}
     for role, cls in classes.items():
         try:

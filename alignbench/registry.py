@@ -282,6 +282,24 @@ def implementers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
     ]
 
 
+def engine_implementations(pm: pluggy.PluginManager) -> list[tuple[str, Any]]:
+    """``(plugin name, plugin)`` of every ``alignbench_generate`` implementation the run will
+    call (:meth:`alignbench.run.Run.sample`: all but wrappers, ``trylast`` ones included)."""
+    hook = getattr(pm.hook, "alignbench_generate", None)
+    if hook is None:
+        return []
+    return [
+        (impl.plugin_name, impl.plugin)
+        for impl in hook.get_hookimpls()
+        if not (impl.wrapper or impl.hookwrapper)
+    ]
+
+
+def engine_plugins(pm: pluggy.PluginManager) -> list[str]:
+    """The names of :func:`engine_implementations`."""
+    return [name for name, _ in engine_implementations(pm)]
+
+
 def describe(registry: Registry) -> dict[str, object]:
     """A JSON-ready description of every registered name and every failed plugin."""
     groups = {

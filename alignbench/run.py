@@ -236,9 +236,12 @@ class Run:
         # A hand-built Run (benchmarks) may have no task: single-turn.
         if getattr(self.task, "multi_turn", False):
             if engine is not None:
+                from alignbench.registry import engine_plugins
+
                 raise PluginError(
-                    "alignbench_generate (an external inference engine) answers single turns; "
-                    "this task is multi-turn — remove the engine plugin or use a single-turn task"
+                    f"alignbench_generate of {', '.join(engine_plugins(self.pm))} (an external "
+                    "inference engine) answers single turns; this task is multi-turn — remove "
+                    "the engine plugin or use a single-turn task"
                 )
             return converse(
                 model,
@@ -272,8 +275,10 @@ class Run:
         """The sampler's ``engine`` when a plugin implements ``alignbench_generate`` (None: the
         built-in sampler alone, as if the hook did not exist). Its Batch is charged to the
         budget as the built-in sampler's passes over the same tokens, whatever the engine ran."""
+        from alignbench.registry import engine_plugins
+
         hook = getattr(self.pm.hook, "alignbench_generate", None)
-        names = [impl.plugin_name for impl in hook.get_hookimpls()] if hook is not None else []
+        names = engine_plugins(self.pm)
         if not names:
             return None
         from alignbench.sampling import engine_batch, sampler_forwards

@@ -288,6 +288,10 @@ def sampler_forwards(
     return prompt + [(sequences, sequences)] * max(0, response_length - 1)
 
 
+#: At most this many fp32 logits at once when an engine's tokens are scored (about 1 GiB).
+ENGINE_LOGITS_ELEMENTS = 1 << 28
+
+
 def _engine_error(engine: str, problem: str) -> PluginError:
     """One line naming the engine plugin and what is wrong with its answer."""
     return PluginError(f"alignbench_generate of {engine} {problem}")
@@ -303,13 +307,19 @@ def checked_responses(
 ) -> list[list[int]]:
     """An engine's response token lists, checked (else one line naming ``engine`` and the
     problem) and each cut after its first eos, as the built-in sampler ends a response."""
-    if not isinstance(responses, list | tuple) or not all(
-        isinstance(r, list | tuple) for r in responses
-    ):
+    if not isinstance(responses, list | tuple):
         raise _engine_error(
             engine,
             f"returned {type(responses).__name__}, not a list of token-id lists — return one "
             "list of ints per response (or None to use the built-in sampler)",
+        )
+    odd = next((i for i, r in enumerate(responses) if not isinstance(r, list | tuple)), None)
+    if odd is not None:
+        raise _engine_error(
+            engine,
+            f"returned {type(responses[odd]).__name__} as response #{odd}, not a list of ints — "
+            "convert each response with list(...) / .tolist(); None works only for the whole "
+            "call (the built-in sampler then answers every prompt)",
         )
     if len(responses) != sequences:
         raise _engine_error(
@@ -346,6 +356,16 @@ def checked_responses(
                 engine,
                 f"ended response #{i} with eos id {response[ends[0]]} at token {ends[0] + 1}, "
                 f"before min_new_tokens={params.min_new_tokens} (vLLM: min_tokens)",
+            )
+        if not ends and len(response) != params.max_new_tokens:
+            # The built-in sampler stops only there: a shorter response without an eos would be
+            # taken for one cut off by the limit (PPO's missing-eos penalty, truncated_share).
+            raise _engine_error(
+                engine,
+                f"stopped response #{i} after {len(response)} tokens, without an eos id "
+                f"{sorted(stops)} and before max_new_tokens={params.max_new_tokens} — stop only "
+                "at an eos id (alignbench.eos_ids) or the limit (vLLM: no stop strings, check "
+                "finish_reason and the context length)",
             )
         out.append([int(t) for t in (response[: ends[0] + 1] if ends else response)])
     return out
@@ -386,15 +406,24 @@ def engine_batch(
     attention_mask = torch.cat([prompt_mask, r_mask], dim=1)
     was_training = model.training
     model.eval()  # dropout off, as the sampler's
+    banned = min(params.min_new_tokens, length)
+    # Rows in chunks: the fp32 logits of a whole rollout are [N, R, V] (with a 150k vocabulary
+    # and 128 x 256 tokens, 20 GB), while the built-in sampler only ever holds [N, V].
+    rows_per_chunk = max(1, ENGINE_LOGITS_ELEMENTS // max(1, length * vocab_size))
+    parts = []
     with torch.inference_mode():
-        logits = response_logits(model, input_ids, attention_mask, ids.shape[1]).float()
-        banned = min(params.min_new_tokens, length)
-        if banned and eos:
-            logits[:, :banned, eos] = float("-inf")
-        if not params.greedy and params.temperature != 1.0:
-            logits = logits / params.temperature
-        picked = torch.log_softmax(logits, -1).gather(-1, r_ids[..., None])[..., 0]
-        picked = picked.masked_fill(r_mask == 0, 0.0)
+        for start in range(0, len(rows), rows_per_chunk):
+            part = slice(start, start + rows_per_chunk)
+            logits = response_logits(
+                model, input_ids[part], attention_mask[part], ids.shape[1]
+            ).float()
+            if banned and eos:
+                logits[:, :banned, eos] = float("-inf")
+            if not params.greedy and params.temperature != 1.0:
+                logits = logits / params.temperature
+            parts.append(torch.log_softmax(logits, -1).gather(-1, r_ids[part, :, None])[..., 0])
+            del logits
+        picked = torch.cat(parts).masked_fill(r_mask == 0, 0.0)
     model.train(was_training)
     return Batch(
         prompts=list(prompts),

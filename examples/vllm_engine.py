@@ -31,8 +31,13 @@ from typing import Any
 
 import alignbench
 
-#: Per process: the vLLM engine, and the step whose weights it holds.
-_STATE: dict[str, Any] = {"llm": None, "synced_step": None}
+#: Per process: the vLLM engine, the run it serves (a sweep's next job in the same process
+#: gets an engine of its own: another stage-1 model, seed and budget) and the step whose
+#: weights it holds.
+_STATE: dict[str, Any] = {"llm": None, "run": None, "synced_step": None}
+
+# vLLM's V1 engine must run in this process for load_weights to reach the served model.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 def _vllm() -> Any:
@@ -49,6 +54,8 @@ def _vllm() -> Any:
 
 def _engine(run: alignbench.Run) -> Any:
     """The vLLM engine on the stage-1 model's folder (started on first use)."""
+    if _STATE["run"] is not run:  # another job of the sweep: not the last job's engine
+        _STATE.update(llm=None, run=run, synced_step=None)
     if _STATE["llm"] is None:
         vllm = _vllm()
         _STATE["llm"] = vllm.LLM(

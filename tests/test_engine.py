@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tomllib
 import torch
@@ -250,10 +251,12 @@ def _wrong(tokenizer: Any) -> dict[str, tuple[Any, str]]:
     """Wrong answers for 3 prompts x 2 samples (max_new_tokens=4, min_new_tokens=1), and what
     the one-line error must say."""
     eos = tokenizer.eos_token_id
-    ok = [[3, 4]] * 6
+    ok = [[3, 4, 5, 6]] * 6  # at max_new_tokens without an eos: cut off by the limit
     return {
         "not_a_list": ({"ids": ok}, "returned dict, not a list of token-id lists"),
-        "a_flat_list": ([3, 4, 5, 6, 7, 8], "returned list, not a list of token-id lists"),
+        "a_flat_list": ([3, 4, 5, 6, 7, 8], "returned int as response #0, not a list of ints"),
+        "an_array": ([*ok[:2], np.array([3, 4, 5, 6]), *ok[3:]], "returned ndarray as response #2"),
+        "stopped_early": ([*ok[:1], [3, 4], *ok[2:]], "stopped response #1 after 2 tokens"),
         "a_tensor": (torch.ones(6, 2, dtype=torch.long), "returned Tensor, not a list"),
         "too_few": (ok[:5], "returned 5 responses for 6"),
         "empty": ([*ok[:5], []], "empty response (#5)"),
@@ -270,6 +273,8 @@ def _wrong(tokenizer: Any) -> dict[str, tuple[Any, str]]:
     [
         "not_a_list",
         "a_flat_list",
+        "an_array",
+        "stopped_early",
         "a_tensor",
         "too_few",
         "empty",
@@ -435,3 +440,36 @@ def test_an_engine_on_a_multi_turn_task_is_one_line_before_anything_is_written(
     assert len(err) == 1 and "task=dialogue is multi-turn and file:" in err[0], err
     assert "remove the engine plugin or use a single-turn task" in err[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_scoring_an_engines_tokens_in_chunks_gives_the_same_batch(
+    model_and_tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's tokens are scored a few rows at a time (the fp32 logits of a whole rollout
+    are [N, R, V]): one row per chunk gives the log-probs of one chunk for all."""
+    import alignbench.sampling as sampling
+
+    model, tokenizer = model_and_tokenizer
+    params = SETTINGS[sorted(SETTINGS)[0]]
+    out = {}
+    for name, elements in (("whole", sampling.ENGINE_LOGITS_ELEMENTS), ("row_by_row", 1)):
+        monkeypatch.setattr(sampling, "ENGINE_LOGITS_ELEMENTS", elements)
+        run = make_run(model, tokenizer, registered(build_registry(), Replay()))
+        out[name] = run.sample(run.policy, PROMPTS, 3, params)
+    assert torch.equal(out["whole"].input_ids, out["row_by_row"].input_ids)
+    torch.testing.assert_close(out["whole"].logprobs, out["row_by_row"].logprobs, atol=1e-6, rtol=0)
+
+
+def test_an_engine_is_part_of_the_jobs_plugin_code() -> None:
+    """A job sampled through an engine records the engine's file among its plugin code, so a
+    result or checkpoint made with the built-in sampler is not taken for it (nor the reverse);
+    without an engine the record is what it was."""
+    from alignbench.job import plugin_code
+    from tests.conftest import compose
+
+    cfg = compose(["algo=grpo"])
+    plain = plugin_code(build_registry(), cfg)
+    assert not any(role.startswith("engine") for role in plain)
+    with_engine = plugin_code(registered(build_registry(), Replay(), name="my-engine"), cfg)
+    assert with_engine["engine:my-engine"].startswith("test_engine.py:")
+    assert {k: v for k, v in with_engine.items() if k != "engine:my-engine"} == plain
