@@ -226,9 +226,10 @@ def resolve_columns(path: Path, table: Dataset, columns: ColumnsConfig) -> dict[
     resolved: dict[str, str] = {}
     for role in ROLES:
         named = getattr(columns, role)
-        if named == "" and role != "prompt":
+        if named == "":
             # Off: a column named like the role is not read (a `messages` or `system` column
-            # kept in a file for another purpose, say).
+            # kept in a file for another purpose, say; a `prompt` column holding only the first
+            # turn of the answers' conversations).
             continue
         if named is None:
             if role in present:
@@ -270,8 +271,11 @@ def _answers_are_conversations(table: Dataset, columns: ColumnsConfig) -> bool:
         value = next((v for v in table[name] if v is not None), None)
         if role == "responses" and isinstance(value, list) and value:
             value = value[0]
-        if _message_list(value) is not None:
-            return True
+        try:
+            if _message_list(value, "") is not None:
+                return True
+        except DataError:
+            return True  # text that looks like a list: refused with its row by check_row
     return False
 
 
@@ -280,22 +284,49 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _message_list(value: Any) -> list | None:
-    """``value`` when it is a list (of messages, checked later), or the list its text holds
-    when that is JSON of a list of objects with a ``role`` (a CSV cell); None for other text."""
+def _columnar(value: Any) -> Any:
+    """``value`` as a list of messages when it is datasets' columnar form of one,
+    ``{"role": [...], "content": [...]}`` (a ``Sequence`` of a struct feature, as ``datasets``
+    returns a cell read from parquet or ``save_to_disk``); else ``value`` unchanged."""
+    if (
+        isinstance(value, dict)
+        and set(value) == {"role", "content"}
+        and all(isinstance(v, list) for v in value.values())
+        and len(value["role"]) == len(value["content"])
+    ):
+        return [
+            {"role": r, "content": c} for r, c in zip(value["role"], value["content"], strict=True)
+        ]
+    return value
+
+
+def _message_list(value: Any, at: str, what: str = "answer") -> list | None:
+    """``value`` when it is a list (of messages, checked later; the columnar form converted),
+    or the list its text holds when that is JSON of a list of objects (a CSV cell); None for
+    other text. Text that looks like a list of messages but is not one (``[]``, or Python's
+    ``[{'role': ...}]`` as pandas writes it) is refused, ``at`` naming the cell: read as text
+    it would silently become the ``what``."""
+    value = _columnar(value)
     if isinstance(value, list):
         return value
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
+    if not isinstance(value, str) or not value.lstrip().startswith("["):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+        # "[" then "{": a list of objects that is not JSON; other text (say "[1] see ...")
+        # stays text.
+        if not value.lstrip()[1:].lstrip().startswith("{"):
             return None
-        if (
-            isinstance(parsed, list)
-            and parsed
-            and all(isinstance(m, dict) and "role" in m for m in parsed)
-        ):
-            return parsed
+    if isinstance(parsed, list) and parsed and any(isinstance(m, dict) for m in parsed):
+        return parsed  # its messages are checked (a missing role is named there)
+    if parsed is None or parsed == []:
+        raise DataError(
+            f"{at} is text that looks like a list of messages but is not one "
+            f"({value.strip()!r:.40}) — write the list as JSON (json.dumps), or the {what} as "
+            "plain text"
+        )
     return None
 
 
@@ -304,15 +335,7 @@ def _checked_messages(at: str, value: Any, fix: str) -> list[dict[str, str]]:
     non-empty list of system / user / assistant messages, a system message only first. The
     columnar form ``{"role": [...], "content": [...]}`` (a ``Sequence`` of a struct feature, as
     ``datasets`` returns one read from parquet or ``save_to_disk``) is read as that list."""
-    if (
-        isinstance(value, dict)
-        and set(value) == {"role", "content"}
-        and all(isinstance(v, list) for v in value.values())
-        and len(value["role"]) == len(value["content"])
-    ):
-        value = [
-            {"role": r, "content": c} for r, c in zip(value["role"], value["content"], strict=True)
-        ]
+    value = _columnar(value)
     if not isinstance(value, list) or not value:
         what = "an empty list" if isinstance(value, list) else f"not a list ({value!r:.40})"
         raise DataError(f"{at} is {what} — {fix}")
@@ -416,7 +439,7 @@ def _own_prompt(
             )
         return before, answer, column, True
     prompt = row.get(cols["prompt"]) if "prompt" in cols else None
-    listed = _message_list(prompt)
+    listed = _message_list(prompt, f"{where}: column {cols.get('prompt')!r} (prompt)", "prompt")
     if listed is not None:
         messages = check_messages(where, cols["prompt"], listed, role="prompt")
         return messages, "", cols["prompt"], True
@@ -439,11 +462,16 @@ def conversation_answers(
     or only the answer (one assistant message; the prompt is the row's own). Refused in one
     line: text beside lists, different conversations before the answers, messages before an
     answer that are not the row's prompt, an answer alone on a row without a prompt."""
-    lists = [_message_list(value) for _, value in cells]
+    lists = [_message_list(value, f"{where}: {name}") for name, value in cells]
     if all(found is None for found in lists):
         return None
     if None in lists:
-        text = cells[lists.index(None)][0]
+        text, value = cells[lists.index(None)]
+        if not _text(value):  # a null entry of a ranking's responses
+            raise DataError(
+                f"{where}: {text} is missing or empty — give it as a message list like the "
+                "others, or drop it and its index from the ranking"
+            )
         listed = cells[next(i for i, f in enumerate(lists) if f is not None)][0]
         raise DataError(
             f"{where}: {listed} is a list of messages and {text} is text — give every answer "
@@ -494,13 +522,19 @@ def _conversation(
     own: list[dict[str, str]], system: str, system_prompt: str
 ) -> tuple[str, list[dict[str, str]]]:
     """``(text, conversation)`` of a prompt's messages: the row's system prompt first, then the
-    task-wide one, unless it has its own; ``text`` names it (without the task-wide one)."""
+    task-wide one, unless it has its own; ``text`` names it (without the task-wide one, also
+    where the messages themselves start with it)."""
     conversation = own
     if system and conversation[0]["role"] != "system":
         conversation = [{"role": "system", "content": system}, *conversation]
-    text = conversation[0]["content"] if len(conversation) == 1 else transcript(conversation)
+    task_wide = {"role": "system", "content": system_prompt.strip()}
+    # The same conversation has the same name whether the task or the row gave it the
+    # task-wide system message: its prompt then splits, and matches gold rows and pairs, as one.
+    named = conversation[1:] if system_prompt.strip() and conversation[0] == task_wide else None
+    named = named or conversation
+    text = named[0]["content"] if len(named) == 1 else transcript(named)
     if system_prompt.strip() and conversation[0]["role"] != "system":
-        conversation = [{"role": "system", "content": system_prompt.strip()}, *conversation]
+        conversation = [task_wide, *conversation]
     return text, conversation
 
 
@@ -542,7 +576,11 @@ def check_row(
     if "chosen" in cols:
         chosen, rejected = row[cols["chosen"]], row[cols["rejected"]]
         filled = {"chosen": chosen, "rejected": rejected}
-        filled = {k: v for k, v in filled.items() if _text(v) or _message_list(v) is not None}
+        filled = {
+            k: v
+            for k, v in filled.items()
+            if _text(v) or _message_list(v, f"{where}: column {cols[k]!r} ({k})") is not None
+        }
         if len(filled) == 1:
             lack = "rejected" if "chosen" in filled else "chosen"
             raise DataError(
@@ -857,7 +895,8 @@ class DatasetTask(Task):
         return (
             f"{count} of the {len(scored)} RL and evaluation prompts of {path} have none (the "
             f"first: {lacking[0]['where'].removeprefix(f'{path}: ')}) — give each an answer "
-            "(task.columns.answer), or hold them out with a split column"
+            "(task.columns.answer), or put them in the sft split with a split column (and "
+            "task.rl_includes_sft=false)"
         )
 
     def gold_utility(self, row: dict[str, Any], response: str) -> float | None:

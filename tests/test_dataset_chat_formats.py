@@ -449,6 +449,11 @@ def test_gold_on_some_prompts_names_the_first_without(tmp_path: Path) -> None:
         check("exact_match", lacking)
     assert "2 of the 36 RL and evaluation prompts of" in str(refused.value)
     assert "have none (the first: row 5) — give each an answer" in str(refused.value)
+    # Evaluation prompts are scored too: only the sft split (without RL on it) is not.
+    assert (
+        "or put them in the sft split with a split column (and task.rl_includes_sft=false); or use"
+        in str(refused.value)
+    )
     check("rm", lacking)
 
     class Undeclared(Reward):  # a third-party rule reward that declares nothing
@@ -500,3 +505,164 @@ def test_conversational_preferences_train_rm_then_dpo(tmp_path: Path) -> None:
     assert 0.0 <= summary["test/accuracy"] <= 1.0
     written = "".join(p.read_text() for p in (tmp_path / "dpo").rglob("*.jsonl"))
     assert "system: answer with one word | user: i am " in written
+
+
+# -- review: every cell kind alike -----------------------------------------------------------------
+
+
+def columnar(messages: list[dict[str, str]]) -> dict[str, list[str]]:
+    """A message list in datasets' columnar form (a Sequence of a {role, content} struct)."""
+    return {"role": [m["role"] for m in messages], "content": [m["content"] for m in messages]}
+
+
+def test_columnar_answers_from_save_to_disk_equal_their_lists(tmp_path: Path) -> None:
+    """chosen / rejected saved as a Sequence of {role, content} (each cell read back as
+    {"role": [...], "content": [...]}): the same records, splits and pairs as the lists (they
+    were read as empty: no pair, and no error). A prompt, a ranking's responses and a response
+    in that form: the same record as their lists."""
+    import datasets
+
+    from alignbench_plugins.dataset import check_row
+
+    struct = datasets.Sequence(
+        {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    )
+    folder = tmp_path / "saved"
+    rows = ultrafeedback_rows()
+    features = datasets.Features({"chosen": struct, "rejected": struct})
+    encoded = [{k: columnar(v) for k, v in r.items()} for r in rows]
+    datasets.Dataset.from_list(encoded, features=features).save_to_disk(str(folder))
+    assert isinstance(datasets.load_from_disk(str(folder))[0]["chosen"], dict)
+    same_data(make_task(folder), make_task(write_jsonl(tmp_path / "t.jsonl", rows)))
+    cols = {k: k for k in ("prompt", "responses", "ranking", "response")}
+    for messages, a, b in prompts()[:4]:
+        listed = {
+            "prompt": messages,
+            "responses": [[assistant(b)], [*messages, assistant(a)]],
+            "ranking": [1, 0],
+            "response": [assistant(a)],
+        }
+        cells = {
+            "prompt": columnar(listed["prompt"]),
+            "responses": [columnar(r) for r in listed["responses"]],
+            "ranking": [1, 0],
+            "response": columnar(listed["response"]),
+        }
+        assert check_row("r", cells, cols) == check_row("r", listed, cols)
+        assert check_row("r", cells, cols)["response"] == a
+
+
+LOOKS_LISTED = [
+    ("chosen", "[{'role': 'assistant', 'content': 'red'}]"),
+    ("rejected", "  [ {'role': 'assistant', 'content': 'blue'}]"),
+    ("chosen", "[]"),
+    ("response", "[{'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': 'y'}]"),
+    ("prompt", "[{'role': 'user', 'content': 'what colour is my car ?'}]"),
+]
+
+
+@pytest.mark.parametrize(("column", "cell"), LOOKS_LISTED)
+def test_a_csv_cell_that_looks_like_a_list_but_is_not_json_is_refused(
+    tmp_path: Path, column: str, cell: str
+) -> None:
+    """A CSV cell holding pandas' repr of a message list (single quotes) or `[]`: one line
+    naming the file, the row, the column and the fix (it was trained on as the text)."""
+    from datasets import Dataset
+
+    rows = [
+        {"prompt": f"q{i} ?", "chosen": "red", "rejected": "blue", "response": "red"}
+        for i in range(6)
+    ]
+    rows[2][column] = cell
+    path = tmp_path / "p.csv"
+    Dataset.from_list(rows).to_csv(str(path), index=False)
+    with pytest.raises(DataError) as info:
+        make_task(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{path}: row 3: column {column!r} ({column}) is text that looks "), (
+        message
+    )
+    what = "prompt" if column == "prompt" else "answer"
+    assert message.endswith(f"write the list as JSON (json.dumps), or the {what} as plain text")
+
+
+def test_text_answers_starting_with_a_bracket_stay_text(tmp_path: Path) -> None:
+    """Answers starting with "[" that are not lists of objects ("[1, 2]", "[citation] ...")
+    are text, as before."""
+    rows = [
+        {"prompt": f"q{i} ?", "chosen": "[1, 2]", "rejected": "[citation] no"} for i in range(6)
+    ]
+    task = make_task(write_jsonl(tmp_path / "b.jsonl", rows))
+    assert {r["response"] for r in task.data.records} == {"[1, 2]"}
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        (
+            {"chosen": json.dumps([{"content": "red"}]), "rejected": json.dumps([assistant("b")])},
+            'column \'chosen\' (chosen), message 1 is not {"role": ..., "content": ...}',
+        ),
+        (
+            {"responses": [[assistant("red")], None], "ranking": [0, 1]},
+            "column 'responses' (responses), response 2 is missing or empty — ",
+        ),
+    ],
+)
+def test_a_malformed_message_is_named_as_one(
+    tmp_path: Path, cell: dict[str, Any], expected: str
+) -> None:
+    """A message without a role (JSON text) and a null response: named as that message or
+    entry, not as text beside lists."""
+    row = {"prompt": "what colour is my car ?", **cell}
+    with pytest.raises(DataError) as info:
+        check_rows(tmp_path / "m.jsonl", [row])
+    assert expected in str(info.value), str(info.value)
+
+
+def test_a_system_message_equal_to_the_task_wide_one_keeps_the_prompt_identity(
+    tmp_path: Path,
+) -> None:
+    """Gold rows as text and pairs as whole conversations that carry task.system_prompt's
+    message themselves: identical conversations, so the same prompts, the same split, and the
+    pairs' prompts have the gold answers (they were named "system: … | user: Q" and split
+    apart: test prompts' pairs trained the reward model)."""
+    system = SYSTEM["content"]
+    rows: list[dict[str, Any]] = []
+    for i in range(30):
+        question = f"what colour is thing {i} ?"
+        right, wrong = COLOURS[i % 5], COLOURS[(i + 1) % 5]
+        rows.append({"prompt": question, "answer": right})
+        rows.append(
+            {
+                "chosen": [SYSTEM, user(question), assistant(right)],
+                "rejected": [SYSTEM, user(question), assistant(wrong)],
+            }
+        )
+    task = make_task(write_jsonl(tmp_path / "g.jsonl", rows), system_prompt=system)
+    records = task.data.records
+    assert len({r["prompt"] for r in records}) == 30
+    for gold, pair in zip(records[::2], records[1::2], strict=True):
+        assert gold["prompt"] == pair["prompt"] == gold["conversation"][-1]["content"]
+        assert gold["conversation"] == pair["conversation"]
+    assert task.missing_gold() is None
+    for split in ("dev", "test"):
+        assert all(r["answers"] for r in task.splits[split].to_list())
+
+
+def test_prompt_column_off_reads_prompts_from_the_conversations(tmp_path: Path) -> None:
+    """task.columns.prompt='' (Capybara: a prompt column holding the first user turn of
+    multi-turn answers): the prompts are read from the answers' conversations, as without the
+    column (it was "no column ''"; left on, the rows are refused as ambiguous)."""
+    from alignbench_plugins.dataset import ColumnsConfig
+
+    rows = [
+        {"prompt": m[0]["content"] if m[0]["role"] == "user" else m[1]["content"], **r}
+        for (m, _, _), r in zip(prompts(), ultrafeedback_rows(), strict=True)
+    ]
+    path = write_jsonl(tmp_path / "capybara.jsonl", rows)
+    with pytest.raises(DataError, match="ambiguous"):
+        make_task(path)
+    off = make_task(path, columns=ColumnsConfig(prompt=""))
+    same_data(off, make_task(write_jsonl(tmp_path / "u.jsonl", ultrafeedback_rows())))
