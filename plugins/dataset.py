@@ -453,10 +453,12 @@ def conversation_answers(
     cells: list[tuple[str, Any]],
     prompts: list[list[dict[str, str]]],
     prompt_column: str,
+    off: str = "",
 ) -> tuple[list[dict[str, str]] | None, list[str]] | None:
     """The answers of answer cells that are message lists, as ``(prompt, answers)``; None when
     every cell is text (read as before). ``cells`` are ``(name, value)``; ``prompts`` the forms
-    of the row's own prompt (none: the answers' shared messages before them are the prompt).
+    of the row's own prompt (none: the answers' shared messages before them are the prompt);
+    ``off`` ends the ambiguous-prompt refusal (how to switch the prompt column off).
 
     A cell is either the whole conversation (the prompt's messages, then the assistant's answer)
     or only the answer (one assistant message; the prompt is the row's own). Refused in one
@@ -496,6 +498,7 @@ def conversation_answers(
                     f"{at} holds messages before its answer that are not the row's prompt "
                     f"(column {prompt_column!r}) — ambiguous: give the prompt's messages then "
                     'the answer, or the answer alone ([{"role": "assistant", "content": ...}])'
+                    f"{off}"
                 )
         elif shared is None:
             shared, shared_name = before, name
@@ -563,6 +566,10 @@ def check_row(
     if own is not None and system and own[0]["role"] != "system":
         prompts.append([{"role": "system", "content": system}, *own])
     out: dict[str, Any] = {"answers": [], "ranked": None, "split": None, "where": where}
+    # A prompt column holding only the conversations' first turn (Capybara) is switched off.
+    off = ""
+    if "prompt" in cols and prompt_column == cols["prompt"]:
+        off = ", or read each prompt from the conversations (task.columns.prompt='')"
     answer = row.get(cols["answer"]) if "answer" in cols else None
     if isinstance(answer, str):
         out["answers"] = [answer.strip()] if answer.strip() else []
@@ -589,7 +596,7 @@ def check_row(
             )
         if filled:
             cells = [(f"column {cols[k]!r} ({k})", row[cols[k]]) for k in ("chosen", "rejected")]
-            found = conversation_answers(where, cells, prompts, prompt_column)
+            found = conversation_answers(where, cells, prompts, prompt_column, off)
             if found is None:
                 pair = [_text(chosen), _text(rejected)]
             else:
@@ -604,7 +611,7 @@ def check_row(
                 (f"column {column!r} (responses), response {i}", value)
                 for i, value in enumerate(responses, 1)
             ]
-            found = conversation_answers(where, cells, prompts, prompt_column)
+            found = conversation_answers(where, cells, prompts, prompt_column, off)
         if found is None and (
             not isinstance(responses, list)
             or len(responses) < 2
@@ -637,7 +644,7 @@ def check_row(
         shared = [from_answers] if from_answers is not None else []
         cell = [(f"column {cols['response']!r} (response)", row[cols["response"]])]
         found = conversation_answers(
-            where, cell, prompts or shared, prompt_column or answers_column
+            where, cell, prompts or shared, prompt_column or answers_column, off
         )
         if found is None:
             demo = _text(row[cols["response"]])

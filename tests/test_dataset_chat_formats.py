@@ -662,7 +662,10 @@ def test_prompt_column_off_reads_prompts_from_the_conversations(tmp_path: Path) 
         for (m, _, _), r in zip(prompts(), ultrafeedback_rows(), strict=True)
     ]
     path = write_jsonl(tmp_path / "capybara.jsonl", rows)
-    with pytest.raises(DataError, match="ambiguous"):
+    with pytest.raises(DataError, match="ambiguous") as refused:
         make_task(path)
+    assert str(refused.value).endswith(
+        ", or read each prompt from the conversations (task.columns.prompt='')"
+    )
     off = make_task(path, columns=ColumnsConfig(prompt=""))
     same_data(off, make_task(write_jsonl(tmp_path / "u.jsonl", ultrafeedback_rows())))
