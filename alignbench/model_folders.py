@@ -289,6 +289,7 @@ def check_model_folders(cfg: DictConfig, make_task: Callable[[], Task]) -> None:
     would train a reward model read from a folder. One line each."""
     folders = model_folder_keys(cfg)
     policy: list[PreTrainedTokenizerBase] = []  # built once, when a critic needs it
+    make_task = functools.cache(make_task)  # the critic and the prompt checks read one task
 
     def policy_vocabulary_of(path: Path, key: str) -> None:
         if not policy:
@@ -364,18 +365,12 @@ def check_policy_prompts(cfg: DictConfig, make_task: Callable[[], Task]) -> None
         tokenizer.chat_template = None
     rows = {row["prompt"]: row for split in task.splits.values() for row in split.to_list()}
     where = f"model.name_or_path={name!r}" if name else "the built-in model"
-    lengths = []
-    for row in rows.values():
-        try:
-            [ids] = encode_prompts(tokenizer, row_prompts([row]))
-        except Exception as exc:  # jinja2's TemplateError, or the template's own raise_exception
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(
-                f"{where}: its chat template refuses the prompt {row['prompt'][:80]!r} ({why}) "
-                "— leave out what it refuses (task.system_prompt='', task.columns.system=''), "
-                "or write prompts as plain text (model.chat_template=none)"
-            ) from None
-        lengths.append(len(ids))
+    lengths = _render_each(
+        list(rows.values()),
+        lambda row: len(encode_prompts(tokenizer, row_prompts([row]))[0]),
+        where,
+        "or write prompts as plain text (model.chat_template=none)",
+    )
     _check_reward_template(cfg, tokenizer, list(rows.values()))
     limit = (
         positions_of(folder_config(provenance.input_path(name), "model.name_or_path"))
@@ -412,18 +407,34 @@ def _check_reward_template(
     reward = folder_tokenizer(provenance.input_path(value), "reward.path")
     if not getattr(reward, "chat_template", None) or same_vocabulary(reward, policy):
         return  # scored on the policy's own tokens: no template of its own is used
+    _render_each(
+        rows,
+        lambda row: reward.apply_chat_template(
+            [*prompt_messages(row), {"role": "assistant", "content": "yes"}], tokenize=False
+        ),
+        f"reward.path={value!r}",
+        "or use a reward model whose template takes it",
+    )
+
+
+def _render_each(
+    rows: list[dict[str, Any]], render: Callable[[dict[str, Any]], Any], where: str, fix: str
+) -> list[Any]:
+    """``render(row)`` of every prompt row; a chat template that refuses one (jinja2's
+    TemplateError, or the template's own ``raise_exception``) is one line naming ``where``,
+    the prompt and ``fix``."""
+    out = []
     for row in rows:
-        conversation = [*prompt_messages(row), {"role": "assistant", "content": "yes"}]
         try:
-            reward.apply_chat_template(conversation, tokenize=False)
-        except Exception as exc:  # jinja2's TemplateError, or the template's raise_exception
+            out.append(render(row))
+        except Exception as exc:
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(
-                f"reward.path={value!r}: its chat template refuses the prompt "
-                f"{row['prompt'][:80]!r} ({why}) — leave out what it refuses "
-                "(task.system_prompt='', task.columns.system=''), or use a reward model whose "
-                "template takes it"
+                f"{where}: its chat template refuses the prompt {row['prompt'][:80]!r} ({why}) "
+                "— leave out what it refuses (task.system_prompt='', task.columns.system=''), "
+                + fix
             ) from None
+    return out
 
 
 def positions_of(config: Any) -> int | None:

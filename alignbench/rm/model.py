@@ -21,6 +21,7 @@ from alignbench.lora import has_adapters, online_adapters, plain_copy
 from alignbench.model_folders import (
     contents_hash,
     load_scalar_model,
+    positions_of,
     same_tokenizer,
     save_scalar_model,
 )
@@ -396,12 +397,7 @@ def reward_texts(
 def _max_positions(network: torch.nn.Module) -> int | None:
     """The most positions the network's trunk takes (``max_position_embeddings`` or GPT-2's
     ``n_positions``), None when its config says none."""
-    config = getattr(getattr(network, "trunk", network), "config", None)
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return positions_of(getattr(getattr(network, "trunk", network), "config", None))
 
 
 #: Stands in for a reply while a chat template renders the text before it (:func:`open_reply`).
