@@ -14,9 +14,16 @@ merging), and with less arithmetic:
 :func:`last_values` reads a scalar-head model (a reward model) at one position per sequence, its
 last real token: there the last layer's queries and MLP run on that position alone.
 
+On the CPU, in float32, the linear layers with at least :data:`ONEDNN_MIN_ROWS` rows and
+outputs run through oneDNN's matrix multiply (:func:`linear`; forward and backward) rather than
+``torch.nn.functional.linear``'s BLAS call (MKL in PyTorch's wheels). MKL picks its kernels by
+CPU vendor: on AMD CPUs it runs its AVX2 code, where oneDNN runs AVX-512 (measured on this
+project's AMD EPYC VM, one thread: 2.1x the multiply-adds per second, ``benchmarks/matmul.py``);
+on Intel CPUs the two are about even.
+
 The result equals the Hugging Face forward up to floating-point rounding, not bit for bit: the
-last layer's attention runs on fewer query rows with an explicit mask, so its kernel adds in
-another order. ``tests/test_lean_forward.py``
+last layer's attention runs on fewer query rows with an explicit mask, and oneDNN's kernels add
+in another order than MKL's. ``tests/test_lean_forward.py``
 holds the tolerance: logits, log-probabilities and values within 1e-5 of ``model(...)``, with and
 without padding, and PPO's losses over a few steps within 1e-4 relative. So it is opt-in
 (``algo.lean_forward=true`` for PPO).
@@ -36,6 +43,79 @@ import torch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+#: The fewest rows (tokens) and output features for which :func:`linear` calls oneDNN: below
+#: them (a decode step's 16 rows, a value head's one output) its call overhead eats the gain.
+ONEDNN_MIN_ROWS = 64
+#: "onednn": :func:`linear` takes oneDNN's kernels where they apply (CPU, float32, big enough);
+#: "torch": always ``torch.nn.functional.linear`` (set it to compare, or to match ``model(...)``'s
+#: BLAS rounding).
+CPU_KERNEL = "onednn"
+
+
+def _onednn_op() -> Any:
+    """``torch.ops.mkldnn._linear_pointwise`` (PyTorch's oneDNN linear), or None without it."""
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a build without oneDNN or without the op
+        pass
+    return None
+
+
+_ONEDNN = _onednn_op()
+# Bound once: a caller may route torch.nn.functional.linear itself through linear() (the
+# benchmark's lower bound does), and the fallback must not call back into it.
+_TORCH_LINEAR = torch.nn.functional.linear
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [M, K] @ weight [N, K]^T + bias`` through oneDNN (strided operands read in place)."""
+    return _ONEDNN(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``torch.nn.functional.linear`` with oneDNN's multiplies for the output and both
+    gradients (input: ``g @ W``; weight: ``g^T @ x``)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows, weight)
+        ctx.shape, ctx.with_bias = x.shape, bias is not None
+        return _onednn(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, weight = ctx.saved_tensors
+        grad = grad.reshape(-1, grad.shape[-1])
+        needs = ctx.needs_input_grad
+        dx = _onednn(grad, weight.t(), None).view(ctx.shape) if needs[0] else None
+        dw = _onednn(grad.t(), rows.t(), None) if needs[1] else None
+        db = grad.sum(0) if ctx.with_bias and needs[2] else None
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.nn.functional.linear(x, weight, bias)``, through oneDNN's kernels on the CPU in
+    float32 when the product is big enough (:data:`ONEDNN_MIN_ROWS`); equal within rounding."""
+    if (
+        _ONEDNN is None
+        or CPU_KERNEL != "onednn"
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or weight.shape[0] < ONEDNN_MIN_ROWS
+        or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1]
+    ):
+        return _TORCH_LINEAR(x, weight, bias)
+    trained = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and trained:
+        return _OneDNNLinear.apply(x, weight, bias)
+    return _onednn(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
 
 
 def _trunk(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -105,7 +185,6 @@ def hidden_states(
     with ``kv``, each layer's keys and values ``[N, H_kv, T, D]`` (rotated) appended to it."""
     from alignbench.models import position_ids
 
-    linear = torch.nn.functional.linear
     sdpa = torch.nn.functional.scaled_dot_product_attention
     n, length = input_ids.shape
     if at is None and not 1 <= keep <= length:
@@ -215,7 +294,7 @@ def lean_logits(
     r = input_ids.shape[1] - prompt_length
     ids, mask = input_ids[:, :-1], attention_mask[:, :-1]
     hidden = hidden_states(model.model, ids, mask, r)
-    logits = torch.nn.functional.linear(hidden, *_weights(model.lm_head))
+    logits = linear(hidden, *_weights(model.lm_head))
     if model._forward_hooks:
         kwargs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": r}
         _after_forward(model, kwargs, CausalLMOutputWithPast(logits=logits), logits)
@@ -235,7 +314,7 @@ def prefill(
 
     kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     hidden = hidden_states(model.model, input_ids, attention_mask, 1, kv=kv)
-    logits = torch.nn.functional.linear(hidden, *_weights(model.lm_head))
+    logits = linear(hidden, *_weights(model.lm_head))
     if model._forward_hooks:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
         _after_forward(model, kwargs, CausalLMOutputWithPast(logits=logits), logits)
@@ -254,7 +333,7 @@ def lean_values(
     r = input_ids.shape[1] - prompt_length
     ids, mask = input_ids[:, :-1], attention_mask[:, :-1]
     hidden = hidden_states(model.trunk, ids, mask, r)
-    values = torch.nn.functional.linear(hidden, *_weights(model.head)).squeeze(-1)
+    values = linear(hidden, *_weights(model.head)).squeeze(-1)
     if model._forward_hooks:
         kwargs = {"input_ids": ids, "attention_mask": mask, "positions_to_keep": r}
         _after_forward(model, kwargs, values, values)
@@ -270,7 +349,7 @@ def last_values(
 
     at = last_positions(attention_mask).clamp(min=0)  # a row without tokens reads position 0
     hidden = hidden_states(model.trunk, input_ids, attention_mask, 1, at=at)
-    values = torch.nn.functional.linear(hidden, *_weights(model.head)).squeeze(-1)
+    values = linear(hidden, *_weights(model.head)).squeeze(-1)
     if model._forward_hooks:
         # Charged as the call that runs every token and projects one position per sequence.
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "positions_to_keep": 1}

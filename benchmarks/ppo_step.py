@@ -23,9 +23,12 @@ prompts of 16 tokens; exactly 32 new tokens; 16 sequences per step; 1 PPO epoch,
 separate policy, reference, value and reward networks; fp32; 2 threads.
 
 The lower bound does the work PPO cannot avoid, on the same models and shapes, with nothing
-else: one KV-cache generation through alignbench's static-cache decoder, the reference and reward
-forwards, and one forward+backward+AdamW step of the policy and of the critic (whose forward also
-gives the rollout's values: with one mini-batch nothing else can); for PPO-ptx, the policy's
+else (the fast rows' lower bound does it with every ``nn.Linear`` through
+:func:`alignbench.lean_forward.linear`, oneDNN's kernels, as the fast path's lean forwards take
+them; ``benchmarks/matmul.py`` times those kernels alone): one KV-cache generation through
+alignbench's static-cache decoder, the reference and reward forwards, and one
+forward+backward+AdamW step of the policy and of the critic (whose forward also gives the
+rollout's values: with one mini-batch nothing else can); for PPO-ptx, the policy's
 forward on the same pre-tokenised demonstration batch joins that one backward.
 
 TRL 1.12's ``PPOTrainer`` (``trl.experimental.ppo``) runs the same shapes (policy, reference,
@@ -59,6 +62,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,10 +252,25 @@ def demo_batches(run: Run, count: int, size: int) -> list[tuple[torch.Tensor, ..
     return out
 
 
-class LowerBound:
-    """The same work in plain PyTorch: no bookkeeping, no hooks, masks only where padding is."""
+@contextmanager
+def onednn_linears() -> Iterator[None]:
+    """Every ``torch.nn.functional.linear`` call (each ``nn.Linear``'s) through
+    :func:`alignbench.lean_forward.linear`: oneDNN's kernels where they apply, as the fast path's
+    lean forwards take them."""
+    original = torch.nn.functional.linear
+    torch.nn.functional.linear = lean_forward.linear
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = original
 
-    def __init__(self, setup: Setup, s: Settings, demos: list | None) -> None:
+
+class LowerBound:
+    """The same work in plain PyTorch: no bookkeeping, no hooks, masks only where padding is
+    (``onednn``: every linear layer through oneDNN, the fast path's kernels)."""
+
+    def __init__(self, setup: Setup, s: Settings, demos: list | None, onednn: bool = False) -> None:
+        self.onednn = onednn
         self.net = setup.networks
         prompt_ids = setup.run.collate(
             setup.prompts, [[]] * s.sequences, 1, ["p"] * s.sequences
@@ -277,6 +297,11 @@ class LowerBound:
         return -(logprobs * response_mask).sum() / response_mask.sum()
 
     def step(self) -> dict[str, float]:
+        """One step, split into generation, scoring and update (oneDNN linears if asked)."""
+        with onednn_linears() if self.onednn else nullcontext():
+            return self._step()
+
+    def _step(self) -> dict[str, float]:
         policy, critic, n = self.net["policy"], self.net["critic"], self.new_tokens
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -509,10 +534,10 @@ def main() -> None:
             for name, (ptx_coef, fast, draw) in recipes.items():
                 folder = Path(tmp) / name.replace(" ", "_")
                 setups[name] = build(folder, task, ptx_coef, s, fast, draw)
-                if not fast:
+                if draw is None:  # a lower bound per recipe; a fast one takes oneDNN's kernels
                     size = s.ptx_batch_size
                     demos = demo_batches(setups[name].run, 8, size) if ptx_coef else None
-                    bounds[name] = LowerBound(setups[name], s, demos)
+                    bounds[name] = LowerBound(setups[name], s, demos, onednn=fast)
             for i in range(warmup + steps):
                 for name in recipes:
                     a = alignbench_step(setups[name].run, setups[name].prompts, s)
@@ -527,8 +552,9 @@ def main() -> None:
                         seconds = worker.step()
                         if i >= warmup:
                             trl[name].append(seconds)
-            for name in recipes:  # a fast recipe beside its default's lower bound
-                times[name] = (times[name][0], times[name.split()[0]][1])
+            plain_bounds = {name: times[name][1] for name in bounds}
+            for name in recipes:  # "plain fast multinomial" beside plain fast's lower bound
+                times[name] = (times[name][0], plain_bounds[" ".join(name.split()[:2])])
             n_policy = count_parameters(setups["ptx"].networks["policy"])
     finally:
         for worker in workers.values():
@@ -545,11 +571,13 @@ def main() -> None:
         "algo.lean_forward=true algo.fused_adamw=true algo.sampling.draw=inverse_cdf, "
         "lean prefill and reward"
     )
+    beside = "; beside the lower bound with oneDNN linears"
     fast = {
-        "ptx fast": print_table(f"PPO-ptx, {flags}", *times["ptx fast"]),
-        "plain fast": print_table(f"plain PPO, {flags}", *times["plain fast"]),
+        "ptx fast": print_table(f"PPO-ptx, {flags}{beside}", *times["ptx fast"]),
+        "plain fast": print_table(f"plain PPO, {flags}{beside}", *times["plain fast"]),
         "plain fast multinomial": print_table(
-            "plain PPO, the same but algo.sampling.draw=multinomial (tokens as the default's)",
+            "plain PPO, the same but algo.sampling.draw=multinomial (tokens as the default's)"
+            + beside,
             *times["plain fast multinomial"],
         ),
     }
@@ -564,8 +592,18 @@ def main() -> None:
     ptx_cost = median(times["ptx"][0], "total") / median(times["plain"][0], "total")
     print(f"PPO-ptx step / lower bound = {ptx:.2f} (target <= 1.20)")
     print(f"plain PPO step / lower bound = {plain:.2f} (target <= 1.20)")
-    print(f"PPO-ptx fast step / lower bound = {fast['ptx fast']:.2f}")
-    print(f"plain PPO fast step / lower bound = {fast['plain fast']:.2f}")
+    print(f"PPO-ptx fast step / its lower bound (oneDNN linears) = {fast['ptx fast']:.2f}")
+    print(f"plain PPO fast step / its lower bound (oneDNN linears) = {fast['plain fast']:.2f}")
+    for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
+        kernel = median(plain_bounds[f"{recipe} fast"], "total") / median(
+            plain_bounds[recipe], "total"
+        )
+        print(
+            f"{title} lower bound with oneDNN linears / plain-torch lower bound = {kernel:.2f} "
+            "(what the kernels alone save)"
+        )
+        r = median(times[f"{recipe} fast"][0], "total") / median(plain_bounds[recipe], "total")
+        print(f"{title} fast step / plain-torch lower bound = {r:.2f}")
     for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
         ours, default = times[f"{recipe} fast"][0], times[recipe][0]
         r = median(ours, "total") / median(default, "total")

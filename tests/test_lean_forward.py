@@ -8,6 +8,10 @@ and rounding, not results: the documented tolerance.
 * The FLOP counter charges a lean forward (and its backward) exactly as it charges the Hugging
   Face call with the same inputs and outputs, ``model(input_ids=ids[:, :-1], ...,
   logits_to_keep=R)``.
+* On the CPU in float32, big enough products run through oneDNN (``lean_forward.linear``):
+  its output and gradients are within rounding of ``torch.nn.functional.linear``'s, it falls
+  back to that function exactly where it does not apply, and the model-level checks above run
+  with both kernels (oneDNN forced onto every linear of the tiny models).
 * Two steps of tiny PPO jobs (the pinned recipes of ``tests/test_fast_paths.py``) with
   ``algo.lean_forward=true algo.fused_adamw=true`` (the benchmark's fast rows) give every step
   metric within 1e-3 relative (1e-5 absolute) of the default's: float32 rounding (~1e-7 per
@@ -88,9 +92,92 @@ def close(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
     return float(gap[where.bool()].max())
 
 
+def count_onednn(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls to oneDNN's linear (one entry per call); skip where PyTorch has none."""
+    if lean_forward._ONEDNN is None:
+        pytest.skip("this PyTorch build has no oneDNN linear (torch.ops.mkldnn._linear_pointwise)")
+    calls: list[int] = []
+    op = lean_forward._ONEDNN
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls.append(1)
+        return op(*args)
+
+    monkeypatch.setattr(lean_forward, "_ONEDNN", counted)
+    return calls
+
+
+@pytest.fixture(params=["torch", "onednn"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The lean forward's linear kernel: BLAS through torch, or oneDNN on every linear (its
+    size threshold lowered to 1 row, so the tiny test models take it); yields whether oneDNN
+    ran, checked after the test's body."""
+    monkeypatch.setattr(lean_forward, "CPU_KERNEL", request.param)
+    calls = count_onednn(monkeypatch) if request.param == "onednn" else []
+    if request.param == "onednn":
+        monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
+    yield request.param
+    assert bool(calls) == (request.param == "onednn"), f"{request.param}: oneDNN calls {calls}"
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+def test_the_onednn_linear_is_torch_linear_within_rounding(
+    bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output and the three gradients of ``lean_forward.linear`` (a product big enough for
+    oneDNN, a 3-D input, a non-contiguous one) within 1e-5 relative of
+    ``torch.nn.functional.linear``'s; oneDNN ran in the forward and the backward; the same
+    call twice gives the same bits; without gradients, the same output."""
+    calls = count_onednn(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 96, 40, generator=g).transpose(1, 2)  # [3, 40, 96], not contiguous
+    w0 = torch.randn(80, 96, generator=g)
+    b0 = torch.randn(80, generator=g) if bias else None
+    upstream = torch.randn(3, 40, 80, generator=g)
+    results = []
+    for fn in (torch.nn.functional.linear, lean_forward.linear, lean_forward.linear):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        b = b0.clone().requires_grad_() if bias else None
+        y = fn(x, w, b)
+        y.backward(upstream)
+        results.append([y, x.grad, w.grad, *([b.grad] if bias else [])])
+    assert len(calls) == 3 * 2  # one forward and two gradient products per call, twice
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        assert ours.shape == theirs.shape
+        gap = float((ours - theirs).detach().abs().max()) / max(1.0, float(theirs.abs().max()))
+        assert gap < 1e-5, gap
+    assert all(torch.equal(a, b) for a, b in zip(results[1], results[2], strict=True))
+    with torch.no_grad():
+        assert torch.equal(lean_forward.linear(x0, w0, b0), results[1][0])
+
+
+def test_the_linear_falls_back_to_torch_where_onednn_does_not_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fewer rows or outputs than ``ONEDNN_MIN_ROWS``, float64, ``CPU_KERNEL="torch"`` or a
+    build without the op: exactly ``torch.nn.functional.linear``, oneDNN never called."""
+    calls = count_onednn(monkeypatch)
+    g = torch.Generator().manual_seed(1)
+    big = (torch.randn(80, 96, generator=g), torch.randn(80, 96, generator=g))
+    cases = [
+        (torch.randn(2, 31, 96, generator=g), big[1]),  # 62 rows
+        (big[0], torch.randn(8, 96, generator=g)),  # 8 outputs (a value head: 1)
+        (big[0].double(), big[1].double()),
+    ]
+    for x, w in cases:
+        assert torch.equal(lean_forward.linear(x, w), torch.nn.functional.linear(x, w))
+    assert calls == []
+    monkeypatch.setattr(lean_forward, "CPU_KERNEL", "torch")
+    assert torch.equal(lean_forward.linear(*big), torch.nn.functional.linear(*big))
+    monkeypatch.setattr(lean_forward, "CPU_KERNEL", "onednn")
+    monkeypatch.setattr(lean_forward, "_ONEDNN", None)
+    assert torch.equal(lean_forward.linear(*big), torch.nn.functional.linear(*big))
+    assert calls == []
+
+
 @pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
 @pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
-def test_outputs_and_gradients_match_the_hugging_face_forward(models, arch, padded) -> None:
+def test_outputs_and_gradients_match_the_hugging_face_forward(models, arch, padded, kernel) -> None:
     """Logits, log-probs, values and their gradients are within ATOL of ``model(...)``'s."""
     policy, critic = models[arch], models[f"{arch}_critic"]
     assert lean_forward.supports(policy) and lean_forward.supports(critic)
@@ -120,7 +207,7 @@ def test_outputs_and_gradients_match_the_hugging_face_forward(models, arch, padd
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
-def test_hidden_states_match_the_shared_critics_forward(models, padded) -> None:
+def test_hidden_states_match_the_shared_critics_forward(models, padded, kernel) -> None:
     """``with_hidden``: the final hidden states PPO's shared value head reads, within ATOL."""
     policy = models["mha"]
     ids, mask = inputs(padded)
@@ -210,7 +297,8 @@ def test_ppo_steps_are_within_the_tolerance(
 ) -> None:
     """Every step metric of two tiny PPO steps with the lean forward and fused AdamW (and, with a
     reward model, ``reward.lean_forward``) is within 1e-3 relative (1e-5 absolute) of the
-    default's, with the largest gap printed; the lean paths did run."""
+    default's, with the largest gap printed; the lean paths did run, their linears through
+    oneDNN (forced onto the tiny models' every product) where PyTorch has it."""
     overrides = TOLERANCE_RUNS[name]
     fast = ["algo.lean_forward=true", "algo.fused_adamw=true"]
     if "reward=rm" in overrides:  # the reward model read at the last token alone, too
@@ -225,10 +313,13 @@ def test_ppo_steps_are_within_the_tolerance(
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(lean_forward, fn, counted)
+    onednn = count_onednn(monkeypatch) if lean_forward._ONEDNN is not None else None
+    monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
     lean = run_ppo(tmp_path, cache_dir, f"{name}_fast", [*overrides, *fast])
     # A lean switch that silently fell back to the ordinary forward would pass the tolerance.
     assert calls["prefill"] >= 2 and calls["lean_logits"] >= 2, calls
     assert (calls["last_values"] >= 2) == ("reward=rm" in overrides), calls
+    assert onednn is None or onednn, "the lean forwards never called oneDNN"
     assert len(plain) == len(lean) == 2
     worst = (0.0, "")
     for step, (a, b) in enumerate(zip(plain, lean, strict=True)):
@@ -243,7 +334,7 @@ def test_ppo_steps_are_within_the_tolerance(
 @pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
 @pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
 def test_a_reward_read_at_each_last_token_matches_the_hugging_face_forward(
-    models, arch, padded
+    models, arch, padded, kernel
 ) -> None:
     """``last_values``: a scalar-head model's score at each sequence's last real token (rows
     ending at different positions when padded) within ATOL of ``model(...)`` read there, and
@@ -267,7 +358,7 @@ def test_a_reward_read_at_each_last_token_matches_the_hugging_face_forward(
 
 @pytest.mark.parametrize("arch", ["mha", "gqa_bias"])
 def test_the_lean_prompt_pass_samples_as_the_hugging_face_one(
-    models, arch, monkeypatch: pytest.MonkeyPatch
+    models, arch, kernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``SamplingParams(lean_prefill=True)``: greedy decoding of ragged (left-padded) prompts
     gives the same tokens and log-probs within ATOL, and the same FLOPs, as the ordinary
