@@ -123,7 +123,8 @@ class PPOConfig(AlgorithmConfig):
     ptx_batch_size: int = 16
     # true = the scoring and training forwards (reference, policy, critic, ptx) of Llama-shaped
     # models run alignbench.lean_forward: the response's outputs only, the final token not fed,
-    # the last layer only where its output is read; so does the rollout's prompt pass. Equal
+    # the last layer only where its output is read; so does the rollout's prompt pass. On the
+    # CPU in float32 their big linear layers run oneDNN's kernels (about 2x MKL's on AMD). Equal
     # within rounding (1e-5 on logits and values, tests/test_lean_forward.py), not bit for bit,
     # so off by default; other models (and hooked, checkpointed or autocast ones) take the
     # ordinary forward.
