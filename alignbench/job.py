@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignbench import checkpoint, distributed, jobdir
 from alignbench.budget import Budget, FlopCounter, set_threads
@@ -199,18 +199,38 @@ def check_engine(registry: Registry, task: str) -> None:
 
 
 def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[[], Task]) -> None:
-    """A reward that judges against gold answers (``needs_gold = True`` on its class) on a task
-    whose scored prompts lack them (``Task.missing_gold``) is one line before stage 1 (it failed
-    at the first evaluation). A reward or task that declares nothing is not checked."""
+    """A reward that judges against gold answers, or a feedback source that ranks by them
+    (``needs_gold = True`` on its class; the source only where the reward or the algorithm uses
+    feedback), on a task whose scored prompts lack them (``Task.missing_gold``) is one line
+    before stage 1 (it failed at the first evaluation, or in stage 2). A reward, source or task
+    that declares nothing is not checked."""
     reward_cls = registry.get("reward", cfg.reward.name).cls
     task_cls = registry.get("task", cfg.task.name).cls
-    if not getattr(reward_cls, "needs_gold", False):
+    uses_feedback = any(
+        getattr(registry.get(kind, name).cls, "uses_feedback", False)
+        for kind in ("reward", "algo")
+        if (name := OmegaConf.select(cfg, f"{kind}.name"))
+    )
+    source = OmegaConf.select(cfg, "feedback.name")
+    source_cls = registry.get("feedback", source).cls if uses_feedback and source else None
+    reward_needs = getattr(reward_cls, "needs_gold", False)
+    if not (reward_needs or getattr(source_cls, "needs_gold", False)):
         return
     if getattr(task_cls, "missing_gold", Task.missing_gold) is Task.missing_gold:
         return  # the task cannot say: left to the judge, as before (nothing built here)
     why = make_task().missing_gold()
     if not why:
         return
+    if not reward_needs:
+        fitting = [
+            f"feedback={name}"
+            for name in registry.names("feedback")
+            if not getattr(registry.get("feedback", name).cls, "needs_gold", False)
+        ]
+        raise DataError(
+            f"feedback={source} ranks responses by their gold answers, but {why}; or "
+            f"use rankings by people ({', '.join(fitting) or 'no such source is registered'})"
+        )
     multi = bool(getattr(task_cls, "multi_turn", False))
     fitting = [
         f"reward={name}"

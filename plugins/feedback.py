@@ -108,6 +108,7 @@ class SimulatedAnnotators(FeedbackSource):
     """Rank groups by gold utility through noisy, biased, sometimes absent annotators."""
 
     config: SimulatedConfig
+    needs_gold = True
 
     def __init__(self, config: SimulatedConfig, task: alignbench.Task) -> None:
         super().__init__(config, task)

@@ -436,8 +436,8 @@ def test_gold_on_some_prompts_names_the_first_without(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "g.jsonl", rows)
     registry = build_registry()
 
-    def check(reward: str, path: Path = path) -> None:
-        cfg = compose(["task=dataset", f"task.path={path}", f"reward={reward}"], registry)
+    def check(reward: str, path: Path = path, *more: str) -> None:
+        cfg = compose(["task=dataset", f"task.path={path}", f"reward={reward}", *more], registry)
         check_gold_answers(registry, cfg, lambda: make_task(path, rl_includes_sft=True))
 
     for reward in ("exact_match", "abstention", "rm", "length"):
@@ -454,7 +454,19 @@ def test_gold_on_some_prompts_names_the_first_without(tmp_path: Path) -> None:
         "or put them in the sft split with a split column (and task.rl_includes_sft=false); or use"
         in str(refused.value)
     )
-    check("rm", lacking)
+    # A learned reward needs no gold, but simulated annotators rank its groups by it (stage 2
+    # failed there); the file's own pairs or people's rankings need none.
+    with pytest.raises(DataError) as refused:
+        check("rm", lacking, "feedback=simulated")
+    message = str(refused.value)
+    assert message.startswith("feedback=simulated ranks responses by their gold answers, but 2 of")
+    assert message.endswith(
+        "; or use rankings by people (feedback=dataset, feedback=file, feedback=page)"
+    ), message
+    check("rm", lacking, "feedback=dataset")
+    check("length", lacking, "feedback=simulated")  # no one asks the annotators
+    with pytest.raises(DataError, match="^feedback=simulated ranks responses by their gold"):
+        check("length", lacking, "algo=dpo", "feedback=simulated")  # DPO ranks their groups
 
     class Undeclared(Reward):  # a third-party rule reward that declares nothing
         def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:

@@ -46,6 +46,9 @@ class FeedbackSource:
     #: Config keys that matter only to online rounds: left out of stage 2's cache key (like
     #: ``feedback.rounds`` and ``feedback.delay``), so changing them reuses the reward model.
     online_keys: ClassVar[tuple[str, ...]] = ()
+    #: True for a source that ranks by the task's gold utility (simulated annotators): a job
+    #: whose RL prompts lack gold answers (:meth:`Task.missing_gold`) is refused before stage 1.
+    needs_gold: ClassVar[bool] = False
 
     def __init__(self, config: FeedbackConfig, task: Task) -> None:
         self.config = config
