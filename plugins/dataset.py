@@ -22,7 +22,10 @@ one. The roles:
   assistant's answer) or the answer alone (one assistant message, beside the row's prompt).
   Without a prompt or messages cell the prompt is the conversation the answers share before
   their final assistant turns (refused when they differ); with one, the messages before an
-  answer must be that prompt (refused as ambiguous otherwise);
+  answer must be that prompt (refused as ambiguous otherwise). Anthropic HH-RLHF's raw
+  transcript text ("Human: …" and "Assistant: …" turns after blank lines, in any of these
+  cells) is read as that conversation's user and assistant messages (a trailing empty
+  ``Assistant:`` dropped);
 * ``split``: ``sft`` / ``rl`` / ``dev`` / ``test`` per row, to split the data yourself.
 
 Without a split column the data is split by *prompt* (a prompt's rows stay together, so no
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -300,6 +304,30 @@ def _columnar(value: Any) -> Any:
     return value
 
 
+#: A turn of Anthropic HH-RLHF's transcript text: "Human:" / "Assistant:" opening the text or
+#: after a blank line.
+_HH_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):[ \t]*")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def hh_messages(text: str) -> list[dict[str, str]] | None:
+    """Anthropic HH-RLHF's raw transcript (``"\\n\\nHuman: …\\n\\nAssistant: …"``) as user
+    and assistant messages, a trailing empty ``Assistant:`` (a prompt awaiting its answer)
+    dropped; None for other text (one that does not open with ``Human:`` or has no
+    ``Assistant:`` turn)."""
+    body = text.lstrip("\n")
+    if not body.startswith("Human:") or "\n\nAssistant:" not in body:
+        return None
+    parts = _HH_TURN.split(body)  # ["", role, content, role, content, ...]
+    messages = [
+        {"role": _HH_ROLES[role], "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    return messages
+
+
 def _message_list(value: Any, at: str, what: str = "answer") -> list | None:
     """``value`` when it is a list (of messages, checked later; the columnar form converted),
     or the list its text holds when that is JSON of a list of objects (a CSV cell); None for
@@ -309,6 +337,8 @@ def _message_list(value: Any, at: str, what: str = "answer") -> list | None:
     value = _columnar(value)
     if isinstance(value, list):
         return value
+    if isinstance(value, str) and (hh := hh_messages(value)) is not None:
+        return hh
     if not isinstance(value, str) or not value.lstrip().startswith("["):
         return None
     try:
@@ -362,8 +392,11 @@ def _checked_messages(at: str, value: Any, fix: str) -> list[dict[str, str]]:
 
 
 def _cell_messages(where: str, column: str, role: str, value: Any, fix: str) -> list:
-    """A ``messages`` / ``prompt`` cell's checked messages (JSON text in a CSV cell)."""
-    if isinstance(value, str):
+    """A ``messages`` / ``prompt`` cell's checked messages (JSON text in a CSV cell, or HH's
+    transcript text)."""
+    if isinstance(value, str) and (hh := hh_messages(value)) is not None:
+        value = hh
+    elif isinstance(value, str):
         try:  # a CSV cell holds the list as JSON text
             value = json.loads(value)
         except ValueError:

@@ -681,3 +681,72 @@ def test_prompt_column_off_reads_prompts_from_the_conversations(tmp_path: Path) 
     )
     off = make_task(path, columns=ColumnsConfig(prompt=""))
     same_data(off, make_task(write_jsonl(tmp_path / "u.jsonl", ultrafeedback_rows())))
+
+
+# -- Anthropic HH-RLHF's raw transcripts ----------------------------------------------------------
+
+
+def hh_text(messages: list[dict[str, str]]) -> str:
+    """``messages`` (user / assistant turns) as HH-RLHF writes a transcript."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    return "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in messages)
+
+
+def hh_prompts() -> list[tuple[list[dict[str, str]], str, str]]:
+    """The test prompts without system messages (HH has none)."""
+    return [(m, a, b) for m, a, b in prompts() if m[0]["role"] != "system"]
+
+
+@pytest.mark.parametrize("form", ["transcripts", "prompt_column"])
+def test_hh_rlhf_transcripts_equal_message_lists(tmp_path: Path, form: str) -> None:
+    """HH-RLHF's raw chosen / rejected text (``\\n\\nHuman: …\\n\\nAssistant: …``, multi-turn)
+    reads as the same conversations given as message lists: the same records, splits and
+    groups; so does a prompt column in HH's form, ending with an empty ``Assistant:``."""
+    listed = [
+        {"chosen": [*m, assistant(a)], "rejected": [*m, assistant(b)]} for m, a, b in hh_prompts()
+    ]
+    rows = [{k: hh_text(v) for k, v in r.items()} for r in listed]
+    if form == "prompt_column":
+        rows = [
+            {"prompt": hh_text(m) + "\n\nAssistant:", **r}
+            for (m, _, _), r in zip(hh_prompts(), rows, strict=True)
+        ]
+        listed = [{"prompt": m, **r} for (m, _, _), r in zip(hh_prompts(), listed, strict=True)]
+    hh = make_task(write_jsonl(tmp_path / "hh.jsonl", rows))
+    same_data(hh, make_task(write_jsonl(tmp_path / "listed.jsonl", listed)))
+    record = hh.data.records[0]
+    assert record["conversation"][-1] == user("what colour is my car ?")
+    assert [len(r["conversation"]) for r in hh.data.records] == [3] * len(rows)
+
+
+def test_hh_text_is_read_only_where_it_is_a_transcript() -> None:
+    """Text that does not open with ``Human:`` or has no ``Assistant:`` turn stays text; a
+    ``Human:`` inside a turn (not after a blank line) stays in it; contents are stripped."""
+    from alignbench_plugins.dataset import hh_messages
+
+    assert hh_messages("the answer is red") is None
+    assert hh_messages("\n\nHuman: only a question") is None
+    assert hh_messages("Assistant: red\n\nHuman: why") is None
+    assert hh_messages("\n\nHuman: say 'Human: hi'\n\nAssistant:  Human: hi ") == [
+        user("say 'Human: hi'"),
+        assistant("Human: hi"),
+    ]
+
+
+def test_a_bad_hh_transcript_is_one_line_naming_the_row(tmp_path: Path) -> None:
+    """An HH pair whose chosen transcript ends with an empty ``Assistant:`` (no answer) is
+    refused naming the file, the row and the column."""
+    good = {
+        "chosen": hh_text([user("i am ada ."), assistant("red")]),
+        "rejected": hh_text([user("i am ada ."), assistant("blue")]),
+    }
+    bad = {"chosen": hh_text([user("i am bo .")]) + "\n\nAssistant:", "rejected": good["rejected"]}
+    path = tmp_path / "hh.jsonl"
+    with pytest.raises(DataError) as info:
+        check_rows(path, [good, good, bad])
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(
+        f"{path}: row 3: column 'chosen' (chosen) ends with the user's message — a conversation "
+        "with an answer ends with the assistant's message"
+    ), message
