@@ -385,7 +385,8 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_plugin_configs([typed.algo, typed.task, typed.reward, typed.feedback])
             # reward.path / algo.critic_path: each folder usable, a critic on the policy's tokens.
             check_model_folders(cfg, lambda t=typed.task: registry.get("task", t.name).cls(t))
-            # A rule reward on data without gold answers: before stage 1, not at its evaluation.
+            # A reward or feedback source judging by gold answers on data without them: before stage
+            # 1, not at the first evaluation or in stage 2.
             check_gold_answers(
                 registry, cfg, lambda t=typed.task: registry.get("task", t.name).cls(t)
             )

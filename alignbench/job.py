@@ -198,39 +198,61 @@ def check_engine(registry: Registry, task: str) -> None:
         )
 
 
+def _asks_feedback(registry: Registry, cfg: DictConfig, kind: str) -> bool:
+    """Whether the job's ``kind`` plugin (reward or algorithm) asks the feedback source for
+    rankings: its ``asks_feedback(config)`` classmethod where it has one, else its
+    ``uses_feedback`` flag."""
+    name = OmegaConf.select(cfg, f"{kind}.name")
+    if not name:
+        return False
+    cls = registry.get(kind, name).cls
+    asks = getattr(cls, "asks_feedback", None)
+    if callable(asks):
+        return bool(asks(to_object(cfg[kind])))
+    return bool(getattr(cls, "uses_feedback", False))
+
+
+def _missing_rl_gold(task: Task) -> str | None:
+    """``task.missing_gold`` for the RL prompts alone (what simulated annotators rank), where
+    the task's method takes ``splits``; else for what it checks by default."""
+    if "splits" in inspect.signature(task.missing_gold).parameters:
+        return task.missing_gold(splits=("rl",))
+    return task.missing_gold()
+
+
 def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[[], Task]) -> None:
     """A reward that judges against gold answers, or a feedback source that ranks by them
-    (``needs_gold = True`` on its class; the source only where the reward or the algorithm uses
-    feedback), on a task whose scored prompts lack them (``Task.missing_gold``) is one line
-    before stage 1 (it failed at the first evaluation, or in stage 2). A reward, source or task
-    that declares nothing is not checked."""
+    (``needs_gold = True`` on its class; the source only where the reward or the algorithm
+    asks it for rankings), on a task whose scored (for a source: RL) prompts lack them
+    (``Task.missing_gold``) is one line before stage 1 (it failed at the first evaluation, or
+    in stage 2). A reward, source or task that declares nothing is not checked."""
     reward_cls = registry.get("reward", cfg.reward.name).cls
     task_cls = registry.get("task", cfg.task.name).cls
-    uses_feedback = any(
-        getattr(registry.get(kind, name).cls, "uses_feedback", False)
-        for kind in ("reward", "algo")
-        if (name := OmegaConf.select(cfg, f"{kind}.name"))
-    )
     source = OmegaConf.select(cfg, "feedback.name")
-    source_cls = registry.get("feedback", source).cls if uses_feedback and source else None
+    asked = source and any(_asks_feedback(registry, cfg, kind) for kind in ("reward", "algo"))
+    source_needs = bool(asked) and getattr(
+        registry.get("feedback", source).cls, "needs_gold", False
+    )
     reward_needs = getattr(reward_cls, "needs_gold", False)
-    if not (reward_needs or getattr(source_cls, "needs_gold", False)):
+    if not (reward_needs or source_needs):
         return
     if getattr(task_cls, "missing_gold", Task.missing_gold) is Task.missing_gold:
         return  # the task cannot say: left to the judge, as before (nothing built here)
-    why = make_task().missing_gold()
-    if not why:
+    task = make_task()
+    reward_why = task.missing_gold() if reward_needs else None
+    source_why = _missing_rl_gold(task) if source_needs else None
+    people = ", ".join(
+        f"feedback={name}"
+        for name in registry.names("feedback")
+        if not getattr(registry.get("feedback", name).cls, "needs_gold", False)
+    )
+    if not reward_why:
+        if source_why:
+            raise DataError(
+                f"feedback={source} ranks responses by their gold answers, but {source_why}; "
+                f"or use rankings by people ({people or 'no such source is registered'})"
+            )
         return
-    if not reward_needs:
-        fitting = [
-            f"feedback={name}"
-            for name in registry.names("feedback")
-            if not getattr(registry.get("feedback", name).cls, "needs_gold", False)
-        ]
-        raise DataError(
-            f"feedback={source} ranks responses by their gold answers, but {why}; or "
-            f"use rankings by people ({', '.join(fitting) or 'no such source is registered'})"
-        )
     multi = bool(getattr(task_cls, "multi_turn", False))
     fitting = [
         f"reward={name}"
@@ -238,9 +260,10 @@ def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[
         if not getattr(registry.get("reward", name).cls, "needs_gold", False)
         and bool(getattr(registry.get("reward", name).cls, "multi_turn", False)) == multi
     ]
+    also = f" (feedback={source} ranks by them too: use {people} then)" if source_why else ""
     raise DataError(
-        f"reward={cfg.reward.name} judges responses against gold answers, but {why}; or use a "
-        f"reward that needs none ({', '.join(fitting) or 'none is registered'})"
+        f"reward={cfg.reward.name} judges responses against gold answers, but {reward_why}; or "
+        f"use a reward that needs none ({', '.join(fitting) or 'none is registered'}){also}"
     )
 
 
@@ -464,7 +487,7 @@ class Job:
         check_model_folders(
             cfg, lambda: self.registry.get("task", cfg.task.name).cls(to_object(cfg.task))
         )
-        check_gold_answers(  # a rule reward on data without gold: before stage 1 trains
+        check_gold_answers(  # gold-judging reward or feedback on data without gold
             self.registry,
             cfg,
             lambda: self.registry.get("task", cfg.task.name).cls(to_object(cfg.task)),

@@ -104,6 +104,13 @@ class Reward:
         return "it has a before_step hook, so it may update itself during training"
 
     @classmethod
+    def asks_feedback(cls, config: RewardConfig) -> bool:
+        """Whether this reward, configured by ``config``, asks the ``feedback=`` source for
+        rankings (stage 2, online rounds): by default :attr:`uses_feedback`. A start-up check
+        (a source that ranks by gold answers on data without them) reads it."""
+        return cls.uses_feedback
+
+    @classmethod
     def model_roles(cls, config: RewardConfig) -> frozenset[str] | None:
         """``{"reward"}`` when this reward, configured by ``config``, will hold a network as its
         ``model`` (what ``placement.reward`` moves), ``frozenset()`` when it will not; None (the

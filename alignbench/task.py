@@ -69,10 +69,12 @@ class Task:
         """The hidden true value of ``response`` (what simulated annotators rank by), if known."""
         return None
 
-    def missing_gold(self) -> str | None:
-        """Which prompts a reward scores (RL and evaluation prompts) have no gold answer for
-        :meth:`judge`, in words ending with the fix, or None. The default, None, says nothing:
-        a reward that ``needs_gold`` is then not refused up front."""
+    def missing_gold(self, splits: tuple[str, ...] | None = None) -> str | None:
+        """Which prompts of ``splits`` have no gold answer for :meth:`judge`, in words ending
+        with the fix, or None; ``splits`` None: the prompts a reward scores (RL and evaluation
+        prompts); ``("rl",)``: those simulated annotators rank. The default, None, says
+        nothing: a reward or feedback source that ``needs_gold`` is then not refused up
+        front."""
         return None
 
     def probe_responses(self, row: dict[str, Any]) -> list[str]:

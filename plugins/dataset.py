@@ -916,24 +916,29 @@ class DatasetTask(Task):
             return ABSTAIN
         return WRONG
 
-    def missing_gold(self) -> str | None:
-        """The RL and evaluation prompts (what a reward scores) without a gold answer, with
-        the fix; None when each has one."""
+    def missing_gold(self, splits: tuple[str, ...] | None = None) -> str | None:
+        """The prompts of ``splits`` (None: the RL and evaluation prompts, what a reward
+        scores) without a gold answer, with the fix; None when each has one."""
         path = self.data.path
         if not any(r["answers"] for r in self.data.records):
             return (
                 f"{path} has no gold answers (no answer column, or every cell empty) — map "
                 "them with task.columns.answer=<column>"
             )
-        names = ("rl", *self.eval_sets.values())
+        names = splits if splits is not None else ("rl", *self.eval_sets.values())
         scored = {prompt for name in names for prompt in self.splits[name]["prompt"]}
         gold = {r["prompt"] for r in self.data.records if r["answers"]}
         lacking = [r for r in self.data.records if r["prompt"] in scored - gold]
         if not lacking:
             return None
         count = len({r["prompt"] for r in lacking})
+        which = (
+            "RL and evaluation"
+            if splits is None
+            else " and ".join({"rl": "RL"}.get(name, name) for name in splits)
+        )
         return (
-            f"{count} of the {len(scored)} RL and evaluation prompts of {path} have none (the "
+            f"{count} of the {len(scored)} {which} prompts of {path} have none (the "
             f"first: {lacking[0]['where'].removeprefix(f'{path}: ')}) — give each an answer "
             "(task.columns.answer), or put them in the sft split with a split column (and "
             "task.rl_includes_sft=false)"

@@ -106,6 +106,12 @@ class LearnedReward(Reward):
     uses_feedback = True
 
     @classmethod
+    def asks_feedback(cls, config: RewardConfig) -> bool:
+        """Stage 2 and online rounds ask the source; a reward model read from ``reward.path``
+        has neither (nothing ranks for it)."""
+        return not config.path
+
+    @classmethod
     def model_roles(cls, config: RewardConfig) -> frozenset[str]:
         """Its reward model (stage 2's, or ``reward.path``'s) is what ``placement.reward`` moves."""
         return frozenset({"reward"})

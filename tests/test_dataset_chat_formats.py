@@ -454,19 +454,6 @@ def test_gold_on_some_prompts_names_the_first_without(tmp_path: Path) -> None:
         "or put them in the sft split with a split column (and task.rl_includes_sft=false); or use"
         in str(refused.value)
     )
-    # A learned reward needs no gold, but simulated annotators rank its groups by it (stage 2
-    # failed there); the file's own pairs or people's rankings need none.
-    with pytest.raises(DataError) as refused:
-        check("rm", lacking, "feedback=simulated")
-    message = str(refused.value)
-    assert message.startswith("feedback=simulated ranks responses by their gold answers, but 2 of")
-    assert message.endswith(
-        "; or use rankings by people (feedback=dataset, feedback=file, feedback=page)"
-    ), message
-    check("rm", lacking, "feedback=dataset")
-    check("length", lacking, "feedback=simulated")  # no one asks the annotators
-    with pytest.raises(DataError, match="^feedback=simulated ranks responses by their gold"):
-        check("length", lacking, "algo=dpo", "feedback=simulated")  # DPO ranks their groups
 
     class Undeclared(Reward):  # a third-party rule reward that declares nothing
         def score(self, rows: list[dict[str, Any]], responses: list[str]) -> list[float]:
@@ -482,6 +469,61 @@ def test_gold_on_some_prompts_names_the_first_without(tmp_path: Path) -> None:
 
     cfg = OmegaConf.create({"task": {"name": "dataset"}, "reward": {"name": "undeclared"}})
     check_gold_answers(Stub(), cfg, lambda: make_task(lacking, rl_includes_sft=True))  # type: ignore[arg-type]
+
+
+def test_simulated_feedback_without_gold_stops_before_stage_1(tmp_path: Path) -> None:
+    """Simulated annotators rank the RL prompts' groups by gold answers: where the reward model
+    or DPO asks them, RL prompts without gold are refused in one line naming the sources that
+    need none (stage 2 failed there); not where nothing asks them (a rule-free reward, a reward
+    model from reward.path), not with rankings by people, not for gold missing on evaluation
+    prompts only (a rule reward, which scores those, still is)."""
+    from alignbench.job import check_gold_answers
+
+    rows = [{**r, "answer": r["chosen"][-1]["content"]} for r in ultrafeedback_rows()]
+    task = make_task(write_jsonl(tmp_path / "g.jsonl", rows), rl_includes_sft=True)
+    rl = set(task.splits["rl"]["prompt"])
+    test = set(task.splits["test"]["prompt"])
+    prompt_of = [r["prompt"] for r in task.data.records]
+    registry = build_registry()
+
+    def check(path: Path, *overrides: str) -> None:
+        cfg = compose(["task=dataset", f"task.path={path}", *overrides], registry)
+        check_gold_answers(registry, cfg, lambda: make_task(path, rl_includes_sft=True))
+
+    no_rl_gold = [{**r, "answer": None} if prompt_of[i] in rl else r for i, r in enumerate(rows)]
+    lacking = write_jsonl(tmp_path / "rl.jsonl", no_rl_gold)
+    for asks in (["reward=rm"], ["reward=length", "algo=dpo"]):
+        with pytest.raises(DataError) as refused:
+            check(lacking, *asks, "feedback=simulated")
+        message = str(refused.value)
+        assert "\n" not in message, message
+        assert message.startswith(
+            f"feedback=simulated ranks responses by their gold answers, but {len(rl)} of the "
+            f"{len(rl)} RL prompts of {lacking} have none (the first: row "
+        ), message
+        assert message.endswith(
+            "; or use rankings by people (feedback=dataset, feedback=file, feedback=page)"
+        ), message
+    check(lacking, "reward=rm", "feedback=dataset")
+    check(lacking, "reward=length", "feedback=simulated")  # no one asks the annotators
+    check(lacking, "reward=rm", "reward.path=models/rm", "feedback=simulated")  # no stage 2
+    # A rule reward and DPO's simulated rankings: both named, the reward first.
+    with pytest.raises(DataError) as refused:
+        check(lacking, "reward=exact_match", "algo=dpo", "feedback=simulated")
+    assert str(refused.value).startswith("reward=exact_match judges responses against gold")
+    assert str(refused.value).endswith(
+        "(feedback=simulated ranks by them too: use feedback=dataset, feedback=file, "
+        "feedback=page then)"
+    ), str(refused.value)
+    # Gold missing on test prompts only: the annotators never rank those; a rule reward scores them.
+    assert test and not test & rl
+    no_test_gold = [
+        {**r, "answer": None} if prompt_of[i] in test else r for i, r in enumerate(rows)
+    ]
+    eval_only = write_jsonl(tmp_path / "test.jsonl", no_test_gold)
+    check(eval_only, "reward=rm", "feedback=simulated")
+    with pytest.raises(DataError, match="RL and evaluation prompts of"):
+        check(eval_only, "reward=exact_match")
 
 
 # -- end to end ----------------------------------------------------------------------------------
