@@ -18,8 +18,9 @@ On the CPU, in float32, the linear layers with at least :data:`ONEDNN_MIN_ROWS` 
 outputs run through oneDNN's matrix multiply (:func:`linear`; forward and backward) rather than
 ``torch.nn.functional.linear``'s BLAS call (MKL in PyTorch's wheels). MKL picks its kernels by
 CPU vendor: on AMD CPUs it runs its AVX2 code, where oneDNN runs AVX-512 (measured on this
-project's AMD EPYC VM, one thread: 2.1x the multiply-adds per second, ``benchmarks/matmul.py``);
-on Intel CPUs the two are about even.
+project's AMD EPYC VM, one thread: 2.04x the multiply-adds per second, the median of a PPO
+step's products, ``benchmarks/matmul.py``); on Intel CPUs, where MKL takes its own AVX-512
+kernels, expect them about even (not measured here).
 
 The result equals the Hugging Face forward up to floating-point rounding, not bit for bit: the
 last layer's attention runs on fewer query rows with an explicit mask, and oneDNN's kernels add
@@ -82,18 +83,21 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        # x itself is saved, not a view of it made here (grad mode is off in forward): an
+        # in-place change of x is then named by autograd's own version check.
+        ctx.save_for_backward(x, weight)
+        ctx.with_bias = bias is not None
         rows = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(rows, weight)
-        ctx.shape, ctx.with_bias = x.shape, bias is not None
         return _onednn(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])
         grad = grad.reshape(-1, grad.shape[-1])
         needs = ctx.needs_input_grad
-        dx = _onednn(grad, weight.t(), None).view(ctx.shape) if needs[0] else None
+        dx = _onednn(grad, weight.t(), None).view(x.shape) if needs[0] else None
         dw = _onednn(grad.t(), rows.t(), None) if needs[1] else None
         db = grad.sum(0) if ctx.with_bias and needs[2] else None
         return dx, dw, db
@@ -101,15 +105,21 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.functional.linear(x, weight, bias)``, through oneDNN's kernels on the CPU in
-    float32 when the product is big enough (:data:`ONEDNN_MIN_ROWS`); equal within rounding."""
+    float32 when the product is big enough (:data:`ONEDNN_MIN_ROWS`); equal within rounding.
+    Anything else (another device or dtype, autocast, ``torch.backends.mkldnn.enabled=False``,
+    :data:`CPU_KERNEL` ``"torch"``) is exactly ``torch.nn.functional.linear``."""
     if (
         _ONEDNN is None
         or CPU_KERNEL != "onednn"
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
+        or (bias is not None and bias.dtype != torch.float32)
         or weight.shape[0] < ONEDNN_MIN_ROWS
+        or x.shape[-1] == 0
         or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1]
+        or torch.is_autocast_enabled("cpu")
+        or not torch.backends.mkldnn.enabled
     ):
         return _TORCH_LINEAR(x, weight, bias)
     trained = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)

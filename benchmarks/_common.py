@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import statistics
 import subprocess
 import tempfile
@@ -91,3 +92,15 @@ class TRLProcess:
             self.process.stdin.flush()
             self.process.wait(timeout=60)
         self.log.close()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -17,30 +17,18 @@ results relative to the result's largest entry (rounding: the kernels add in oth
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from _common import cpu_name
 
 from alignbench import lean_forward
 
 #: (rows, inputs, outputs): the policy's and critic's projections, the output layer.
 FULL = [(752, 128, 128), (752, 128, 512), (752, 512, 128), (512, 128, 1024)]
 SMOKE = [(64, 16, 64)]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn: Callable[[], torch.Tensor], seconds: list[float]) -> torch.Tensor:
@@ -51,11 +39,18 @@ def timed(fn: Callable[[], torch.Tensor], seconds: list[float]) -> torch.Tensor:
     return out
 
 
+def _torch_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x @ weight^T`` through torch (what ``lean_forward.linear`` is without oneDNN)."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 def products_of(
     x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor
 ) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]]:
     """A linear layer's three products, each as (torch's call, oneDNN's call)."""
-    onednn = lean_forward._onednn
+    onednn = lean_forward._onednn if lean_forward._ONEDNN is not None else _torch_product
     return {
         "output x @ W^T": (lambda: x @ w.t(), lambda: onednn(x, w, None)),
         "input grad g @ W": (lambda: grad @ w, lambda: onednn(grad, w.t(), None)),
@@ -74,10 +69,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     smoke = " (smoke: tiny sizes, timings meaningless)" if args.smoke else ""
     print(f"{cpu_name()}; torch {torch.__version__}; threads: {torch.get_num_threads()}{smoke}")
-    if lean_forward._ONEDNN is None:
-        print("oneDNN GFLOP/s / torch GFLOP/s = 1.00 (this PyTorch build has no oneDNN linear: ")
-        print("lean_forward.linear is torch's own; nothing to time)")
-        return
+    if lean_forward._ONEDNN is None:  # then lean_forward.linear is torch's: timed as itself
+        print("this PyTorch build has no oneDNN linear: both columns are torch's kernels")
     print(f"median of {repeats} interleaved calls each\n")
     print("| product | shape | torch (GFLOP/s) | oneDNN (GFLOP/s) | oneDNN speed-up | gap |")
     print("|---|---|---|---|---|---|")

@@ -69,7 +69,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median
+from _common import FULL_MODEL, SMOKE_MODEL, TRLProcess, checked_median, cpu_name
 from omegaconf import OmegaConf
 
 from alignbench import PromptStream, Reward, Run, SamplingConfig, SamplingParams, Task, lean_forward
@@ -263,6 +263,22 @@ def onednn_linears() -> Iterator[None]:
         yield
     finally:
         torch.nn.functional.linear = original
+
+
+#: The fast path with multinomial draws and torch's own linear kernels (no oneDNN).
+TORCH_KERNELS = "plain fast multinomial torch"
+
+
+@contextmanager
+def torch_kernels() -> Iterator[None]:
+    """The lean forwards' linear layers through ``torch.nn.functional.linear`` (torch's BLAS),
+    not oneDNN."""
+    kernel = lean_forward.CPU_KERNEL
+    lean_forward.CPU_KERNEL = "torch"
+    try:
+        yield
+    finally:
+        lean_forward.CPU_KERNEL = kernel
 
 
 class LowerBound:
@@ -516,11 +532,13 @@ def main() -> None:
     task = facts_task()
     # name: (ptx_coef, fast, draw); a fast recipe is timed against its default's lower bound.
     # "plain fast multinomial": every switch but the draw, whose tokens differ from the
-    # default's for a seed (the others are within a tested tolerance of it).
+    # default's for a seed (the others are within a tested tolerance of it); "... torch
+    # kernels": the same with lean_forward.CPU_KERNEL="torch" (torch's BLAS, as TRL takes it).
     recipes = {"ptx": (0.5, False, None), "plain": (0.0, False, None)}
     recipes["ptx fast"] = (0.5, True, None)
     recipes["plain fast"] = (0.0, True, None)
     recipes["plain fast multinomial"] = (0.0, True, "multinomial")
+    recipes[TORCH_KERNELS] = (0.0, True, "multinomial")
     times: dict[str, tuple[list, list]] = {name: ([], []) for name in recipes}
     trl_path = args.trl_path if Path(args.trl_path).is_dir() else None
     workers = {
@@ -540,7 +558,8 @@ def main() -> None:
                     bounds[name] = LowerBound(setups[name], s, demos, onednn=fast)
             for i in range(warmup + steps):
                 for name in recipes:
-                    a = alignbench_step(setups[name].run, setups[name].prompts, s)
+                    with torch_kernels() if name == TORCH_KERNELS else nullcontext():
+                        a = alignbench_step(setups[name].run, setups[name].prompts, s)
                     if i >= warmup:
                         times[name][0].append(a)
                     if name in bounds:
@@ -554,12 +573,14 @@ def main() -> None:
                             trl[name].append(seconds)
             plain_bounds = {name: times[name][1] for name in bounds}
             for name in recipes:  # "plain fast multinomial" beside plain fast's lower bound
-                times[name] = (times[name][0], plain_bounds[" ".join(name.split()[:2])])
+                bound = "plain" if name == TORCH_KERNELS else " ".join(name.split()[:2])
+                times[name] = (times[name][0], plain_bounds[bound])
             n_policy = count_parameters(setups["ptx"].networks["policy"])
     finally:
         for worker in workers.values():
             worker.close()
     smoke = " (smoke: tiny models, timings meaningless)" if args.smoke else ""
+    print(f"{cpu_name()}; torch {torch.__version__}")
     print(f"policy parameters: {n_policy / 1e6:.2f} M; threads: {torch.get_num_threads()}{smoke}")
     print(f"median of {steps} steps after {warmup} warm-up steps, every contender in turn\n")
     ptx = print_table(
@@ -580,6 +601,11 @@ def main() -> None:
             + beside,
             *times["plain fast multinomial"],
         ),
+        TORCH_KERNELS: print_table(
+            "plain PPO, the same (multinomial draws) with torch's linear kernels, not oneDNN "
+            "(lean_forward.CPU_KERNEL='torch'); beside the plain-torch lower bound",
+            *times[TORCH_KERNELS],
+        ),
     }
     labels = {}
     for name, worker in workers.items():
@@ -594,6 +620,10 @@ def main() -> None:
     print(f"plain PPO step / lower bound = {plain:.2f} (target <= 1.20)")
     print(f"PPO-ptx fast step / its lower bound (oneDNN linears) = {fast['ptx fast']:.2f}")
     print(f"plain PPO fast step / its lower bound (oneDNN linears) = {fast['plain fast']:.2f}")
+    print(
+        "plain PPO fast, multinomial draws, torch kernels, step / plain-torch lower bound = "
+        f"{fast[TORCH_KERNELS]:.2f}"
+    )
     for recipe, title in (("plain", "plain PPO"), ("ptx", "PPO-ptx")):
         kernel = median(plain_bounds[f"{recipe} fast"], "total") / median(
             plain_bounds[recipe], "total"
@@ -621,6 +651,7 @@ def main() -> None:
             ("plain fast", "plain PPO fast"),
             ("ptx fast", "PPO-ptx fast"),
             ("plain fast multinomial", "plain PPO fast, multinomial draws,"),
+            (TORCH_KERNELS, "plain PPO fast, multinomial draws, torch kernels,"),
         ):
             r = median(times[recipe][0], "total") / statistics.median(trl[name])
             low, high = paired_quartiles(times[recipe][0], trl[name])

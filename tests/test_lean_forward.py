@@ -113,7 +113,7 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> A
     size threshold lowered to 1 row, so the tiny test models take it); yields whether oneDNN
     ran, checked after the test's body."""
     monkeypatch.setattr(lean_forward, "CPU_KERNEL", request.param)
-    calls = count_onednn(monkeypatch) if request.param == "onednn" else []
+    calls = count_onednn(monkeypatch)
     if request.param == "onednn":
         monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
     yield request.param
@@ -144,18 +144,33 @@ def test_the_onednn_linear_is_torch_linear_within_rounding(
     assert len(calls) == 3 * 2  # one forward and two gradient products per call, twice
     for ours, theirs in zip(results[1], results[0], strict=True):
         assert ours.shape == theirs.shape
-        gap = float((ours - theirs).detach().abs().max()) / max(1.0, float(theirs.abs().max()))
+        ours, theirs = ours.detach(), theirs.detach()
+        gap = float((ours - theirs).abs().max()) / max(1.0, float(theirs.abs().max()))
         assert gap < 1e-5, gap
     assert all(torch.equal(a, b) for a, b in zip(results[1], results[2], strict=True))
     with torch.no_grad():
-        assert torch.equal(lean_forward.linear(x0, w0, b0), results[1][0])
+        assert torch.equal(lean_forward.linear(x0, w0, b0), results[1][0].detach())
+    # A frozen input (only the weight trains: the input gradient is not computed) and an
+    # upstream gradient that is a broadcast (stride 0), as a sum's backward gives.
+    w = w0.clone().requires_grad_()
+    lean_forward.linear(x0, w, b0).sum().backward()
+    expected = upstream.new_ones(()).expand(3, 40, 80).reshape(-1, 80).t() @ x0.reshape(-1, 96)
+    assert float((w.grad - expected).abs().max()) / float(expected.abs().max()) < 1e-5
+    # An input changed in place after the forward: autograd's own error, naming the change.
+    x = x0.clone().requires_grad_()
+    y = x * 1.0
+    z = lean_forward.linear(y, w0)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
 
 
 def test_the_linear_falls_back_to_torch_where_onednn_does_not_apply(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Fewer rows or outputs than ``ONEDNN_MIN_ROWS``, float64, ``CPU_KERNEL="torch"`` or a
-    build without the op: exactly ``torch.nn.functional.linear``, oneDNN never called."""
+    """Fewer rows or outputs than ``ONEDNN_MIN_ROWS``, float64, ``CPU_KERNEL="torch"``,
+    autocast, oneDNN switched off in torch, or a build without the op: exactly
+    ``torch.nn.functional.linear``, oneDNN never called."""
     calls = count_onednn(monkeypatch)
     g = torch.Generator().manual_seed(1)
     big = (torch.randn(80, 96, generator=g), torch.randn(80, 96, generator=g))
@@ -170,9 +185,19 @@ def test_the_linear_falls_back_to_torch_where_onednn_does_not_apply(
     monkeypatch.setattr(lean_forward, "CPU_KERNEL", "torch")
     assert torch.equal(lean_forward.linear(*big), torch.nn.functional.linear(*big))
     monkeypatch.setattr(lean_forward, "CPU_KERNEL", "onednn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own dtype and kernels
+        out = lean_forward.linear(*big)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, torch.nn.functional.linear(*big))
+    torch.backends.mkldnn.set_flags(False)
+    try:
+        assert torch.equal(lean_forward.linear(*big), torch.nn.functional.linear(*big))
+    finally:
+        torch.backends.mkldnn.set_flags(True)
+    assert calls == []
+    assert len(lean_forward.linear(*big)) == 80 and len(calls) == 1  # and on again after it
     monkeypatch.setattr(lean_forward, "_ONEDNN", None)
     assert torch.equal(lean_forward.linear(*big), torch.nn.functional.linear(*big))
-    assert calls == []
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["even", "padded"])
