@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -40,6 +41,7 @@ def setup() -> None:
 
     # cpu=True unless this rank has a GPU of its own: gloo then, whatever torch sees.
     PartialState(cpu=not torch.cuda.is_available())
+    _waiting_group()  # made now, every rank at once (see its docstring)
 
 
 #: Set to 1 (conf/hydra/launcher/slurm_ddp.yaml does) to make the tasks of one SLURM job the
@@ -284,29 +286,63 @@ def first_index(index: int) -> int:
     return int(_all_reduce(torch.tensor([float(index)]), dist.ReduceOp.MIN)[0])
 
 
+#: Environment variable: how many seconds the other ranks wait for rank 0 (default 86400, a
+#: day), where it works alone: a stage it builds, an online round (sampling, the ranking page,
+#: retraining), a checkpoint it writes.
+WAIT_TIMEOUT_ENV = "ALIGNBENCH_WAIT_TIMEOUT_S"
+_waiting: dict[str, Any] = {}
+
+
+def wait_timeout_s() -> float:
+    """Seconds the other ranks wait for rank 0 (``ALIGNBENCH_WAIT_TIMEOUT_S``, default a day)."""
+    raw = os.environ.get(WAIT_TIMEOUT_ENV, "86400")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{WAIT_TIMEOUT_ENV}={raw!r} — give a number of seconds > 0")
+    return seconds
+
+
+def _waiting_group() -> Any:
+    """A gloo group of every rank with :func:`wait_timeout_s` as its timeout, made once (all
+    ranks call this at the same point: on entering a collective). Waits for rank 0 and objects
+    travel here, not on the default group: NCCL's watchdog aborts a collective after ten
+    minutes (gloo's default is thirty), while rank 0 may build a stage or wait for a person
+    on the ranking page for longer."""
+    group = _waiting.get("group")
+    if group is None or _waiting.get("world") is not dist.group.WORLD:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait_timeout_s()))
+        _waiting.update(group=group, world=dist.group.WORLD)
+    return group
+
+
 def gather(value: T) -> list[T]:
     """Every rank's ``value`` in rank order (``[value]`` with one process); picklable values."""
     if world_size() == 1:
         return [value]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, value)
+    dist.all_gather_object(out, value, group=_waiting_group())
     return out
 
 
 def broadcast(value: T) -> T:
     """Rank 0's ``value`` on every rank (``value`` with one process): one decision, e.g. the
-    checkpoint to resume from, taken where the files are written."""
+    checkpoint to resume from, taken where the files are written (on the waiting group: the
+    others may wait up to :func:`wait_timeout_s` for it)."""
     if world_size() == 1:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_waiting_group())
     return box[0]
 
 
 def barrier() -> None:
-    """Wait until every rank gets here (nothing with one process)."""
+    """Wait until every rank gets here (nothing with one process), up to
+    :func:`wait_timeout_s`."""
     if world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_waiting_group())
 
 
 @contextlib.contextmanager
@@ -316,6 +352,7 @@ def main_process_first() -> Iterator[None]:
     if world_size() == 1:
         yield
         return
+    _waiting_group()  # every rank here at once: before rank 0 goes off to work alone
     if is_main_process():
         try:
             yield
@@ -335,6 +372,7 @@ def decided_on_main(decide: Callable[[], T]) -> T:
     its error on every rank (``decide()`` itself with one process)."""
     if world_size() == 1:
         return decide()
+    _waiting_group()  # every rank here at once: before rank 0 goes off to work alone
     outcome: tuple[Any, BaseException | None] = (None, None)
     if is_main_process():
         try:

@@ -332,11 +332,6 @@ class FileFeedback(FeedbackSource):
         )
 
 
-#: The longest a data-parallel job lets rank 0 wait for the page: under NCCL's default timeout
-#: (ten minutes) of the collective where the other ranks wait meanwhile.
-COLLECTIVE_TIMEOUT_S = 600
-
-
 @dataclass
 class PageConfig(FileConfig):
     """Stage 2 from a rankings file (``path``, as ``file``); online rounds ranked by a person on the
@@ -377,13 +372,14 @@ class PageConfig(FileConfig):
                 "online rankings their own file (or leave it empty: <job>/feedback/rankings.jsonl)"
             )
         processes = distributed.world_size()
-        if processes > 1 and self.wait_s >= COLLECTIVE_TIMEOUT_S:
-            # Rank 0 waits for the page while the other ranks wait for rank 0 in a collective,
-            # which gives up after torch's timeout (NCCL's is ten minutes).
+        limit = distributed.wait_timeout_s() if processes > 1 else math.inf
+        if self.wait_s >= limit:
+            # Rank 0 waits for the page while the other ranks wait for rank 0, up to the
+            # waiting group's timeout (alignbench.distributed.wait_timeout_s).
             raise ConfigError(
                 f"feedback.wait_s={self.wait_s:g} on {processes} processes — the other ranks "
-                f"wait for rank 0 at most {COLLECTIVE_TIMEOUT_S} s: give feedback.wait_s < "
-                f"{COLLECTIVE_TIMEOUT_S}, or run online rounds with the page in one process"
+                f"wait for rank 0 at most {limit:g} s ({distributed.WAIT_TIMEOUT_ENV}): give "
+                f"feedback.wait_s < {limit:g}, or raise {distributed.WAIT_TIMEOUT_ENV}"
             )
         if not self.delay and not self.wait_s:
             # Requested and collected in the same instant: every group would be dropped.

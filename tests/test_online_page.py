@@ -247,7 +247,8 @@ def test_page_needs_a_stage_2_rankings_file() -> None:
 
 def test_page_rounds_run_on_several_processes_with_a_bounded_wait(monkeypatch) -> None:
     """Online rounds on several processes: rank 0 asks the page and the others wait for it, so
-    the start-up check passes; a wait as long as the collectives' timeout is refused, one line."""
+    the start-up check passes; a wait as long as the waiting group's timeout is refused, one
+    line."""
     from alignbench import distributed
     from alignbench.app import validate
     from alignbench.job import check_data_parallel
@@ -263,9 +264,13 @@ def test_page_rounds_run_on_several_processes_with_a_bounded_wait(monkeypatch) -
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     cfg = compose([f"algo={parallel}", *page, "algo.prompts_per_step=4"], registry)
     check_data_parallel(registry, cfg)
-    with pytest.raises(ConfigError, match=r"feedback.wait_s=600 on 2 processes") as info:
-        validate(registry, [*page, "feedback.wait_s=600"])
+    # The waiting group's timeout (a day by default; here an hour) bounds the wait.
+    monkeypatch.setenv(distributed.WAIT_TIMEOUT_ENV, "3600")
+    validate(registry, [*page, "feedback.wait_s=1800"])  # beyond NCCL's ten minutes: fine
+    with pytest.raises(ConfigError, match=r"feedback.wait_s=3600 on 2 processes") as info:
+        validate(registry, [*page, "feedback.wait_s=3600"])
     assert "\n" not in str(info.value)
+    assert "at most 3600 s (ALIGNBENCH_WAIT_TIMEOUT_S)" in str(info.value)
 
 
 # -- the page following a run ------------------------------------------------------------------
