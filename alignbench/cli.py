@@ -369,7 +369,7 @@ def validate(registry: Registry, raw_overrides: list[str]) -> None:
             check_known_keys(typed)
             _check_hook_names(registry, registry.get("algo", typed.algo.name).cls)
             check_multi_turn(registry, typed.algo.name, typed.task.name, typed.reward.name)
-            check_engine(registry, typed.task.name)
+            check_engine(registry, typed.task.name, str(getattr(typed, "device", "auto")))
             check_data_parallel(registry, cfg)
             check_choices(typed)
             check_ranges(cfg)

@@ -166,6 +166,15 @@ def alignbench_generate(
     """
 
 
+@hookspec
+def alignbench_engine_check(device: str) -> None:
+    """Before anything is built (no folder, no stage), for a job an ``alignbench_generate``
+    engine will serve: raise :class:`alignbench.PluginError` (or ``ConfigError``) in one line
+    naming what the engine lacks (its package, a GPU for ``device``, the job's ``device=``
+    value), instead of failing at the first rollout after stage 1 has trained. Called on every
+    implementer; return value ignored."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Observer hooks: every implementer is called (results writer, W&B, progress bar, user plugins).
 # ---------------------------------------------------------------------------------------------

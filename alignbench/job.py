@@ -181,9 +181,10 @@ def check_multi_turn(registry: Registry, algo: str, task: str, reward: str) -> N
         )
 
 
-def check_engine(registry: Registry, task: str) -> None:
+def check_engine(registry: Registry, task: str, device: str = "auto") -> None:
     """At most one plugin implements ``alignbench_generate`` (firstresult would let one of two
-    answer silently), and none on a multi-turn task (it answers single turns)."""
+    answer silently), and none on a multi-turn task (it answers single turns); then the
+    engine's own start-up check (``alignbench_engine_check``: its package, its device)."""
     names = engine_plugins(registry.pm)
     if len(names) > 1:
         raise PluginError(
@@ -196,6 +197,8 @@ def check_engine(registry: Registry, task: str) -> None:
             "inference engine) samples single turns — remove the engine plugin or use a "
             "single-turn task"
         )
+    if names:
+        registry.pm.hook.alignbench_engine_check(device=str(device))
 
 
 def _asks_feedback(registry: Registry, cfg: DictConfig, kind: str) -> bool:
@@ -479,7 +482,8 @@ class Job:
             [to_object(cfg[group]) for group in ("algo", "task", "reward", "feedback")]
         )
         check_data_parallel(self.registry, cfg)
-        check_engine(self.registry, cfg.task.name)  # after plugin_dirs: its engine is loaded
+        # After plugin_dirs: its engine is loaded.
+        check_engine(self.registry, cfg.task.name, str(OmegaConf.select(cfg, "device") or "auto"))
         self.device = check_hardware(cfg)
         check_placed_models(self.registry, cfg)  # not when the algorithm is built, after stage 1
         check_model_options(cfg.get("model") or {})  # before stage 1 (the command line did too)

@@ -5,9 +5,10 @@
     python -m alignbench algo=grpo device=cuda plugin_dirs=[examples]
 
 Untested by alignbench's suite (it has no GPU; the suite checks only that this file imports
-without vLLM and refuses cleanly). Written against vLLM's public API: ``vllm.LLM`` on the
-stage-1 model's folder, ``LLM.generate`` with ``{"prompt_token_ids": ...}`` prompts and
-``vllm.SamplingParams``. What it does, and what it leaves to alignbench:
+without vLLM and refuses cleanly, at start-up through ``alignbench_engine_check``: no vLLM, or
+no CUDA GPU for the job, is one line before stage 1). Written against vLLM's public API:
+``vllm.LLM`` on the stage-1 model's folder, ``LLM.generate`` with ``{"prompt_token_ids": ...}``
+prompts and ``vllm.SamplingParams``. What it does, and what it leaves to alignbench:
 
 * It serves ``run.policy`` only; any other model sampled (RRHF's SFT source, a LoRA policy)
   gets None: the built-in sampler decodes it.
@@ -87,6 +88,20 @@ def _response(completion: Any, eos: list[int]) -> list[int]:
         reason = getattr(completion, "stop_reason", None)
         ids.append(reason if isinstance(reason, int) else eos[0])
     return ids
+
+
+@alignbench.hookimpl
+def alignbench_engine_check(device: str) -> None:
+    """At start-up, before stage 1: vLLM installed, and the job on a CUDA GPU."""
+    _vllm()
+    import torch
+
+    if device == "cpu" or device == "mps" or not torch.cuda.is_available():
+        raise alignbench.PluginError(
+            f"examples/vllm_engine.py decodes on a CUDA GPU, but the job runs with "
+            f"device={device} (CUDA available: {torch.cuda.is_available()}) — give "
+            "device=cuda on a GPU machine, or drop it from plugin_dirs"
+        )
 
 
 @alignbench.hookimpl

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import re
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,18 @@ def test_the_vllm_example_imports_without_vllm_and_refuses_cleanly(
         run.sample(run.policy, PROMPTS, 1, SamplingParams())
     message = str(info.value)
     assert "\n" not in message and "pip install alignbench[vllm]" in message
+    # The same refusal at start-up, before any stage (alignbench_engine_check).
+    from alignbench.job import check_engine
+
+    with pytest.raises(PluginError, match="pip install alignbench\\[vllm\\]"):
+        check_engine(registry, "facts", "cuda")
+    # With vLLM present (a stand-in module), a job on the CPU: refused for want of a GPU.
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    with pytest.raises(PluginError) as info:
+        check_engine(registry, "facts", "cpu")
+    assert str(info.value).startswith(
+        "examples/vllm_engine.py decodes on a CUDA GPU, but the job runs with device=cpu"
+    )
     source = EXAMPLE.read_text(encoding="utf-8")
     assert not re.search(r"^(import|from) vllm", source, flags=re.MULTILINE)
 
