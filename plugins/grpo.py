@@ -15,7 +15,7 @@ Scoring is the core's default (the configured reward); the recipe card is :class
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -78,6 +78,12 @@ class GRPOConfig(AlgorithmConfig):
     # `sampling` (AlgorithmConfig): temperature 1 from the full distribution [S24, TRL], as the
     # ratio assumes.
 
+    # true = the reference's and the policy's forwards of Llama-shaped models run
+    # alignbench.lean_forward (the response's outputs only, the last layer only where it is
+    # read, oneDNN's kernels on the CPU), and so does the rollout's prompt pass: equal within
+    # rounding, not bit for bit, so off by default (tests/test_lean_forward.py).
+    lean_forward: bool = False
+
     def validate(self) -> None:
         """Refuse option values GRPO cannot run with (one line naming the key and the fix)."""
         if self.samples_per_prompt < 2:
@@ -125,6 +131,8 @@ class GRPO:
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
         self.params = SamplingParams.from_config(config.sampling)
+        if config.lean_forward:  # the rollout's prompt pass too (lean_forward.prefill)
+            self.params = replace(self.params, lean_prefill=True)
         # Dr. GRPO's constant normaliser: the most trained tokens a sequence can have (in a
         # conversation, every assistant turn's).
         self.max_tokens = config.sampling.max_new_tokens * max(1, getattr(run.task, "max_turns", 1))
@@ -142,6 +150,7 @@ class GRPO:
                     batch.attention_mask,
                     batch.prompt_length,
                     c.sampling.temperature,
+                    lean=c.lean_forward,
                 )
         return batch
 
@@ -174,6 +183,7 @@ class GRPO:
                     batch.input_ids[rows],
                     batch.attention_mask[rows],
                     batch.prompt_length,
+                    lean=c.lean_forward,
                 )
                 logprobs = token_logprobs(logits, batch.response_ids[rows], c.sampling.temperature)
                 per_token, clipped = ops.clipped_surrogate(

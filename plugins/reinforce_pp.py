@@ -19,7 +19,7 @@ Scoring is the core's default (the configured reward); the recipe card is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -74,6 +74,12 @@ class ReinforcePPConfig(AlgorithmConfig):
     # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p,
     # as the ratio assumes.
 
+    # true = the reference's and the policy's forwards of Llama-shaped models run
+    # alignbench.lean_forward (the response's outputs only, the last layer only where it is
+    # read, oneDNN's kernels on the CPU), and so does the rollout's prompt pass: equal within
+    # rounding, not bit for bit, so off by default (tests/test_lean_forward.py).
+    lean_forward: bool = False
+
     def validate(self) -> None:
         """Refuse option values REINFORCE++ cannot run with (one line naming the key and fix)."""
         for key, value, allowed in (
@@ -112,6 +118,8 @@ class ReinforcePP:
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.params = SamplingParams.from_config(config.sampling)
+        if config.lean_forward:  # the rollout's prompt pass too (lean_forward.prefill)
+            self.params = replace(self.params, lean_prefill=True)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
@@ -126,6 +134,7 @@ class ReinforcePP:
                     batch.attention_mask,
                     batch.prompt_length,
                     c.sampling.temperature,
+                    lean=c.lean_forward,
                 )
             if c.baseline == "greedy":
                 greedy = run.sample(
@@ -170,6 +179,7 @@ class ReinforcePP:
                     batch.attention_mask[rows],
                     batch.prompt_length,
                     c.sampling.temperature,
+                    lean=c.lean_forward,
                 )
                 loss, clipfrac = ops.policy_loss(logprobs, old, advantages[rows], m, c.clip_eps)
                 run.check_finite(**{"loss/policy": loss})

@@ -15,7 +15,7 @@ Scoring is the core's default (the configured reward); the recipe card is :class
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -63,6 +63,12 @@ class RLOOConfig(AlgorithmConfig):
     # `sampling` (AlgorithmConfig): temperature 1 from the full distribution, no top-k / top-p,
     # as REINFORCE assumes.
 
+    # true = the reference's and the policy's forwards of Llama-shaped models run
+    # alignbench.lean_forward (the response's outputs only, the last layer only where it is
+    # read, oneDNN's kernels on the CPU), and so does the rollout's prompt pass: equal within
+    # rounding, not bit for bit, so off by default (tests/test_lean_forward.py).
+    lean_forward: bool = False
+
     def validate(self) -> None:
         """Refuse option values RLOO cannot run with (one line naming the key and the fix)."""
         if self.samples_per_prompt < 2:
@@ -101,6 +107,8 @@ class RLOO:
             run.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
         self.params = SamplingParams.from_config(config.sampling)
+        if config.lean_forward:  # the rollout's prompt pass too (lean_forward.prefill)
+            self.params = replace(self.params, lean_prefill=True)
 
     @alignbench.hookimpl
     def alignbench_rollout(self, run: Run, prompts: list[dict[str, Any]]) -> Batch:
@@ -115,6 +123,7 @@ class RLOO:
                     batch.attention_mask,
                     batch.prompt_length,
                     c.sampling.temperature,
+                    lean=c.lean_forward,
                 )
         return batch
 
@@ -148,6 +157,7 @@ class RLOO:
                     batch.attention_mask[rows],
                     batch.prompt_length,
                     c.sampling.temperature,
+                    lean=c.lean_forward,
                 )
                 sequence_logprobs = ops.sequence_scores(logprobs, mask[rows], 0.0)
                 per_sequence, clipped = ops.clipped_surrogate(

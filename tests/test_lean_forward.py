@@ -41,7 +41,8 @@ from alignbench.models import (
     response_logprobs,
     response_values,
 )
-from tests.test_fast_paths import PPO_RUNS, run_ppo
+from tests.conftest import TINY, compose
+from tests.test_fast_paths import PPO_RUNS, UNPINNED, run_ppo
 
 WORDS = [f"w{i}" for i in range(40)]
 #: The documented tolerance on logits, log-probabilities, values, hidden states and gradients.
@@ -408,3 +409,54 @@ def test_the_lean_prompt_pass_samples_as_the_hugging_face_one(
     assert float((out[True].logprobs - out[False].logprobs).abs().max()) < ATOL
     assert charged[True] == charged[False] > 0
     assert calls == [1]  # the lean pass ran, once
+
+
+def run_algo(tmp: Path, cache: Path, name: str, overrides: list[str]) -> list[dict[str, Any]]:
+    """The step records of a 2-step tiny job of ``overrides``' algorithm (one thread)."""
+    import json
+
+    from alignbench.app import run_job
+
+    cfg = compose([*TINY, f"cache_dir={cache}", "threads=1", "stage.sft.epochs=15", *overrides])
+    run_job(cfg, tmp / name)
+    lines = [json.loads(x) for x in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in x.items() if isinstance(v, float) and not k.startswith(UNPINNED)}
+        for x in lines
+        if x["kind"] == "step"
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce_pp"])
+def test_group_algorithms_lean_forward_is_within_the_tolerance(
+    tmp_path: Path, cache_dir: Path, algo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``algo.lean_forward=true`` for GRPO, RLOO and REINFORCE++ (the reference's and the
+    policy's forwards and the prompt pass through the lean forward, oneDNN forced onto every
+    linear): every step metric of two tiny steps within 1e-3 relative (1e-5 absolute) of the
+    default's; the lean paths ran."""
+    # reward=length varies within a group: with a reward that is equal across a group the
+    # default's advantages are exactly 0 (no step at all) while rounding noise, scaled up by
+    # advantage normalisation and AdamW, would take a full step: no tolerance holds there.
+    overrides = [f"algo={algo}", "algo.prompts_per_step=4", "reward=length"]
+    plain = run_algo(tmp_path, cache_dir, algo, overrides)
+    calls = {"prefill": 0, "lean_logits": 0}
+    for fn in calls:
+        original = getattr(lean_forward, fn)
+
+        def counted(*args: Any, _fn: str = fn, _original: Any = original, **kwargs: Any) -> Any:
+            calls[_fn] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(lean_forward, fn, counted)
+    onednn = count_onednn(monkeypatch) if lean_forward._ONEDNN is not None else None
+    monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
+    lean = run_algo(tmp_path, cache_dir, f"{algo}_lean", [*overrides, "algo.lean_forward=true"])
+    assert calls["prefill"] >= 2 and calls["lean_logits"] >= 4, calls  # reference and policy
+    assert onednn is None or onednn, "the lean forwards never called oneDNN"
+    assert len(plain) == len(lean) == 2
+    for a, b in zip(plain, lean, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-5), (key, a[key], b[key])
