@@ -221,9 +221,14 @@ def save(run: Run, algorithm: Any, loop_state: dict[str, Any]) -> Path:
         ranks = distributed.gather(
             {"rng": rng_state(run), "flops": [run.flops.total, dict(run.flops.by_model)]}
         )
+    # Rank 0 writes while the others wait for it on the waiting group (writing may outlast
+    # NCCL's watchdog, which the next step's all-reduce would meet); its error reaches all.
+    return Path(distributed.decided_on_main(lambda: str(_write(run, algorithm, loop_state, ranks))))
+
+
+def _write(run: Run, algorithm: Any, loop_state: dict[str, Any], ranks: list[Any] | None) -> Path:
+    """Rank 0's (or the one process's) part of :func:`save`: write the checkpoint folder."""
     root = run.output_dir / CHECKPOINTS
-    if not distributed.is_main_process():
-        return root / f"step-{run.step}"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{run.step}"
     tmp = root / f".{name}.tmp"

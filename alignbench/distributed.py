@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alignbench import ops
+from alignbench.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -35,12 +36,14 @@ def setup() -> None:
     NCCL on GPUs (each rank on its ``LOCAL_RANK`` device). Nothing with one process."""
     if os.environ.get(SLURM_ENV) == "1":
         _from_slurm()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
-    from accelerate import PartialState
+    wait_timeout_s()  # a bad ALIGNBENCH_WAIT_TIMEOUT_S: one line, before any rank connects
+    if not dist.is_initialized():
+        from accelerate import PartialState
 
-    # cpu=True unless this rank has a GPU of its own: gloo then, whatever torch sees.
-    PartialState(cpu=not torch.cuda.is_available())
+        # cpu=True unless this rank has a GPU of its own: gloo then, whatever torch sees.
+        PartialState(cpu=not torch.cuda.is_available())
     _waiting_group()  # made now, every rank at once (see its docstring)
 
 
@@ -301,7 +304,7 @@ def wait_timeout_s() -> float:
     except ValueError:
         seconds = float("nan")
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{WAIT_TIMEOUT_ENV}={raw!r} — give a number of seconds > 0")
+        raise ConfigError(f"{WAIT_TIMEOUT_ENV}={raw!r} — give a number of seconds > 0")
     return seconds
 
 

@@ -243,14 +243,19 @@ def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[
         return  # the task cannot say: left to the judge, as before (nothing built here)
     task = make_task()
     reward_why = task.missing_gold() if reward_needs else None
-    source_why = _missing_rl_gold(task) if source_needs else None
+    # Asked or not now: a refused rule reward's message must not send the user to a reward
+    # model whose stage 2 this source would then fail.
+    source_ranks_by_gold = bool(source) and getattr(
+        registry.get("feedback", source).cls, "needs_gold", False
+    )
+    source_why = _missing_rl_gold(task) if source_ranks_by_gold else None
     people = ", ".join(
         f"feedback={name}"
         for name in registry.names("feedback")
         if not getattr(registry.get("feedback", name).cls, "needs_gold", False)
     )
     if not reward_why:
-        if source_why:
+        if source_why and source_needs:
             raise DataError(
                 f"feedback={source} ranks responses by their gold answers, but {source_why}; "
                 f"or use rankings by people ({people or 'no such source is registered'})"
@@ -263,7 +268,12 @@ def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[
         if not getattr(registry.get("reward", name).cls, "needs_gold", False)
         and bool(getattr(registry.get("reward", name).cls, "multi_turn", False)) == multi
     ]
-    also = f" (feedback={source} ranks by them too: use {people} then)" if source_why else ""
+    also = (
+        f" — and as feedback={source} ranks by gold answers too, a reward model or DPO needs "
+        f"rankings by people ({people or 'no such source is registered'})"
+        if source_why
+        else ""
+    )
     raise DataError(
         f"reward={cfg.reward.name} judges responses against gold answers, but {reward_why}; or "
         f"use a reward that needs none ({', '.join(fitting) or 'none is registered'}){also}"
@@ -731,8 +741,12 @@ class Job:
                 summary["tuning/pruned_at"] = result["pruned_at"]
             summary.update(self.reward.final_metrics(run))  # e.g. the policy read as a reward model
             summary["initial"] = result["initial"]
+            # Rank 0 exports while the others wait on the waiting group (see distributed).
+            model_dir = distributed.decided_on_main(
+                lambda: str(export_policy(run, self.output_dir / "model"))
+            )
             if distributed.is_main_process():
-                summary["model_dir"] = str(export_policy(run, self.output_dir / "model"))
+                summary["model_dir"] = model_dir
             summary["status"] = "finished"
             if distributed.world_size() > 1:  # every rank's passes (as the budget counts them)
                 summary["flops_by_model"] = distributed.sum_values(dict(run.flops.by_model))

@@ -23,9 +23,9 @@ one. The roles:
   Without a prompt or messages cell the prompt is the conversation the answers share before
   their final assistant turns (refused when they differ); with one, the messages before an
   answer must be that prompt (refused as ambiguous otherwise). Anthropic HH-RLHF's raw
-  transcript text ("Human: …" and "Assistant: …" turns after blank lines, in any of these
-  cells) is read as that conversation's user and assistant messages (a trailing empty
-  ``Assistant:`` dropped);
+  transcript text (opening with a blank line then "Human: …", turns after blank lines, an
+  "Assistant: …" among them, in any of these cells) is read as that conversation's user and
+  assistant messages (a prompt's trailing empty ``Assistant:`` dropped);
 * ``split``: ``sft`` / ``rl`` / ``dev`` / ``test`` per row, to split the data yourself.
 
 Without a split column the data is split by *prompt* (a prompt's rows stay together, so no
@@ -310,20 +310,21 @@ _HH_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):[ \t]*")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-def hh_messages(text: str) -> list[dict[str, str]] | None:
+def hh_messages(text: str, prompt: bool = False) -> list[dict[str, str]] | None:
     """Anthropic HH-RLHF's raw transcript (``"\\n\\nHuman: …\\n\\nAssistant: …"``) as user
-    and assistant messages, a trailing empty ``Assistant:`` (a prompt awaiting its answer)
-    dropped; None for other text (one that does not open with ``Human:`` or has no
-    ``Assistant:`` turn)."""
-    body = text.lstrip("\n")
-    if not body.startswith("Human:") or "\n\nAssistant:" not in body:
+    and assistant messages; ``prompt``: a trailing empty ``Assistant:`` (a prompt awaiting its
+    answer) dropped (in an answer it stays, and is refused as empty). None for other text: one
+    that does not open as HH's do, with a blank line then ``Human:`` (a few-shot prompt
+    starting with ``Human:`` stays text), or has no ``Assistant:`` turn."""
+    if not text.startswith("\n\nHuman:") or "\n\nAssistant:" not in text:
         return None
+    body = text.lstrip("\n")
     parts = _HH_TURN.split(body)  # ["", role, content, role, content, ...]
     messages = [
         {"role": _HH_ROLES[role], "content": content.strip()}
         for role, content in zip(parts[1::2], parts[2::2], strict=True)
     ]
-    if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+    if prompt and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
         messages.pop()
     return messages
 
@@ -337,7 +338,7 @@ def _message_list(value: Any, at: str, what: str = "answer") -> list | None:
     value = _columnar(value)
     if isinstance(value, list):
         return value
-    if isinstance(value, str) and (hh := hh_messages(value)) is not None:
+    if isinstance(value, str) and (hh := hh_messages(value, what == "prompt")) is not None:
         return hh
     if not isinstance(value, str) or not value.lstrip().startswith("["):
         return None
@@ -394,7 +395,7 @@ def _checked_messages(at: str, value: Any, fix: str) -> list[dict[str, str]]:
 def _cell_messages(where: str, column: str, role: str, value: Any, fix: str) -> list:
     """A ``messages`` / ``prompt`` cell's checked messages (JSON text in a CSV cell, or HH's
     transcript text)."""
-    if isinstance(value, str) and (hh := hh_messages(value)) is not None:
+    if isinstance(value, str) and (hh := hh_messages(value, prompt=True)) is not None:
         value = hh
     elif isinstance(value, str):
         try:  # a CSV cell holds the list as JSON text

@@ -512,9 +512,13 @@ def test_simulated_feedback_without_gold_stops_before_stage_1(tmp_path: Path) ->
         check(lacking, "reward=exact_match", "algo=dpo", "feedback=simulated")
     assert str(refused.value).startswith("reward=exact_match judges responses against gold")
     assert str(refused.value).endswith(
-        "(feedback=simulated ranks by them too: use feedback=dataset, feedback=file, "
-        "feedback=page then)"
+        " — and as feedback=simulated ranks by gold answers too, a reward model or DPO needs "
+        "rankings by people (feedback=dataset, feedback=file, feedback=page)"
     ), str(refused.value)
+    # The same where nothing asks the annotators yet: the reward=rm it suggests would.
+    with pytest.raises(DataError) as refused:
+        check(lacking, "reward=exact_match", "feedback=simulated")
+    assert "a reward model or DPO needs rankings by people" in str(refused.value)
     # Gold missing on test prompts only: the annotators never rank those; a rule reward scores them.
     assert test and not test & rl
     no_test_gold = [
@@ -762,13 +766,19 @@ def test_hh_rlhf_transcripts_equal_message_lists(tmp_path: Path, form: str) -> N
 
 
 def test_hh_text_is_read_only_where_it_is_a_transcript() -> None:
-    """Text that does not open with ``Human:`` or has no ``Assistant:`` turn stays text; a
-    ``Human:`` inside a turn (not after a blank line) stays in it; contents are stripped."""
+    """Text that does not open as HH's do (a blank line, then ``Human:``) or has no
+    ``Assistant:`` turn stays text; a ``Human:`` inside a turn (not after a blank line) stays
+    in it; contents are stripped; only a prompt drops a trailing empty ``Assistant:``."""
     from alignbench_plugins.dataset import hh_messages
 
     assert hh_messages("the answer is red") is None
     assert hh_messages("\n\nHuman: only a question") is None
     assert hh_messages("Assistant: red\n\nHuman: why") is None
+    # A few-shot prompt in HH's words but not its opening blank line stays text.
+    assert hh_messages("Human: 2+2?\n\nAssistant: 4\n\nHuman: 3+3?") is None
+    # A trailing empty Assistant: is a prompt's (dropped there), an answer's empty message.
+    assert hh_messages("\n\nHuman: q\n\nAssistant:", prompt=True) == [user("q")]
+    assert hh_messages("\n\nHuman: q\n\nAssistant:") == [user("q"), assistant("")]
     assert hh_messages("\n\nHuman: say 'Human: hi'\n\nAssistant:  Human: hi ") == [
         user("say 'Human: hi'"),
         assistant("Human: hi"),
@@ -777,7 +787,7 @@ def test_hh_text_is_read_only_where_it_is_a_transcript() -> None:
 
 def test_a_bad_hh_transcript_is_one_line_naming_the_row(tmp_path: Path) -> None:
     """An HH pair whose chosen transcript ends with an empty ``Assistant:`` (no answer) is
-    refused naming the file, the row and the column."""
+    refused naming the file, the row, the column and the empty message (drop the row)."""
     good = {
         "chosen": hh_text([user("i am ada ."), assistant("red")]),
         "rejected": hh_text([user("i am ada ."), assistant("blue")]),
@@ -788,7 +798,7 @@ def test_a_bad_hh_transcript_is_one_line_naming_the_row(tmp_path: Path) -> None:
         check_rows(path, [good, good, bad])
     message = str(info.value)
     assert "\n" not in message, message
-    assert message.startswith(
-        f"{path}: row 3: column 'chosen' (chosen) ends with the user's message — a conversation "
-        "with an answer ends with the assistant's message"
+    assert message == (
+        f"{path}: row 3: column 'chosen' (chosen), message 2 (assistant) has empty content — "
+        "write the message or drop it"
     ), message

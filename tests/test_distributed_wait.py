@@ -5,7 +5,7 @@ or writes a checkpoint (then ``barrier``); the other ranks wait in a collective 
 default group that wait ends at its timeout, NCCL's watchdog's ten minutes, so a stage or an
 online round longer than that killed a multi-GPU job. alignbench waits on a gloo group of its own
 whose timeout is ``ALIGNBENCH_WAIT_TIMEOUT_S`` (default a day). Tested with two gloo processes
-whose default group gives up after 2 s while rank 0 works 3 s: every wait succeeds, and the same
+whose default group gives up after 1 s while rank 0 works 3 s: every wait succeeds, and the same
 wait on the default group times out (the control).
 """
 
@@ -22,10 +22,10 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from alignbench import distributed
+from alignbench import ConfigError, distributed
 
 WORK_S = 3.0  # rank 0's work alone, longer than the default group's timeout
-DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_TIMEOUT_S = 1.0
 
 
 def _work() -> str:
@@ -35,7 +35,10 @@ def _work() -> str:
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
     """One rank: the three waits, then the control on the default group."""
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    # A regression then fails in a minute instead of hanging for the default day.
+    os.environ.update(
+        WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), ALIGNBENCH_WAIT_TIMEOUT_S="60"
+    )
     # Joined with the usual timeout (a rank spawned late on a busy machine still joins), then
     # the default group's shortened.
     dist.init_process_group(
@@ -53,6 +56,10 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     distributed.barrier()
     results["barrier"] = "passed"
     results["gather"] = "/".join(distributed.gather(f"rank {rank}"))
+    # A decision rank 0 hands over after working alone (an evaluation's outcome, a checkpoint).
+    if rank == 0:
+        _work()
+    results["broadcast"] = distributed.broadcast(f"from rank {rank}")
     # The control: the same wait on the default group gives up after its timeout.
     box = ["decided on rank 0"]
     try:
@@ -67,9 +74,9 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
 
 @pytest.mark.slow
 def test_the_other_ranks_wait_for_rank_0_longer_than_the_default_timeout(tmp_path: Path) -> None:
-    """Rank 0 works 3 s alone in each of decided_on_main, main_process_first and before a
-    barrier; the default group's timeout is 2 s; rank 1 gets through every one (it failed at
-    the first before), while the control wait on the default group fails on rank 1."""
+    """Rank 0 works 3 s alone in each of decided_on_main, main_process_first, before a barrier
+    and before a broadcast; the default group's timeout is 1 s; rank 1 gets through every one
+    (it failed at the first before), while the control wait on the default group fails."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -80,6 +87,7 @@ def test_the_other_ranks_wait_for_rank_0_longer_than_the_default_timeout(tmp_pat
         assert result["main_process_first"] == "left"
         assert result["barrier"] == "passed"
         assert result["gather"] == "rank 0/rank 1"
+        assert result["broadcast"] == "from rank 0"
     assert ranks[1]["default_group"].startswith("failed"), ranks[1]
 
 
@@ -91,5 +99,5 @@ def test_the_wait_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyP
     assert distributed.wait_timeout_s() == 7200
     for bad in ("0", "-5", "soon", "inf", "nan"):
         monkeypatch.setenv(distributed.WAIT_TIMEOUT_ENV, bad)
-        with pytest.raises(ValueError, match="ALIGNBENCH_WAIT_TIMEOUT_S=.* give a number"):
+        with pytest.raises(ConfigError, match="ALIGNBENCH_WAIT_TIMEOUT_S=.* give a number"):
             distributed.wait_timeout_s()
