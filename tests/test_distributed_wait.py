@@ -5,7 +5,7 @@ or writes a checkpoint (then ``barrier``); the other ranks wait in a collective 
 default group that wait ends at its timeout, NCCL's watchdog's ten minutes, so a stage or an
 online round longer than that killed a multi-GPU job. alignbench waits on a gloo group of its own
 whose timeout is ``ALIGNBENCH_WAIT_TIMEOUT_S`` (default a day). Tested with two gloo processes
-whose default group gives up after 1 s while rank 0 works 3 s: every wait succeeds, and the same
+whose default group gives up after 0.5 s while rank 0 works 2 s: every wait succeeds, and the same
 wait on the default group times out (the control).
 """
 
@@ -24,8 +24,8 @@ import torch.multiprocessing as mp
 
 from alignbench import ConfigError, distributed
 
-WORK_S = 3.0  # rank 0's work alone, longer than the default group's timeout
-DEFAULT_TIMEOUT_S = 1.0
+WORK_S = 2.0  # rank 0's work alone, longer than the default group's timeout
+DEFAULT_TIMEOUT_S = 0.5
 
 
 def _work() -> str:
@@ -74,8 +74,8 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
 
 @pytest.mark.slow
 def test_the_other_ranks_wait_for_rank_0_longer_than_the_default_timeout(tmp_path: Path) -> None:
-    """Rank 0 works 3 s alone in each of decided_on_main, main_process_first, before a barrier
-    and before a broadcast; the default group's timeout is 1 s; rank 1 gets through every one
+    """Rank 0 works 2 s alone in each of decided_on_main, main_process_first, before a barrier
+    and before a broadcast; the default group's timeout is 0.5 s; rank 1 gets through every one
     (it failed at the first before), while the control wait on the default group fails."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

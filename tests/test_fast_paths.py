@@ -52,11 +52,14 @@ UNPINNED = ("budget/", "flops/", "time/", "throughput/")
 
 def run_ppo(tmp: Path, cache: Path, name: str, overrides: list[str]) -> list[dict[str, Any]]:
     """The step records of a 2-step tiny PPO job (one thread, so rounding is the same each run)."""
+    return run_algo(tmp, cache, name, ["algo=ppo", *overrides])
+
+
+def run_algo(tmp: Path, cache: Path, name: str, overrides: list[str]) -> list[dict[str, Any]]:
+    """The step records of a 2-step tiny job of ``overrides``' algorithm (one thread)."""
     from alignbench.app import run_job
 
-    cfg = compose(
-        [*TINY, f"cache_dir={cache}", "algo=ppo", "threads=1", "stage.sft.epochs=15", *overrides]
-    )
+    cfg = compose([*TINY, f"cache_dir={cache}", "threads=1", "stage.sft.epochs=15", *overrides])
     run_job(cfg, tmp / name)
     lines = [json.loads(x) for x in (tmp / name / "metrics.jsonl").read_text().splitlines()]
     return [

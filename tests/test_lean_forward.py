@@ -41,8 +41,7 @@ from alignbench.models import (
     response_logprobs,
     response_values,
 )
-from tests.conftest import TINY, compose
-from tests.test_fast_paths import PPO_RUNS, UNPINNED, run_ppo
+from tests.test_fast_paths import PPO_RUNS, run_algo, run_ppo
 
 WORDS = [f"w{i}" for i in range(40)]
 #: The documented tolerance on logits, log-probabilities, values, hidden states and gradients.
@@ -106,6 +105,25 @@ def count_onednn(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(lean_forward, "_ONEDNN", counted)
     return calls
+
+
+def count_lean_paths(
+    monkeypatch: pytest.MonkeyPatch, *names: str
+) -> tuple[dict[str, int], list[int] | None]:
+    """Count the calls to the lean forward's ``names`` and to oneDNN (None without it), with
+    oneDNN forced onto every linear (its size threshold lowered to 1 row)."""
+    calls = dict.fromkeys(names, 0)
+    for fn in names:
+        original = getattr(lean_forward, fn)
+
+        def counted(*args: Any, _fn: str = fn, _original: Any = original, **kwargs: Any) -> Any:
+            calls[_fn] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(lean_forward, fn, counted)
+    onednn = count_onednn(monkeypatch) if lean_forward._ONEDNN is not None else None
+    monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
+    return calls, onednn
 
 
 @pytest.fixture(params=["torch", "onednn"])
@@ -330,17 +348,7 @@ def test_ppo_steps_are_within_the_tolerance(
     if "reward=rm" in overrides:  # the reward model read at the last token alone, too
         fast.append("reward.lean_forward=true")
     plain = run_ppo(tmp_path, cache_dir, name, overrides)
-    calls = {"prefill": 0, "last_values": 0, "lean_logits": 0}
-    for fn in calls:
-        original = getattr(lean_forward, fn)
-
-        def counted(*args: Any, _fn: str = fn, _original: Any = original, **kwargs: Any) -> Any:
-            calls[_fn] += 1
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(lean_forward, fn, counted)
-    onednn = count_onednn(monkeypatch) if lean_forward._ONEDNN is not None else None
-    monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
+    calls, onednn = count_lean_paths(monkeypatch, "prefill", "last_values", "lean_logits")
     lean = run_ppo(tmp_path, cache_dir, f"{name}_fast", [*overrides, *fast])
     # A lean switch that silently fell back to the ordinary forward would pass the tolerance.
     assert calls["prefill"] >= 2 and calls["lean_logits"] >= 2, calls
@@ -411,22 +419,6 @@ def test_the_lean_prompt_pass_samples_as_the_hugging_face_one(
     assert calls == [1]  # the lean pass ran, once
 
 
-def run_algo(tmp: Path, cache: Path, name: str, overrides: list[str]) -> list[dict[str, Any]]:
-    """The step records of a 2-step tiny job of ``overrides``' algorithm (one thread)."""
-    import json
-
-    from alignbench.app import run_job
-
-    cfg = compose([*TINY, f"cache_dir={cache}", "threads=1", "stage.sft.epochs=15", *overrides])
-    run_job(cfg, tmp / name)
-    lines = [json.loads(x) for x in (tmp / name / "metrics.jsonl").read_text().splitlines()]
-    return [
-        {k: v for k, v in x.items() if isinstance(v, float) and not k.startswith(UNPINNED)}
-        for x in lines
-        if x["kind"] == "step"
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce_pp"])
 def test_group_algorithms_lean_forward_is_within_the_tolerance(
@@ -441,17 +433,7 @@ def test_group_algorithms_lean_forward_is_within_the_tolerance(
     # advantage normalisation and AdamW, would take a full step: no tolerance holds there.
     overrides = [f"algo={algo}", "algo.prompts_per_step=4", "reward=length"]
     plain = run_algo(tmp_path, cache_dir, algo, overrides)
-    calls = {"prefill": 0, "lean_logits": 0}
-    for fn in calls:
-        original = getattr(lean_forward, fn)
-
-        def counted(*args: Any, _fn: str = fn, _original: Any = original, **kwargs: Any) -> Any:
-            calls[_fn] += 1
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(lean_forward, fn, counted)
-    onednn = count_onednn(monkeypatch) if lean_forward._ONEDNN is not None else None
-    monkeypatch.setattr(lean_forward, "ONEDNN_MIN_ROWS", 1)
+    calls, onednn = count_lean_paths(monkeypatch, "prefill", "lean_logits")
     lean = run_algo(tmp_path, cache_dir, f"{algo}_lean", [*overrides, "algo.lean_forward=true"])
     assert calls["prefill"] >= 2 and calls["lean_logits"] >= 4, calls  # reference and policy
     assert onednn is None or onednn, "the lean forwards never called oneDNN"

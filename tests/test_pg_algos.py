@@ -209,9 +209,12 @@ def test_stop_and_resume_gives_the_same_numbers(tiny_job, name) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", ["grpo"])
 def test_kill_9_and_resume(tmp_path, monkeypatch, algo) -> None:
-    """The kill -9 test of tests/test_resume.py, for each new algorithm."""
+    """The kill -9 test of tests/test_resume.py, for one group algorithm: what a kill -9 can
+    break (a half-written checkpoint, the atomic replace) is the same code for all of them, and
+    tests/test_resume_matrix.py resumes every registered algorithm exactly (RLOO's and
+    REINFORCE++'s own kill -9 runs, 27 s each, were dropped to keep make test under 12 min)."""
     monkeypatch.setitem(resume_tests.ALGOS, algo, RESUME[algo])
     resume_tests.test_kill_9_and_resume_gives_the_same_summary(tmp_path, algo)
 
