@@ -49,10 +49,12 @@ def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize("algo", ["ppo", "rrhf"])
 def test_kill_9_and_resume_gives_the_same_summary(tmp_path: Path, algo: str) -> None:
     """A job killed with SIGKILL mid-run and re-run with the same command ends with the same
-    summary.json numbers as an uninterrupted run."""
+    summary.json numbers as an uninterrupted run. (SFT, RRHF's special case with the same
+    checkpoint code, was dropped here to keep make test under 12 minutes: the resume matrix
+    resumes it exactly; other files call this test for their own algorithms.)"""
     args = [
         *TINY,
         *ALGOS[algo],
