@@ -370,9 +370,11 @@ def main_process_first() -> Iterator[None]:
     yield
 
 
-def decided_on_main(decide: Callable[[], T]) -> T:
+def decided_on_main(decide: Callable[[], T], meanwhile: Callable[[], None] | None = None) -> T:
     """``decide()`` run on rank 0 only (it may read and write the job folder), its answer or
-    its error on every rank (``decide()`` itself with one process)."""
+    its error on every rank (``decide()`` itself with one process); the other ranks run
+    ``meanwhile()`` first (their part of rank 0's work, e.g. best-of-N's answers), then wait
+    on the waiting group."""
     if world_size() == 1:
         return decide()
     _waiting_group()  # every rank here at once: before rank 0 goes off to work alone
@@ -380,8 +382,10 @@ def decided_on_main(decide: Callable[[], T]) -> T:
     if is_main_process():
         try:
             outcome = (decide(), None)
-        except Exception as exc:  # noqa: BLE001 — handed to every rank, then raised there
+        except BaseException as exc:  # noqa: BLE001 — handed to every rank, then raised there
             outcome = (None, exc)
+    elif meanwhile is not None:
+        meanwhile()
     value, error = broadcast(outcome)
     if error is not None:
         raise error

@@ -232,9 +232,11 @@ def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[
     reward_cls = registry.get("reward", cfg.reward.name).cls
     task_cls = registry.get("task", cfg.task.name).cls
     source = OmegaConf.select(cfg, "feedback.name")
-    asked = source and any(_asks_feedback(registry, cfg, kind) for kind in ("reward", "algo"))
-    source_needs = bool(asked) and getattr(
+    ranks_by_gold = bool(source) and getattr(
         registry.get("feedback", source).cls, "needs_gold", False
+    )
+    source_needs = ranks_by_gold and any(
+        _asks_feedback(registry, cfg, kind) for kind in ("reward", "algo")
     )
     reward_needs = getattr(reward_cls, "needs_gold", False)
     if not (reward_needs or source_needs):
@@ -245,10 +247,7 @@ def check_gold_answers(registry: Registry, cfg: DictConfig, make_task: Callable[
     reward_why = task.missing_gold() if reward_needs else None
     # Asked or not now: a refused rule reward's message must not send the user to a reward
     # model whose stage 2 this source would then fail.
-    source_ranks_by_gold = bool(source) and getattr(
-        registry.get("feedback", source).cls, "needs_gold", False
-    )
-    source_why = _missing_rl_gold(task) if source_ranks_by_gold else None
+    source_why = _missing_rl_gold(task) if ranks_by_gold else None
     people = ", ".join(
         f"feedback={name}"
         for name in registry.names("feedback")

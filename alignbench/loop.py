@@ -188,22 +188,13 @@ def run_eval(run: Run, step: int, initial: bool = False) -> dict[str, float]:
         and not initial
         and bool(run.pm.hook.alignbench_respond.get_hookimpls())
     )
-    if distributed.world_size() == 1:
-        return _evaluate(run, step, initial, together)
-    outcome: tuple[dict[str, float] | None, BaseException | None] = (None, None)
-    if distributed.is_main_process():
-        try:
-            outcome = (_evaluate(run, step, initial, together), None)
-        except BaseException as exc:  # noqa: BLE001 — handed to every rank, then raised
-            outcome = (None, exc)
-    elif together:
-        _respond_with_rank_0(run)
-    # Every rank waits for rank 0's evaluation here, on the waiting group (an evaluation may
-    # outlast NCCL's ten-minute watchdog, which the next step's all-reduce would meet), and
-    # raises its error if it failed.
-    metrics, error = distributed.broadcast(outcome)
-    if error is not None:
-        raise error
+    # Every rank waits for rank 0's evaluation on the waiting group (an evaluation may outlast
+    # NCCL's ten-minute watchdog, which the next step's all-reduce would meet), and raises its
+    # error if it failed; with best-of-N the others answer their shards meanwhile.
+    metrics = distributed.decided_on_main(
+        lambda: _evaluate(run, step, initial, together),
+        meanwhile=(lambda: _respond_with_rank_0(run)) if together else None,
+    )
     return metrics if distributed.is_main_process() else {}
 
 
